@@ -1,0 +1,277 @@
+"""Profiles (smoke / quick / paper) as frozen dataclasses, and strict overrides.
+
+A notebook's parameters cell names a profile and a few overrides; :func:`resolve` turns them
+into one frozen :class:`Config` or raises a :class:`ConfigError` that names the bad key or value
+and lists what would have been valid. Attack and defense hyperparameters live in each method's
+own ``Params`` dataclass (paper defaults there); a profile only states where it departs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+PROFILES = ("smoke", "quick", "paper")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class ConfigError(ValueError):
+    """A parameter name or value is not valid; the message lists the valid choices."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Standard (victim) training: SGD with momentum, cosine-annealed learning rate."""
+
+    epochs: int = 6
+    batch_size: int = 128
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    crop_pad: int = 2  # random crop with this much zero padding; 0 turns it off
+    flip: bool = True  # random horizontal flip
+    eval_batch_size: int = 1024
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything that determines a run. Frozen: derive a new one with :func:`override`."""
+
+    profile: str
+    dataset: str  # fmnist | cifar10
+    model: str  # smallcnn | resnet18 | preact_resnet18
+    n_train: int | None  # stratified training subset size; None = the full training set
+    n_test: int | None  # stratified test subset size; None = the full test set
+    train: TrainConfig
+    target: int  # the attacks' target class (all-to-one)
+    clean_fraction: float  # the defender's clean data, as a fraction of the training set
+    seeds: tuple[int, ...]  # seeds over which notebooks report mean ± std
+    attacks: Mapping[str, Any]  # attack name -> that attack's Params (profile values applied)
+    defenses: Mapping[str, Any]  # defense name -> that defense's Params
+    attack: str = "badnets"
+    seed: int = 0
+    device: str = "auto"
+    progress: bool = False  # tqdm progress bars
+
+    @property
+    def attack_params(self) -> Any:
+        return self.attacks[self.attack]
+
+
+# What each profile changes from the methods' defaults. Keys are attack / defense names, values
+# are field overrides of that method's Params. Sources of the numbers are in the Params classes.
+_PROFILE_BASE: dict[str, dict[str, Any]] = {
+    "smoke": dict(
+        dataset="fmnist", model="smallcnn", n_train=2000, n_test=500,
+        train=TrainConfig(epochs=2, batch_size=128, lr=0.05, crop_pad=0),
+        target=0, clean_fraction=0.05, seeds=(0,),
+    ),
+    "quick": dict(
+        dataset="fmnist", model="smallcnn", n_train=12000, n_test=2000,
+        # No random crop on Fashion-MNIST: at 6 epochs it costs ~2 BA points and buys nothing.
+        train=TrainConfig(epochs=6, batch_size=128, lr=0.05, crop_pad=0),
+        target=0, clean_fraction=0.05, seeds=(0, 1, 2),
+    ),
+    "paper": dict(
+        dataset="cifar10", model="resnet18", n_train=None, n_test=None,
+        train=TrainConfig(epochs=100, batch_size=128, lr=0.1, crop_pad=4),
+        target=0, clean_fraction=0.05, seeds=(0, 1, 2),
+    ),
+}
+_PROFILE_METHODS: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
+    "smoke": {"attacks": {}, "defenses": {}},
+    "quick": {"attacks": {}, "defenses": {}},
+    "paper": {"attacks": {}, "defenses": {}},
+}
+
+
+def _methods(kind: str, profile: str) -> dict[str, Any]:
+    # Imported here: the registries import their modules, which may import config.
+    if kind == "attacks":
+        from bdlib.attacks import REGISTRY
+    else:
+        from bdlib.defenses import REGISTRY
+    chosen = _PROFILE_METHODS[profile][kind]
+    out = {}
+    for name, method in REGISTRY.items():
+        out[name] = _replace_checked(method.Params(), chosen.get(name, {}), f"{kind}.{name}")
+    return out
+
+
+def profile(name: str) -> Config:
+    """The named profile's Config with default run values (attack badnets, seed 0)."""
+    _check_choice("profile", name, PROFILES)
+    base = dict(_PROFILE_BASE[name])
+    return Config(profile=name, attacks=_methods("attacks", name),
+                  defenses=_methods("defenses", name), **base)
+
+
+def resolve(profile_name: str = "quick", *, attack: str = "badnets", seed: int = 0,
+            device: str = "auto", overrides: Mapping[str, Any] | None = None,
+            progress: bool = False) -> Config:
+    """Validate notebook parameters and return the Config they describe.
+
+    ``overrides`` uses dotted names: ``{"train.epochs": 3, "n_train": 5000,
+    "attacks.badnets.poison_rate": 0.05, "defenses.ntml.tau": 2.0}``.
+    """
+    cfg = profile(profile_name)
+    from bdlib.attacks import REGISTRY as ATTACKS
+
+    _check_choice("attack", attack, tuple(ATTACKS))
+    _check_choice("device", device, DEVICES)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
+    cfg = dataclasses.replace(cfg, attack=attack, seed=seed, device=device,
+                              progress=bool(progress))
+    return override(cfg, overrides or {})
+
+
+def override(cfg: Config, overrides: Mapping[str, Any]) -> Config:
+    """Return ``cfg`` with dotted-name overrides applied, each name and type checked."""
+    if not isinstance(overrides, Mapping):
+        raise ConfigError(f"overrides must be a dict of dotted names to values, got {type(overrides).__name__}")
+    for dotted, value in overrides.items():
+        cfg = _set_path(cfg, str(dotted).split("."), value, "")
+    _check_consistency(cfg)
+    return cfg
+
+
+def _set_path(obj: Any, path: list[str], value: Any, prefix: str) -> Any:
+    head, rest = path[0], path[1:]
+    where = f"{prefix}{head}"
+    if isinstance(obj, Mapping):
+        if head not in obj:
+            raise ConfigError(_unknown(where, head, tuple(obj)))
+        if not rest:
+            raise ConfigError(f"'{where}' is a group; set one of its fields: "
+                              f"{', '.join(f'{where}.{f.name}' for f in dataclasses.fields(obj[head]))}")
+        new = dict(obj)
+        new[head] = _set_path(obj[head], rest, value, where + ".")
+        return types.MappingProxyType(new)
+    names = {f.name: f for f in dataclasses.fields(obj)}
+    if head not in names:
+        raise ConfigError(_unknown(where, head, tuple(names)))
+    if rest:
+        return dataclasses.replace(obj, **{head: _set_path(getattr(obj, head), rest, value, where + ".")})
+    return _replace_checked(obj, {head: value}, prefix.rstrip("."))
+
+
+def _replace_checked(obj: Any, changes: Mapping[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for name, value in changes.items():
+        full = f"{where}.{name}" if where else name
+        if name not in names:
+            raise ConfigError(_unknown(full, name, tuple(sorted(names))))
+        _check_type(full, value, hints[name])
+    new = dataclasses.replace(obj, **{k: _coerce(v, hints[k]) for k, v in changes.items()})
+    validate = getattr(new, "validate", None)
+    if validate is not None:
+        try:
+            validate()
+        except ValueError as err:
+            raise ConfigError(f"{where}: {err}") from None
+    return new
+
+
+def _coerce(value: Any, hint: Any) -> Any:
+    # JSON has no tuples and writes 3.0 as 3: accept a list for a tuple, an int for a float.
+    if typing.get_origin(hint) is tuple and isinstance(value, list):
+        return tuple(value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def _check_type(name: str, value: Any, hint: Any) -> None:
+    if not _matches(value, hint):
+        raise ConfigError(f"'{name}' must be {_describe(hint)}, got {value!r} ({type(value).__name__})")
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, h) for h in typing.get_args(hint))
+    if origin is typing.Literal:
+        return value in typing.get_args(hint)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if not isinstance(value, (tuple, list)):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_matches(v, args[0]) for v in value)
+        return len(args) == len(value) and all(_matches(v, a) for v, a in zip(value, args))
+    if isinstance(hint, type):
+        return isinstance(value, hint)
+    return True
+
+
+def _describe(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin is typing.Literal:
+        return "one of: " + ", ".join(repr(a) for a in typing.get_args(hint))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return "None"
+    return getattr(hint, "__name__", str(hint))
+
+
+def _unknown(where: str, name: str, valid: tuple[str, ...]) -> str:
+    near = difflib.get_close_matches(name, valid, n=1)
+    hint = f" (did you mean '{near[0]}'?)" if near else ""
+    return f"'{where}' is unknown{hint}; valid names here: {', '.join(valid)}"
+
+
+def _check_choice(what: str, value: Any, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        near = difflib.get_close_matches(str(value), valid, n=1)
+        hint = f" (did you mean '{near[0]}'?)" if near else ""
+        raise ConfigError(f"{what} {value!r} is unknown{hint}; choose one of: {', '.join(valid)}")
+
+
+def _check_consistency(cfg: Config) -> None:
+    from bdlib.data import DATASETS
+    from bdlib.models import MODELS
+
+    _check_choice("dataset", cfg.dataset, tuple(d for d in DATASETS if d != "cifar100"))
+    _check_choice("model", cfg.model, tuple(MODELS))
+    for name in ("n_train", "n_test"):
+        n = getattr(cfg, name)
+        if n is not None and n <= 0:
+            raise ConfigError(f"'{name}' must be a positive integer or None, got {n}")
+    if not 0 < cfg.clean_fraction <= 1:
+        raise ConfigError(f"'clean_fraction' must be in (0, 1], got {cfg.clean_fraction}")
+    if not 0 <= cfg.target < 10:
+        raise ConfigError(f"'target' must be a class index 0..9, got {cfg.target}")
+    t = cfg.train
+    if t.epochs < 1 or t.batch_size < 1 or t.lr <= 0 or t.crop_pad < 0:
+        raise ConfigError(f"'train' has a non-positive value: {t}")
+
+
+def as_dict(cfg: Any) -> Any:
+    """A JSON-ready view of a Config (or any nested dataclass / mapping)."""
+    if dataclasses.is_dataclass(cfg):
+        return {f.name: as_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, Mapping):
+        return {k: as_dict(v) for k, v in cfg.items()}
+    if isinstance(cfg, tuple):
+        return [as_dict(v) for v in cfg]
+    return cfg
+
+
+__all__ = ["Config", "TrainConfig", "ConfigError", "PROFILES", "profile", "resolve", "override",
+           "as_dict"]

@@ -1,0 +1,15 @@
+"""The defenses, by name. A new defense is one module with a ``DEFENSE`` record plus a line here."""
+from __future__ import annotations
+
+from bdlib.defenses.base import Defense, DefenseContext, Defended
+
+REGISTRY: dict[str, Defense] = {}
+
+
+def get(name: str) -> Defense:
+    if name not in REGISTRY:
+        raise ValueError(f"defense {name!r} is unknown; choose one of: {', '.join(REGISTRY) or '(none yet)'}")
+    return REGISTRY[name]
+
+
+__all__ = ["REGISTRY", "get", "Defense", "DefenseContext", "Defended"]

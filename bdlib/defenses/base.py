@@ -1,0 +1,48 @@
+"""What every defense shares: its context (what the defender is given) and its result.
+
+A defense is one function ``run(model, ctx) -> Defended``. ``ctx`` holds exactly what the
+threat model grants it (the poisoned training set, the small clean subset); the test set and
+trigger are only reachable through ``ctx.evaluate``, which a defense calls to *record*
+per-epoch metrics for the notebooks, never to make a decision.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal
+
+import torch
+from torch import nn
+
+from bdlib.config import Config
+
+
+@dataclass(frozen=True)
+class DefenseContext:
+    params: Any  # the defense's Params
+    cfg: Config
+    x_train: torch.Tensor  # the poisoned training set (uint8) as the victim trained on it
+    y_train: torch.Tensor
+    x_clean: torch.Tensor  # the defender's clean subset (uint8)
+    y_clean: torch.Tensor
+    num_classes: int
+    seed: int
+    new_model: Callable[[int], nn.Module]  # a freshly initialised model of the run's architecture, by seed
+    evaluate: Callable[[nn.Module], dict[str, float]]  # BA / ASR / RA for the record only
+    progress: bool = False
+
+
+@dataclass
+class Defended:
+    model: nn.Module
+    history: list[dict] = field(default_factory=list)  # per epoch / round records (JSON-ready)
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)  # flagged samples, masks, triggers
+    info: dict[str, Any] = field(default_factory=dict)  # JSON-ready facts (detected target, ...)
+
+
+@dataclass(frozen=True)
+class Defense:
+    name: str
+    Params: type
+    run: Callable[[nn.Module, DefenseContext], Defended]
+    uses: tuple[Literal["train", "clean"], ...]  # which data the defender is given
+    cite: str

@@ -1,0 +1,270 @@
+"""What the notebooks call: the data of a run, clean and poisoned models, defended models.
+
+Every expensive result goes through the store under a key built from everything that
+determines it (config fields, upstream keys, data fingerprint, code salt), so a second run —
+or a later notebook — finds it instead of recomputing it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from bdlib import attacks, data, defenses, metrics, models
+from bdlib.attacks.base import Poisoned, Trigger, TriggerContext
+from bdlib.config import Config, as_dict, resolve
+from bdlib.defenses.base import DefenseContext
+from bdlib.store import Store
+from bdlib.train import fit, seed_everything, select_device
+
+DATA_SEED = 0  # the train / test subsets are the same for every run seed: seeds vary the attack and training
+
+
+def setup(profile: str = "quick", attack: str = "badnets", seed: int = 0, device: str = "auto",
+          overrides: dict | None = None, progress: bool | None = None) -> Config:
+    """Validate a notebook's parameters, seed everything, and pick the device.
+
+    Returns the frozen Config every later call takes. ``device='auto'`` is resolved here.
+    """
+    if progress is None:
+        progress = os.environ.get("BDLIB_PROGRESS", "1") != "0"
+    cfg = resolve(profile, attack=attack, seed=seed, device=device, overrides=overrides, progress=progress)
+    dev = select_device(cfg.device)
+    cfg = dataclasses.replace(cfg, device=dev.type)
+    seed_everything(cfg.seed)
+    return cfg
+
+
+def with_run(cfg: Config, **changes: Any) -> Config:
+    """The same config for another attack and/or seed (validated)."""
+    if "attack" in changes:
+        attacks.get(changes["attack"])
+    return dataclasses.replace(cfg, **changes)
+
+
+@functools.lru_cache(maxsize=1)
+def store() -> Store:
+    return Store()
+
+
+@dataclass(frozen=True)
+class RunData:
+    """The images a run uses: the training subset, the test subset, attacker-held extra data."""
+
+    dataset: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    x_aux: torch.Tensor  # training images outside the subset (never seen by the victim)
+    y_aux: torch.Tensor
+    classes: tuple[str, ...]
+    fingerprint: str
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.x_train.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+@functools.lru_cache(maxsize=4)
+def _run_data(dataset: str, n_train: int | None, n_test: int | None) -> RunData:
+    ds = data.load(dataset)
+    tr = data.subset(ds.x_train, ds.y_train, n_train, DATA_SEED)
+    te = data.subset(ds.x_test, ds.y_test, n_test, DATA_SEED)
+    rest = torch.ones(len(ds.y_train), dtype=torch.bool)
+    rest[tr] = False
+    aux = torch.nonzero(rest).flatten()
+    fp = f"{ds.fingerprint()}:{n_train}:{n_test}:{DATA_SEED}"
+    return RunData(dataset, ds.x_train[tr].contiguous(), ds.y_train[tr].contiguous(),
+                   ds.x_test[te].contiguous(), ds.y_test[te].contiguous(),
+                   ds.x_train[aux].contiguous(), ds.y_train[aux].contiguous(), ds.classes, fp)
+
+
+def run_data(cfg: Config) -> RunData:
+    return _run_data(cfg.dataset, cfg.n_train, cfg.n_test)
+
+
+def new_model(cfg: Config, seed: int) -> nn.Module:
+    """A freshly initialised model for this config, seeded, on the config's device."""
+    d = run_data(cfg)
+    torch.manual_seed(seed)
+    m = models.build(cfg.model, d.shape[0], d.num_classes, cfg.dataset)
+    dev = torch.device(cfg.device if cfg.device != "auto" else select_device("auto"))
+    m = m.to(dev)
+    if dev.type == "cuda":
+        m = m.to(memory_format=torch.channels_last)
+    return m
+
+
+def _train_spec(cfg: Config) -> dict:
+    return {"dataset": cfg.dataset, "n_train": cfg.n_train, "n_test": cfg.n_test, "model": cfg.model,
+            "train": as_dict(cfg.train), "data": run_data(cfg).fingerprint}
+
+
+def _load_model(cfg: Config, tensors: dict[str, torch.Tensor], seed: int = 0) -> nn.Module:
+    m = new_model(cfg, seed)
+    m.load_state_dict(tensors)
+    return m.eval()
+
+
+def _state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+
+
+@dataclass
+class ModelRun:
+    """A trained model with its metrics and store key."""
+
+    key: str
+    model: nn.Module
+    metrics: dict[str, float]
+    seconds: float
+    meta: dict
+
+
+def clean_model(cfg: Config, seed: int | None = None) -> ModelRun:
+    """The model trained on the clean training subset with the profile's standard training."""
+    seed = cfg.seed if seed is None else seed
+    d = run_data(cfg)
+    spec = {**_train_spec(cfg), "seed": seed}
+
+    def compute():
+        m = new_model(cfg, seed)
+        hist = fit(m, d.x_train, d.y_train, cfg.train, seed=seed, progress=cfg.progress, desc="clean model")
+        ev = metrics.evaluate(m, d.x_test, d.y_test, cfg.target, None, cfg.train.eval_batch_size)
+        return _state(m), {"metrics": ev, "history": hist}
+
+    e = store().get_or_compute("clean_model", spec, compute)
+    return ModelRun(e.key, _load_model(cfg, e.tensors), e.meta["metrics"], e.meta["seconds"], e.meta)
+
+
+def trigger(cfg: Config) -> tuple[str, Trigger]:
+    """The attack's trigger tensors for this run (optimised ones are trained once and cached)."""
+    atk, params = attacks.get(cfg.attack), cfg.attack_params
+    d = run_data(cfg)
+    spec = {"attack": cfg.attack, "params": as_dict(params), "target": cfg.target, "seed": cfg.seed,
+            "shape": list(d.shape), "data": d.fingerprint}
+    clean: Callable[[], nn.Module] | None = None
+    if atk.needs_clean_model:
+        clean_run = clean_model(cfg)
+        spec["clean_model"] = clean_run.key
+        clean = lambda: clean_run.model  # noqa: E731
+
+    def compute():
+        ctx = TriggerContext(params=params, target=cfg.target, seed=cfg.seed, shape=d.shape,
+                             num_classes=d.num_classes, x_train=d.x_train, y_train=d.y_train,
+                             x_aux=d.x_aux, y_aux=d.y_aux, clean_model=clean,
+                             train_model=functools.partial(_train_fresh, cfg),
+                             device=torch.device(cfg.device))
+        return atk.make_trigger(ctx), {}
+
+    e = store().get_or_compute("trigger", spec, compute)
+    return e.key, e.tensors
+
+
+def _train_fresh(cfg: Config, x: torch.Tensor, y: torch.Tensor, seed: int, **changes) -> nn.Module:
+    m = new_model(cfg, seed)
+    fit(m, x, y, cfg.train, seed=seed, progress=cfg.progress, **changes)
+    return m
+
+
+@dataclass
+class PoisonRun(ModelRun):
+    """A model trained on a poisoned training set, with the poisoned data and the trigger."""
+
+    poisoned: Poisoned
+    trigger: Trigger
+    test_trigger: Callable[[torch.Tensor], torch.Tensor]
+
+
+def poisoned_data(cfg: Config) -> tuple[str, Poisoned, Trigger]:
+    """The poisoned training set for this run (recomputed cheaply from the cached trigger)."""
+    tkey, trig = trigger(cfg)
+    d = run_data(cfg)
+    p = attacks.get(cfg.attack).poison_dataset(d.x_train, d.y_train, cfg.attack_params, trig,
+                                               cfg.target, cfg.seed)
+    return tkey, p, trig
+
+
+def poisoned_model(cfg: Config) -> PoisonRun:
+    """Train (or load) the victim model on the poisoned set; BA, ASR and RA on the test subset."""
+    tkey, p, trig = poisoned_data(cfg)
+    atk = attacks.get(cfg.attack)
+    d = run_data(cfg)
+    test_trigger = atk.test_transform(trig, cfg.attack_params)
+    spec = {**_train_spec(cfg), "seed": cfg.seed, "trigger": tkey, "attack": cfg.attack,
+            "params": as_dict(cfg.attack_params), "target": cfg.target}
+
+    def compute():
+        m = new_model(cfg, cfg.seed)
+        hist = fit(m, p.x, p.y, cfg.train, seed=cfg.seed, progress=cfg.progress, desc=f"{cfg.attack} victim")
+        ev = metrics.evaluate(m, d.x_test, d.y_test, cfg.target, test_trigger, cfg.train.eval_batch_size)
+        return _state(m), {"metrics": ev, "history": hist, "n_poisoned": int(p.poison_idx.sum())}
+
+    e = store().get_or_compute("poisoned_model", spec, compute)
+    return PoisonRun(e.key, _load_model(cfg, e.tensors), e.meta["metrics"], e.meta["seconds"], e.meta,
+                     p, trig, test_trigger)
+
+
+def clean_subset(cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
+    """The defender's clean data: a stratified ``clean_fraction`` of the unpoisoned training subset."""
+    d = run_data(cfg)
+    n = max(d.num_classes, int(round(cfg.clean_fraction * len(d.y_train))))
+    idx = data.subset(d.x_train, d.y_train, n, cfg.seed + 1000)
+    return d.x_train[idx], d.y_train[idx]
+
+
+@dataclass
+class DefenseRun(ModelRun):
+    defense: str
+    before: dict[str, float]
+    history: list[dict]
+    tensors: dict[str, torch.Tensor]
+    info: dict
+
+
+def defend(cfg: Config, defense: str) -> DefenseRun:
+    """Apply a defense to this run's poisoned model (cached); metrics before and after, DER."""
+    dfn = defenses.get(defense)
+    params = cfg.defenses[defense]
+    victim = poisoned_model(cfg)
+    d = run_data(cfg)
+    x_clean, y_clean = clean_subset(cfg)
+    spec = {"defense": defense, "params": as_dict(params), "victim": victim.key, "seed": cfg.seed,
+            "clean_fraction": cfg.clean_fraction}
+    evaluate = functools.partial(metrics.evaluate, x=d.x_test, y=d.y_test, target=cfg.target,
+                                 trigger=victim.test_trigger, batch_size=cfg.train.eval_batch_size)
+
+    def compute():
+        seed_everything(cfg.seed)
+        ctx = DefenseContext(params=params, cfg=cfg, x_train=victim.poisoned.x, y_train=victim.poisoned.y,
+                             x_clean=x_clean, y_clean=y_clean, num_classes=d.num_classes, seed=cfg.seed,
+                             new_model=functools.partial(new_model, cfg),
+                             evaluate=lambda m: evaluate(m), progress=cfg.progress)
+        start = time.perf_counter()
+        out = dfn.run(_load_model(cfg, _state(victim.model)), ctx)
+        seconds = time.perf_counter() - start
+        after = evaluate(out.model)
+        meta = {"metrics": after, "before": victim.metrics, "DER": metrics.der(victim.metrics, after),
+                "history": out.history, "info": out.info, "seconds": seconds,
+                "record_keys": sorted(out.tensors)}
+        tensors = {f"model.{k}": v for k, v in _state(out.model).items()}
+        tensors.update({f"record.{k}": v.detach().cpu().contiguous() for k, v in out.tensors.items()})
+        return tensors, meta
+
+    e = store().get_or_compute("defended_model", spec, compute)
+    model_state = {k[6:]: v for k, v in e.tensors.items() if k.startswith("model.")}
+    record = {k[7:]: v for k, v in e.tensors.items() if k.startswith("record.")}
+    after = dict(e.meta["metrics"], DER=e.meta["DER"])
+    return DefenseRun(e.key, _load_model(cfg, model_state), after, e.meta["seconds"], e.meta,
+                      defense, e.meta["before"], e.meta["history"], record, e.meta["info"])

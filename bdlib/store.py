@@ -1,0 +1,420 @@
+"""Content-addressed artifact store.
+
+Every expensive result (poisoned data, trained or defended model, metrics) is stored
+under ``key = sha256(canonical_json({"kind", "spec", "salt"}))`` so a second run finds
+it and skips the work. Tensors are kept as safetensors and metadata as JSON, so
+nothing read back from the store can execute code.
+
+Layout under ``root``::
+
+    <key[:2]>/<key>/tensors.safetensors
+    <key[:2]>/<key>/meta.json
+    locks/<key>.lock        one file lock per key
+    tmp/<random>/           entries being written, renamed into place when complete
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import hashlib
+import json
+import logging
+import math
+import os
+import pathlib
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from filelock import FileLock, Timeout
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save_file
+
+__all__ = ["CODE_SALT", "DEFAULT_ROOT", "Entry", "Store", "canonical_json"]
+
+logger = logging.getLogger(__name__)
+
+TENSORS_FILE = "tensors.safetensors"
+META_FILE = "meta.json"
+DEFAULT_ROOT = Path(__file__).resolve().parent.parent / ".bdlib-cache"
+
+_KEY_RE = re.compile(r"^[0-9a-f]{64}$")
+_SHARD_RE = re.compile(r"^[0-9a-f]{2}$")
+_STORE_FIELDS = ("key", "kind", "spec", "salt", "created", "files")
+# A temp dir older than this can only be debris of a killed writer: writes take seconds.
+_STALE_TMP_SECONDS = 24 * 3600
+
+
+def _compute_code_salt() -> str:
+    pkg = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    files = sorted((p.relative_to(pkg).as_posix(), p) for p in pkg.rglob("*.py") if p.is_file())
+    for rel, p in files:
+        # Separators keep (path, contents) pairs unambiguous when concatenated.
+        h.update(rel.encode("utf-8"))
+        h.update(b"\0")
+        h.update(p.read_bytes())
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+CODE_SALT: str = _compute_code_salt()
+
+
+def _fmt_path(path: str) -> str:
+    return path or "<root>"
+
+
+def _normalise(obj: Any, path: str = "") -> Any:
+    """Turn ``obj`` into plain JSON types, raising TypeError with the key path on failure."""
+    if obj is None or isinstance(obj, (bool, str)):
+        return obj
+    if isinstance(obj, int):
+        return int(obj)
+    if isinstance(obj, float):
+        if not math.isfinite(obj):
+            raise ValueError(f"non-finite float {obj!r} at {_fmt_path(path)} is not valid JSON")
+        return float(obj)
+    if isinstance(obj, pathlib.PurePath):
+        return str(obj)
+    if isinstance(obj, torch.device):
+        return str(obj)
+    if isinstance(obj, torch.dtype):
+        return str(obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        # Same result as dataclasses.asdict, but recursing here keeps the key path for errors.
+        obj = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+    if isinstance(obj, Mapping):
+        out: dict[str, Any] = {}
+        for k, v in obj.items():
+            if isinstance(k, str):
+                sk = k
+            elif isinstance(k, int) and not isinstance(k, bool):
+                sk = str(k)
+            else:
+                raise TypeError(
+                    f"dict key {k!r} of type {type(k).__qualname__} at {_fmt_path(path)} "
+                    "is not JSON-serialisable (use str or int keys)"
+                )
+            if sk in out:
+                raise TypeError(f"dict key {k!r} at {_fmt_path(path)} collides with another key once stringified")
+            out[sk] = _normalise(v, f"{path}.{sk}" if path else sk)
+        return out
+    if isinstance(obj, (list, tuple)):
+        return [_normalise(v, f"{path}[{i}]") for i, v in enumerate(obj)]
+    raise TypeError(
+        f"object of type {type(obj).__module__}.{type(obj).__qualname__} at {_fmt_path(path)} "
+        "is not JSON-serialisable"
+    )
+
+
+def canonical_json(obj: Any) -> str:
+    """Deterministic compact JSON of ``obj`` (sorted keys, ASCII, no NaN).
+
+    Dataclasses become dicts, tuples lists, paths/devices/dtypes strings. Anything else
+    that JSON cannot represent raises TypeError naming the type and the key path.
+    """
+    return json.dumps(
+        _normalise(obj), sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+    )
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _check_key(key: str) -> str:
+    # Keys become path components, so reject anything that is not a sha256 hex digest.
+    if not isinstance(key, str) or not _KEY_RE.match(key):
+        raise ValueError(f"invalid store key {key!r}: expected 64 lowercase hex characters")
+    return key
+
+
+class _Corrupt(Exception):
+    pass
+
+
+@dataclass(frozen=True, eq=False)
+class Entry:
+    """A stored artifact: its key, CPU tensors and JSON metadata."""
+
+    key: str
+    tensors: dict[str, torch.Tensor]
+    meta: dict[str, Any]
+
+
+class Store:
+    """Content-addressed, integrity-checked, concurrency-safe artifact store."""
+
+    root: Path
+
+    def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
+        """Use ``root``, else ``$BDLIB_CACHE``, else ``<repo>/.bdlib-cache``; created on first write."""
+        if root is None:
+            root = os.environ.get("BDLIB_CACHE") or DEFAULT_ROOT
+        # Absolute so that worker processes with another cwd agree on the location.
+        self.root = Path(os.path.abspath(os.path.expanduser(os.fspath(root))))
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.root)!r})"
+
+    # ------------------------------------------------------------------ keys
+    def key(self, kind: str, spec: Mapping[str, Any]) -> str:
+        """sha256 hex of the canonical JSON of ``kind``, ``spec`` and the code salt."""
+        if not isinstance(kind, str):
+            raise TypeError(f"kind must be str, got {type(kind).__qualname__}")
+        doc = {"kind": kind, "spec": spec, "salt": CODE_SALT}
+        return hashlib.sha256(canonical_json(doc).encode("ascii")).hexdigest()
+
+    def path(self, key: str) -> Path:
+        """Directory of the entry for ``key``."""
+        _check_key(key)
+        return self.root / key[:2] / key
+
+    # ------------------------------------------------------------------ read
+    def _load(self, key: str, p: Path) -> Entry:
+        if not p.is_dir():
+            raise _Corrupt("entry is not a directory")
+        try:
+            meta_text = (p / META_FILE).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise _Corrupt(f"{META_FILE} is missing") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise _Corrupt(f"{META_FILE} unreadable: {e}") from None
+        try:
+            meta = json.loads(meta_text)
+        except ValueError as e:
+            raise _Corrupt(f"{META_FILE} is not valid JSON: {e}") from None
+        if not isinstance(meta, dict):
+            raise _Corrupt(f"{META_FILE} is not a JSON object")
+        if meta.get("key") != key:
+            raise _Corrupt(f"{META_FILE} records key {meta.get('key')!r}")
+        files = meta.get("files")
+        if not isinstance(files, dict) or not isinstance(files.get(TENSORS_FILE), str):
+            raise _Corrupt(f"{META_FILE} has no sha256 for {TENSORS_FILE}")
+        for name, digest in files.items():
+            if name != TENSORS_FILE:
+                fp = p / name
+                if "/" in name or "\\" in name or not fp.is_file() or _sha256_file(fp) != digest:
+                    raise _Corrupt(f"file {name!r} is missing or fails its sha256 check")
+        try:
+            # One read for both the hash and the parse, so they see the same bytes.
+            data = (p / TENSORS_FILE).read_bytes()
+        except FileNotFoundError:
+            raise _Corrupt(f"{TENSORS_FILE} is missing") from None
+        except OSError as e:
+            raise _Corrupt(f"{TENSORS_FILE} unreadable: {e}") from None
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != files[TENSORS_FILE]:
+            raise _Corrupt(f"sha256 of {TENSORS_FILE} is {digest}, expected {files[TENSORS_FILE]}")
+        try:
+            tensors = load_safetensors(data)
+        except Exception as e:  # safetensors raises its own error types on bad input
+            raise _Corrupt(f"{TENSORS_FILE} does not parse: {e}") from None
+        return Entry(key=key, tensors=dict(tensors), meta=meta)
+
+    def _discard(self, p: Path, ino: int | None) -> None:
+        # Only discard the directory we inspected: another process may have already
+        # replaced it with a fresh valid entry.
+        try:
+            if ino is not None and p.stat().st_ino != ino:
+                return
+            tmp_root = self.root / "tmp"
+            tmp_root.mkdir(parents=True, exist_ok=True)
+            aside = Path(tempfile.mkdtemp(prefix=f"corrupt-{p.name[:8]}-", dir=tmp_root))
+            # Rename first so readers never observe a half-deleted entry.
+            os.replace(p, aside / p.name)
+            shutil.rmtree(aside, ignore_errors=True)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            logger.warning("bdlib store: could not remove corrupt entry %s: %s", p, e)
+
+    def get(self, key: str) -> Entry | None:
+        """Return the entry for ``key``; None if missing or corrupt (corrupt entries are deleted)."""
+        p = self.path(key)
+        try:
+            ino: int | None = p.stat().st_ino
+        except FileNotFoundError:
+            return None
+        try:
+            return self._load(key, p)
+        except _Corrupt as e:
+            if not p.exists():
+                # Removed by someone else while we were reading: simply missing.
+                return None
+            logger.warning("bdlib store: entry %s is corrupt (%s); discarding it", key, e)
+            self._discard(p, ino)
+            return None
+
+    def __contains__(self, key: object) -> bool:
+        """True if a valid (integrity-checked) entry exists for ``key``."""
+        if not isinstance(key, str) or not _KEY_RE.match(key):
+            return False
+        return self.get(key) is not None
+
+    # ----------------------------------------------------------------- write
+    def _ensure_root(self) -> None:
+        if not self.root.exists():
+            self.root.mkdir(parents=True, exist_ok=True)
+            # Keep a cache inside the repo out of version control.
+            try:
+                (self.root / ".gitignore").write_text("*\n", encoding="utf-8")
+            except OSError:
+                pass
+
+    def _sweep_tmp(self) -> None:
+        tmp_root = self.root / "tmp"
+        try:
+            children = list(tmp_root.iterdir())
+        except OSError:
+            return
+        now = time.time()
+        for c in children:
+            try:
+                if now - c.stat().st_mtime > _STALE_TMP_SECONDS:
+                    shutil.rmtree(c, ignore_errors=True)
+            except OSError:
+                pass
+
+    def put(
+        self,
+        key: str,
+        tensors: Mapping[str, torch.Tensor],
+        meta: Mapping[str, Any],
+        *,
+        kind: str = "",
+        spec: Mapping[str, Any] | None = None,
+    ) -> Entry:
+        """Atomically store ``tensors`` and ``meta`` under ``key`` and return the stored entry.
+
+        If a valid entry already exists it is kept and returned instead.
+        """
+        final = self.path(key)
+        if not isinstance(meta, Mapping):
+            raise TypeError(f"meta must be a mapping, got {type(meta).__qualname__}")
+        # Validate everything before touching the disk.
+        meta_doc = _normalise(dict(meta), "meta")
+        spec_doc = None if spec is None else _normalise(spec, "spec")
+        if not isinstance(kind, str):
+            raise TypeError(f"kind must be str, got {type(kind).__qualname__}")
+        if not isinstance(tensors, Mapping):
+            raise TypeError(f"tensors must be a mapping, got {type(tensors).__qualname__}")
+        to_save: dict[str, torch.Tensor] = {}
+        seen_storage: set[int] = set()
+        for name, t in tensors.items():
+            if not isinstance(name, str):
+                raise TypeError(f"tensor name {name!r} must be str")
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"tensors[{name!r}] is {type(t).__qualname__}, not a torch.Tensor")
+            t = t.detach().cpu().contiguous()
+            ptr = t.untyped_storage().data_ptr()
+            if t.numel() and ptr in seen_storage:
+                # safetensors refuses tensors sharing memory (e.g. tied weights).
+                t = t.clone()
+                ptr = t.untyped_storage().data_ptr()
+            if t.numel():
+                seen_storage.add(ptr)
+            to_save[name] = t
+
+        self._ensure_root()
+        tmp_root = self.root / "tmp"
+        tmp_root.mkdir(parents=True, exist_ok=True)
+        self._sweep_tmp()
+        tmp = Path(tempfile.mkdtemp(prefix=f"{key[:8]}-", dir=tmp_root))
+        try:
+            save_file(to_save, str(tmp / TENSORS_FILE))
+            doc = dict(meta_doc)
+            # Store bookkeeping wins over producer fields of the same name.
+            doc.update(
+                key=key,
+                kind=kind,
+                spec=spec_doc,
+                salt=CODE_SALT,
+                created=_dt.datetime.now(_dt.timezone.utc).isoformat(),
+                files={TENSORS_FILE: _sha256_file(tmp / TENSORS_FILE)},
+            )
+            text = json.dumps(doc, sort_keys=True, indent=1, ensure_ascii=True, allow_nan=False)
+            with open(tmp / META_FILE, "w", encoding="utf-8") as f:
+                f.write(text + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            final.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.replace(tmp, final)
+            except OSError:
+                # Destination exists (non-empty dir): keep it if valid, else replace it.
+                existing = self.get(key)
+                if existing is not None:
+                    return existing
+                os.replace(tmp, final)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        entry = self.get(key)
+        if entry is None:  # pragma: no cover - only if someone deletes it right away
+            raise RuntimeError(f"entry {key} vanished or is invalid right after being written")
+        return entry
+
+    def get_or_compute(
+        self,
+        kind: str,
+        spec: Mapping[str, Any],
+        compute: Callable[[], tuple[Mapping[str, torch.Tensor], Mapping[str, Any]]],
+    ) -> Entry:
+        """Return the stored entry for ``(kind, spec)``, computing and storing it if needed.
+
+        Concurrent callers for one key serialise on a file lock; only the first computes.
+        ``meta["seconds"]`` records the wall time of ``compute`` unless it sets it itself.
+        """
+        key = self.key(kind, spec)
+        entry = self.get(key)
+        if entry is not None:
+            return entry
+        self._ensure_root()
+        lock_dir = self.root / "locks"
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(lock_dir / f"{key}.lock"))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            logger.info("bdlib store: waiting for another process computing %s %s", kind or "entry", key[:12])
+            lock.acquire()
+        try:
+            entry = self.get(key)
+            if entry is not None:
+                return entry
+            t0 = time.perf_counter()
+            result = compute()
+            seconds = time.perf_counter() - t0
+            if not (isinstance(result, tuple) and len(result) == 2):
+                raise TypeError("compute() must return a (tensors, meta) tuple")
+            tensors, meta = result
+            meta = dict(meta)
+            meta.setdefault("seconds", float(seconds))
+            return self.put(key, tensors, meta, kind=kind, spec=spec)
+        finally:
+            lock.release()
+
+    def clear(self) -> None:
+        """Remove all entries, locks and temp files under ``root`` (if it exists).
+
+        Only store-owned names (2-hex shard dirs, ``tmp``, ``locks``) are removed, so a
+        mistaken ``$BDLIB_CACHE`` cannot wipe unrelated files.
+        """
+        if not self.root.is_dir():
+            return
+        for child in self.root.iterdir():
+            if child.is_dir() and (child.name in ("tmp", "locks") or _SHARD_RE.match(child.name)):
+                shutil.rmtree(child, ignore_errors=True)

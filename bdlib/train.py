@@ -1,0 +1,189 @@
+"""The one training / evaluation loop every attack and defense shares.
+
+Data stays a uint8 tensor on the training device; each batch is converted to float in
+[0, 1] and augmented (random crop with zero padding, horizontal flip) as whole-batch tensor
+ops, so there is no DataLoader, no PIL and no per-sample Python. On CUDA the same code runs
+with channels_last and bf16 autocast. A defense changes the objective by passing
+``loss_fn(model, x, y, idx)`` — ``idx`` indexes the training tensors, so per-sample soft
+targets computed beforehand can be looked up.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+from contextlib import nullcontext
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bdlib.config import TrainConfig
+
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """'auto' picks CUDA when present, else the CPU; asking for CUDA without one is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was requested but torch sees no CUDA device; use 'cpu' or 'auto'")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch; make CPU kernels deterministic where torch can."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def to_float(x: torch.Tensor) -> torch.Tensor:
+    """uint8 images -> float32 in [0, 1]; float input is returned as is."""
+    if x.dtype == torch.uint8:
+        x = x.float().div_(255.0)
+    if x.is_cuda:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def augment(x: torch.Tensor, crop_pad: int, flip: bool, gen: torch.Generator) -> torch.Tensor:
+    """Random crop (zero padding ``crop_pad``) and horizontal flip of a whole float batch."""
+    n, c, h, w = x.shape
+    if crop_pad > 0:
+        offsets = torch.randint(0, 2 * crop_pad + 1, (2, n), generator=gen).to(x.device)
+        padded = F.pad(x, (crop_pad,) * 4)
+        rows = (offsets[0][:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+        cols = (offsets[1][:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+        batch = torch.arange(n, device=x.device)[:, None, None, None]
+        chan = torch.arange(c, device=x.device)[None, :, None, None]
+        x = padded[batch, chan, rows, cols]
+    if flip:
+        mask = (torch.rand(n, generator=gen) < 0.5).to(x.device)[:, None, None, None]
+        x = torch.where(mask, x.flip(3), x)
+    return x
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA; nothing on the CPU (same code path, no reduced precision there)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(model(x), y)
+
+
+def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, train: TrainConfig, *,
+        seed: int, loss_fn: LossFn = cross_entropy, params: Iterable[nn.Parameter] | None = None,
+        schedule: str | Callable[[int], float] = "cosine", bn_eval: bool = False,
+        on_epoch: Callable[[int, nn.Module], dict] | None = None, progress: bool = False,
+        desc: str = "train", **changes) -> list[dict]:
+    """Train ``model`` in place on ``(x, y)`` with SGD; return one record per epoch.
+
+    ``changes`` override fields of ``train`` for this call (``epochs=2, lr=0.01``).
+    ``schedule`` is "cosine" (per step, to zero), "constant", or epoch -> lr factor.
+    ``bn_eval`` keeps BatchNorm layers in eval mode (their running statistics frozen).
+    ``on_epoch(epoch, model)`` may return metrics that are added to that epoch's record.
+    """
+    train = dataclasses.replace(train, **changes)
+    device = next(model.parameters()).device
+    x, y = x.to(device), y.to(device)
+    gen = torch.Generator().manual_seed(seed)
+    params = [p for p in (model.parameters() if params is None else params) if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
+    steps_per_epoch = max(1, -(-len(x) // train.batch_size))
+    total = train.epochs * steps_per_epoch
+    history: list[dict] = []
+    bar = _progress(range(train.epochs), progress, desc)
+    step = 0
+    for epoch in bar:
+        model.train()
+        if bn_eval:
+            for m in model.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        order = torch.randperm(len(x), generator=gen).to(device)
+        loss_sum, seen = 0.0, 0
+        for start in range(0, len(x), train.batch_size):
+            idx = order[start:start + train.batch_size]
+            factor = _lr_factor(schedule, epoch, step, total)
+            for group in opt.param_groups:
+                group["lr"] = train.lr * factor
+            xb = augment(to_float(x[idx]), train.crop_pad, train.flip, gen)
+            with autocast(device):
+                loss = loss_fn(model, xb, y[idx], idx)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_sum += float(loss.detach()) * len(idx)
+            seen += len(idx)
+            step += 1
+        record = {"epoch": epoch + 1, "loss": loss_sum / max(seen, 1)}
+        if on_epoch is not None:
+            record.update(on_epoch(epoch + 1, model))
+        history.append(record)
+        if hasattr(bar, "set_postfix"):
+            bar.set_postfix(loss=f"{record['loss']:.3f}")
+    model.eval()
+    return history
+
+
+def _lr_factor(schedule: str | Callable[[int], float], epoch: int, step: int, total: int) -> float:
+    if callable(schedule):
+        return float(schedule(epoch))
+    if schedule == "cosine":
+        return 0.5 * (1.0 + float(np.cos(np.pi * step / total)))
+    if schedule == "constant":
+        return 1.0
+    raise ValueError(f"schedule {schedule!r} is unknown; choose 'cosine', 'constant' or a callable")
+
+
+def _progress(it, enabled: bool, desc: str):
+    if not enabled:
+        return it
+    from tqdm.auto import tqdm
+
+    return tqdm(it, desc=desc, leave=False)
+
+
+@torch.inference_mode()
+def logits(model: nn.Module, x: torch.Tensor, batch_size: int = 1024,
+           transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """Model outputs (float32, on the CPU) for every image of ``x`` (uint8 or float), in eval mode.
+
+    ``transform`` is applied to each uint8 batch first (e.g. an attack's trigger), so triggered
+    copies of a whole test set are never materialised.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(x), batch_size):
+        xb = x[start:start + batch_size].to(device)
+        if transform is not None:
+            xb = transform(xb)
+        with autocast(device):
+            out.append(model(to_float(xb)).float().cpu())
+    return torch.cat(out) if out else torch.empty(0)
+
+
+@torch.inference_mode()
+def features(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """Penultimate features (``model.features``) for every image of ``x``, on the CPU."""
+    model.eval()
+    device = next(model.parameters()).device
+    out = [model.features(to_float(x[s:s + batch_size].to(device))).float().cpu()
+           for s in range(0, len(x), batch_size)]
+    return torch.cat(out)
+
+
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024,
+            transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """Predicted class of every image of ``x``."""
+    return logits(model, x, batch_size, transform).argmax(1)
