@@ -1,9 +1,15 @@
 """The defenses, by name. A new defense is one module with a ``DEFENSE`` record plus a line here."""
 from __future__ import annotations
 
+from bdlib.defenses import ntml
+from bdlib.defenses import mcldef
+from bdlib.defenses import none
 from bdlib.defenses.base import Defense, DefenseContext, Defended
 
 REGISTRY: dict[str, Defense] = {}
+REGISTRY["mcldef"] = mcldef.DEFENSE
+REGISTRY["ntml"] = ntml.DEFENSE
+REGISTRY["none"] = none.DEFENSE
 
 
 def get(name: str) -> Defense:

@@ -1,0 +1,138 @@
+"""Tests for bdlib.defenses.ntml: the non-target loss, mutual learning, Params, and run end to end."""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bdlib import metrics
+from bdlib.config import ConfigError, profile, resolve
+from bdlib.defenses import DefenseContext, ntml
+from bdlib.models import SmallCNN
+
+torch.set_num_threads(1)
+
+
+def test_given_label_logit_has_no_effect():
+    gen = torch.Generator().manual_seed(0)
+    s = torch.randn(6, 5, generator=gen, requires_grad=True)
+    t = torch.randn(6, 5, generator=gen)
+    y = torch.tensor([0, 1, 2, 3, 4, 2])
+    loss = ntml.nontarget_kd_loss(s, t, y, 4.0)
+    loss.backward()
+    rows = torch.arange(6)
+    assert torch.all(s.grad[rows, y] == 0)
+    assert torch.all(s.grad.abs().sum(1) > 0)
+    s2, t2 = s.detach().clone(), t.clone()
+    s2[rows, y] += 50.0
+    t2[rows, y] -= 50.0
+    assert torch.allclose(ntml.nontarget_kd_loss(s2, t2, y, 4.0), loss.detach())
+
+
+def test_temperature_matches_hand_computation():
+    s = torch.tensor([[9.0, 1.0, 2.0, 0.0]])
+    t = torch.tensor([[-3.0, 3.0, 0.0, 1.0]])
+    y = torch.tensor([0])
+    tau = 2.0
+    ps = [math.exp(v / tau) for v in (1.0, 2.0, 0.0)]
+    pt = [math.exp(v / tau) for v in (3.0, 0.0, 1.0)]
+    ps = [v / sum(ps) for v in ps]
+    pt = [v / sum(pt) for v in pt]
+    hand = tau ** 2 * sum(q * math.log(q / p) for q, p in zip(pt, ps))
+    assert ntml.nontarget_kd_loss(s, t, y, tau).item() == pytest.approx(hand, rel=1e-5)
+    # The full-class loss is a different number: the mask really removed the label's column.
+    assert ntml.kd_loss(s, t, tau).item() != pytest.approx(hand, rel=1e-3)
+
+
+def test_zero_when_nontarget_distributions_match():
+    gen = torch.Generator().manual_seed(1)
+    s = torch.randn(8, 10, generator=gen)
+    y = torch.randint(0, 10, (8,), generator=gen)
+    # Same non-target logits up to a per-row shift (softmax-invariant); given label wildly different.
+    t = s + torch.randn(8, 1, generator=gen)
+    t[torch.arange(8), y] = 30.0
+    assert ntml.nontarget_kd_loss(s, t, y, 4.0).item() == pytest.approx(0.0, abs=1e-5)
+    assert ntml.kd_loss(s, t, 4.0).item() > 1.0
+
+
+def test_mutual_losses_have_separate_gradients():
+    gen = torch.Generator().manual_seed(2)
+    s = torch.randn(4, 3, generator=gen, requires_grad=True)
+    t = torch.randn(4, 3, generator=gen, requires_grad=True)
+    y = torch.tensor([0, 1, 2, 1])
+    ls, lt = ntml.mutual_losses(s, t, y, 4.0, 1.0)
+    (ls + lt).backward()
+    grad_s, grad_t = s.grad.clone(), t.grad.clone()
+    s.grad = t.grad = None
+    ls, _ = ntml.mutual_losses(s, t, y, 4.0, 1.0)
+    ls.backward()
+    assert torch.allclose(s.grad, grad_s) and t.grad is None
+    expected = F.cross_entropy(s.detach(), y) + 16.0 * F.kl_div(
+        F.log_softmax(s.detach() / 4, 1), F.softmax(t.detach() / 4, 1), reduction="batchmean")
+    assert ls.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert grad_t.abs().sum() > 0
+
+
+def _tiny_ctx(**params) -> DefenseContext:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (48, 1, 12, 12), generator=gen, dtype=torch.uint8)
+    y = torch.arange(48) % 3
+    cfg = profile("smoke")
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=1, batch_size=64))
+
+    def new_model(seed: int) -> nn.Module:
+        torch.manual_seed(seed)
+        return SmallCNN(1, 3, width=4, pool=1)
+
+    def stamp(xb: torch.Tensor) -> torch.Tensor:
+        xb = xb.clone()
+        xb[..., -3:, -3:] = 255
+        return xb
+
+    return DefenseContext(params=ntml.Params(**params), cfg=cfg, x_train=x, y_train=y,
+                          x_clean=x[:12], y_clean=y[:12], num_classes=3, seed=0, new_model=new_model,
+                          evaluate=lambda m: metrics.evaluate(m, x[:24], y[:24], 0, stamp))
+
+
+def test_one_ml_step_changes_both_models():
+    ctx = _tiny_ctx(ml_epochs=1, ml_lr=0.1)
+    pair = nn.ModuleDict({"student": ctx.new_model(0), "teacher": ctx.new_model(1)})
+    before = {k: v.clone() for k, v in pair.state_dict().items()}
+    history = ntml.ml_stage(pair, ctx)
+    assert len(history) == 1 and history[0]["stage"] == "ml" and "teacher_BA" in history[0]
+    for role in ("student", "teacher"):
+        w = f"{role}.fc.weight"
+        assert not torch.equal(pair.state_dict()[w], before[w]), role
+
+
+def test_params_validation_names_value_and_choices():
+    with pytest.raises(ValueError, match=r"'mentor'.*kd, poisoned"):
+        ntml.Params(teacher="mentor").validate()
+    with pytest.raises(ValueError, match=r"init 'random'.*scratch, poisoned"):
+        ntml.Params(init="random").validate()
+    with pytest.raises(ValueError, match=r"tau must be > 0, got -1"):
+        ntml.Params(tau=-1.0).validate()
+    with pytest.raises(ValueError, match=r"nt_epochs.*got 0"):
+        ntml.Params(nt_epochs=0).validate()
+    with pytest.raises(ConfigError, match=r"ntml.*lam must be >= 0, got -0.5"):
+        resolve("smoke", overrides={"defenses.ntml.lam": -0.5})
+    ntml.Params().validate()
+
+
+@pytest.mark.parametrize("teacher", ["kd", "poisoned"])
+def test_run_end_to_end(teacher):
+    ctx = _tiny_ctx(teacher=teacher, nt_epochs=2, ml_epochs=2)
+    m0 = ctx.new_model(7)
+    m0_state = {k: v.clone() for k, v in m0.state_dict().items()}
+    out = ntml.DEFENSE.run(m0, ctx)
+    stages = [h["stage"] for h in out.history]
+    assert stages == ["nt", "nt", "ml", "ml"]
+    assert set(out.info) == {"poisoned", "nt_student", "nt_teacher", "ml_teacher"}
+    assert out.model is not m0 and not out.model.training
+    assert all(torch.equal(m0.state_dict()[k], v) for k, v in m0_state.items())
+    if teacher == "poisoned":  # the NT teacher is M0 itself
+        assert out.info["nt_teacher"] == out.info["poisoned"]
