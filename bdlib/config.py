@@ -82,9 +82,19 @@ _PROFILE_BASE: dict[str, dict[str, Any]] = {
     ),
 }
 _PROFILE_METHODS: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
-    "smoke": {"attacks": {}, "defenses": {}},
-    "quick": {"attacks": {}, "defenses": {}},
-    "paper": {"attacks": {}, "defenses": {}},
+    "smoke": {"attacks": {
+        # Seconds per trigger: tiny budgets; attacks need not succeed at 2 epochs on 2k images.
+        "trojan": {"steps": 30, "n_background": 64},
+        "narcissus": {"poison_rate": 0.05, "pood_size": 2000, "surrogate_epochs": 1,
+                      "warmup_epochs": 1, "synth_epochs": 5, "synth_batch": 128, "aug_crop_pad": 2},
+    }, "defenses": {}},
+    "quick": {"attacks": {
+        "narcissus": {"poison_rate": 0.05, "synth_epochs": 100, "aug_crop_pad": 2},
+    }, "defenses": {}},
+    "paper": {"attacks": {
+        # The full training set leaves no held-out split: CIFAR-100 is the surrogate's extra data.
+        "narcissus": {"pood": "cifar100"},
+    }, "defenses": {}},
 }
 
 
