@@ -11,17 +11,17 @@ import functools
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
-from bdlib import attacks, data, defenses, metrics, models
+from bdlib import attacks, data, defenses, figures, metrics, models
 from bdlib.attacks.base import Poisoned, Trigger, TriggerContext
 from bdlib.config import Config, as_dict, resolve
 from bdlib.defenses.base import DefenseContext
 from bdlib.store import Store
-from bdlib.train import fit, seed_everything, select_device
+from bdlib.train import features, fit, seed_everything, select_device
 
 DATA_SEED = 0  # the train / test subsets are the same for every run seed: seeds vary the attack and training
 
@@ -38,7 +38,39 @@ def setup(profile: str = "quick", attack: str = "badnets", seed: int = 0, device
     dev = select_device(cfg.device)
     cfg = dataclasses.replace(cfg, device=dev.type)
     seed_everything(cfg.seed)
+    figures.start_clock()
     return cfg
+
+
+def describe(cfg: Config, methods: Sequence[str] = ()) -> str:
+    """The profile's values a notebook prints, so that nothing it ran with is silent."""
+    lines = [f"profile {cfg.profile}: {cfg.dataset}, {cfg.model}, "
+             f"train n={cfg.n_train or 'all'}, test n={cfg.n_test or 'all'}, device {cfg.device}",
+             f"training: {as_dict(cfg.train)}",
+             f"target class {cfg.target}, clean data {cfg.clean_fraction:.1%} of the training set, "
+             f"seeds {list(cfg.seeds)}"]
+    for name in methods:
+        group = cfg.attacks if name in cfg.attacks else cfg.defenses
+        lines.append(f"{name}: {as_dict(group[name])}")
+    return "\n".join(lines)
+
+
+def attack_names(spec: str | Sequence[str]) -> list[str]:
+    """``"all"`` -> every registered attack; otherwise the names, each validated."""
+    if spec == "all":
+        return list(attacks.REGISTRY)
+    names = [spec] if isinstance(spec, str) else list(spec)
+    for n in names:
+        attacks.get(n)
+    return names
+
+
+def seed_list(cfg: Config, seeds: Sequence[int] | None) -> list[int]:
+    """The notebook's ``seeds`` parameter, or the profile's seeds when it is None."""
+    chosen = list(cfg.seeds if seeds is None else seeds)
+    if not chosen or any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in chosen):
+        raise ValueError(f"seeds must be a non-empty list of non-negative integers, got {seeds!r}")
+    return chosen
 
 
 def with_run(cfg: Config, **changes: Any) -> Config:
@@ -268,3 +300,76 @@ def defend(cfg: Config, defense: str) -> DefenseRun:
     after = dict(e.meta["metrics"], DER=e.meta["DER"])
     return DefenseRun(e.key, _load_model(cfg, model_state), after, e.meta["seconds"], e.meta,
                       defense, e.meta["before"], e.meta["history"], record, e.meta["info"])
+
+
+def trigger_examples(cfg: Config, names: Sequence[str], index: int | None = None) -> list[dict]:
+    """One test image per attack, clean and with the test-time trigger (gallery rows).
+
+    The image is the first non-target test image (or ``index``), the same for every attack.
+    """
+    d = run_data(cfg)
+    i = index if index is not None else int(torch.nonzero(d.y_test != cfg.target)[0])
+    rows = []
+    for name in names:
+        c = with_run(cfg, attack=name)
+        _, trig = trigger(c)
+        transform = attacks.get(name).test_transform(trig, c.attack_params)
+        clean = d.x_test[i:i + 1]
+        rows.append({"attack": name, "clean": clean[0], "poisoned": transform(clean)[0]})
+    return rows
+
+
+def poisoning_table(cfg: Config, names: Sequence[str], seeds: Sequence[int]) -> list[dict]:
+    """BA / ASR / RA of the clean model and of each attack's poisoned model, per seed."""
+    rows = []
+    for seed in seeds:
+        c = with_run(cfg, seed=seed)
+        clean = clean_model(c)
+        rows.append({"model": "clean", "seed": seed, **clean.metrics, "seconds": clean.seconds})
+        for name in names:
+            run = poisoned_model(with_run(c, attack=name))
+            rows.append({"model": name, "seed": seed, **run.metrics, "seconds": run.seconds,
+                         "n_poisoned": run.meta["n_poisoned"]})
+    return rows
+
+
+def summarize(rows: Sequence[dict], by: str = "model",
+              keys: Sequence[str] = ("BA", "ASR", "RA")) -> dict[str, dict[str, list[float]]]:
+    """``{group: {metric: [mean, std]}}`` over the rows of each group (std over seeds)."""
+    out: dict[str, dict[str, list[float]]] = {}
+    for group in dict.fromkeys(r[by] for r in rows):
+        ms = metrics.mean_std([r for r in rows if r[by] == group], keys)
+        out[group] = {k: [round(m, 2), round(s, 2)] for k, (m, s) in ms.items()}
+    return out
+
+
+def feature_embedding(cfg: Config, n: int = 1500, poisoned_n: int = 150,
+                      model: nn.Module | None = None) -> dict:
+    """A 2-D t-SNE of penultimate features of training samples, poisoned ones included.
+
+    Takes ``n`` clean samples and up to ``poisoned_n`` poisoned ones of this run's poisoned
+    set, embedded with the poisoned model (or ``model``, e.g. a defended one).
+    """
+    from sklearn.manifold import TSNE
+
+    run = poisoned_model(cfg)
+    p = run.poisoned
+    gen = torch.Generator().manual_seed(cfg.seed)
+    clean_idx = torch.nonzero(~p.poison_idx).flatten()
+    pois_idx = torch.nonzero(p.poison_idx).flatten()
+    clean_idx = clean_idx[torch.randperm(len(clean_idx), generator=gen)[:n]]
+    pois_idx = pois_idx[torch.randperm(len(pois_idx), generator=gen)[:poisoned_n]]
+    idx = torch.cat([clean_idx, pois_idx])
+    feats = features(model or run.model, p.x[idx], cfg.train.eval_batch_size).numpy()
+    points = TSNE(n_components=2, init="pca", perplexity=30, random_state=cfg.seed).fit_transform(feats)
+    labels = run_data(cfg).y_train[idx].numpy()  # true classes, so poisoned points show where they came from
+    poisoned = p.poison_idx[idx].numpy()
+    return {"points": points, "labels": labels, "poisoned": poisoned}
+
+
+def summary_table(summary: dict[str, dict[str, list[float]]]):
+    """A pandas table of ``mean ± std`` strings from :func:`summarize`, for display."""
+    import pandas as pd
+
+    return pd.DataFrame({g: {k: f"{m:.1f} ± {s:.1f}" for k, (m, s) in v.items()}
+                         for g, v in summary.items()}).T

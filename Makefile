@@ -1,0 +1,35 @@
+# The two README commands, each doing its own set-up on a fresh machine:
+#   make figures   run every notebook on profile quick (Fashion-MNIST) and write figures/
+#   make test      run the test suite (what .ci/run calls)
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.bdlib-installed
+PROFILE ?= quick
+
+.PHONY: figures test setup data clean-cache
+
+figures: setup
+	$(BIN)/python -m bdlib run --profile $(PROFILE)
+
+test: setup
+	$(BIN)/python -m pytest -q tests
+
+setup: $(STAMP) data
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,dask]'
+	touch $@
+
+# Fashion-MNIST: found under $$BDLIB_DATA or from Debian's dataset-fashion-mnist; installed with
+# apt-get where apt exists and the data is missing (bdlib falls back to torchvision's download).
+data: $(STAMP)
+	@$(BIN)/python -c "import bdlib.data as d; d.load('fmnist', download=False)" 2>/dev/null \
+	  || { if command -v apt-get >/dev/null; then \
+	         SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	         $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist; \
+	       else echo "apt-get not found: bdlib will try torchvision's download of Fashion-MNIST"; fi; }
+
+clean-cache:
+	rm -rf .bdlib-cache build

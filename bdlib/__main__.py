@@ -1,0 +1,5 @@
+import sys
+
+from bdlib.run import main
+
+sys.exit(main())
