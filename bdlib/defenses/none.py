@@ -1,0 +1,257 @@
+"""NONE (Wang, Ding, Zhai, Ma, "Training with More Confidence: Mitigating Injected and Natural
+Backdoors During Training", NeurIPS 2022, arXiv 2202.06382).
+
+A backdoor lives in a few channels that fire far above their usual range on the samples the
+model is most confident about. Each round scores every monitored conv channel by how far its
+peak on confident samples of a class exceeds its range on non-members (mean + 3 std), resets
+the top channels of each layer, flags the training samples on which those channels fire
+(optimal two-means split) and fine-tunes on the rest with BatchNorm frozen.
+"""
+from __future__ import annotations
+
+import math
+import operator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from bdlib.defenses.base import Defense, DefenseContext, Defended
+from bdlib.models import ResNet18, conv_layers
+from bdlib.train import autocast, fit, to_float
+
+
+@dataclass(frozen=True)
+class Params:
+    rho: float = 0.03  # fraction of each monitored layer's channels reset per round (NONE, CIFAR ResNet-18)
+    rounds: int = 1  # detect → reset → fine-tune rounds; 1 for injected backdoors (NONE README)
+    none_lr: float = 1e-4  # fine-tuning learning rate (NONE README command)
+    epochs2: int = 5  # fine-tuning epochs per round (choice: the README leaves it to the schedule)
+    strong: float = 0.9  # p_ik above this puts sample i in class k's strong set (NONE)
+    weak: float = 0.1  # p_ik below this puts sample i in class k's weak set (NONE)
+    std_k: float = 3.0  # a channel's normal range on the weak set is mean + std_k·std (NONE)
+
+    def validate(self) -> None:
+        if not 0 < self.rho <= 1:
+            raise ValueError(f"rho must be in (0, 1], got {self.rho}")
+        if self.rounds < 1:
+            raise ValueError(f"rounds must be >= 1, got {self.rounds}")
+        if not self.none_lr > 0:
+            raise ValueError(f"none_lr must be > 0, got {self.none_lr}")
+        if self.epochs2 < 0:
+            raise ValueError(f"epochs2 must be >= 0 (0 resets without fine-tuning), got {self.epochs2}")
+        if not 0 < self.weak < self.strong < 1:
+            raise ValueError(f"need 0 < weak < strong < 1, got weak={self.weak}, strong={self.strong}")
+        if self.std_k < 0:
+            raise ValueError(f"std_k must be >= 0, got {self.std_k}")
+
+
+def channel_scores(acts: torch.Tensor, probs: torch.Tensor, strong: float, weak: float,
+                   std_k: float, chunk: int = 512) -> torch.Tensor:
+    """score_j = max_k [max_{i∈S_k} a_ij − (mean_{i∈W_k} a_ij + std_k·std_{i∈W_k} a_ij)], in float64.
+
+    ``acts`` is [N, C], ``probs`` [N, K]; S_k = {i: p_ik > strong}, W_k = {i: p_ik < weak}.
+    A class whose strong or weak set is empty contributes −inf; std is the population std.
+    The strong-set max scatters each (sample, class) membership's activations into a [K, C]
+    running max; the weak-set moments are mask-weighted sums (matmuls) of activations shifted
+    by their overall mean, so the moments do not cancel. Samples go ``chunk`` at a time: small
+    chunks keep the float64 buffers cache- and allocator-friendly (8x faster than one block).
+    """
+    n, c = acts.shape
+    k = probs.shape[1]
+    strong_set, weak_set = probs > strong, probs < weak
+    shift = acts.mean(0, dtype=torch.float64)
+    peak = torch.full((k, c), -math.inf, dtype=torch.float64)
+    s1 = torch.zeros(k, c, dtype=torch.float64)
+    s2 = torch.zeros(k, c, dtype=torch.float64)
+    for start in range(0, n, chunk):
+        a = acts[start:start + chunk] - shift  # promoted to float64 in the same pass
+        rows, cls = strong_set[start:start + chunk].nonzero(as_tuple=True)
+        peak.scatter_reduce_(0, cls[:, None].expand(-1, c), a[rows], "amax")
+        w = weak_set[start:start + chunk].double().T
+        s1 += w @ a
+        s2 += w @ a.square_()
+    count = weak_set.sum(0).double()[:, None]
+    mean = s1 / count
+    std = (s2 / count - mean.square()).clamp_min(0).sqrt()
+    d = peak - (mean + std_k * std)  # the shift cancels between peak and mean
+    d = torch.where((count > 0) & torch.isfinite(peak), d, -math.inf)
+    return d.amax(0)
+
+
+def two_means_split(values: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """The exact optimal split of 1-D values into two groups (least within-group squared error).
+
+    Returns ``(threshold, high)`` with ``high = values > threshold``. Cuts are only tried between
+    distinct values: an optimum never separates equal values. With fewer than two distinct
+    values nothing is flagged.
+    """
+    v = values.detach().double().flatten()
+    s, _ = v.sort()
+    n = len(s)
+    if n < 2 or s[0] == s[-1]:
+        return float(s[-1]) if n else 0.0, torch.zeros(n, dtype=torch.bool)
+    c1, c2 = s.cumsum(0), s.square().cumsum(0)
+    left = torch.arange(1, n, dtype=torch.float64)  # size of the low group for cut after index left-1
+    right = n - left
+    sse_low = c2[:-1] - c1[:-1].square() / left
+    sse_high = (c2[-1] - c2[:-1]) - (c1[-1] - c1[:-1]).square() / right
+    sse = torch.where(s[:-1] < s[1:], sse_low + sse_high, math.inf)
+    cut = int(sse.argmin())
+    threshold = float(s[cut])
+    return threshold, v > threshold
+
+
+@dataclass(frozen=True)
+class Consumers:
+    """What reads a conv's output channels: BN layers, then convs / a linear layer, or a residual sum."""
+
+    norms: tuple[str, ...]  # BatchNorm modules on the path (γ, β reset)
+    convs: tuple[str, ...]  # convs whose input channels are the conv's output channels
+    linear: str | None  # the fc layer reading the flattened channels
+    residual: bool  # the output joins a residual sum; whatever reads the sum is left alone
+
+
+# Ops that keep the channel axis and the per-channel independence: a reset channel stays zero.
+_PASS_MODULES = (nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Identity)
+_PASS_FUNCTIONS = (F.relu, F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.max_pool2d, F.avg_pool2d)
+_RESIDUAL = (operator.add, operator.iadd, torch.add)
+
+
+def consumers(model: nn.Module) -> dict[str, Consumers]:
+    """For every conv of ``model``, the layers that read its output channels (found by fx tracing).
+
+    From each conv the graph is followed through BatchNorm, ReLU, pooling and flatten up to the
+    next conv / linear layer (their input weights for the channel are reset) or a residual sum
+    (nothing past it is reset: other blocks' channels flow through the same sum). An op the walk
+    does not know raises, so a new architecture cannot be reset halfway without notice.
+    """
+    graph = fx.symbolic_trace(model).graph
+    modules = dict(model.named_modules())
+    out = {}
+    for node in graph.nodes:
+        if node.op == "call_module" and isinstance(modules[node.target], nn.Conv2d):
+            norms, convs, linear, residual = [], [], None, False
+            frontier = list(node.users)
+            while frontier:
+                user = frontier.pop()
+                mod = modules.get(user.target) if user.op == "call_module" else None
+                if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+                    norms.append(user.target)
+                elif isinstance(mod, nn.Conv2d):
+                    convs.append(user.target)
+                    continue
+                elif isinstance(mod, nn.Linear):
+                    linear = user.target
+                    continue
+                elif user.op == "call_function" and user.target in _RESIDUAL:
+                    residual = True
+                    continue
+                elif not (isinstance(mod, _PASS_MODULES) or user.target in _PASS_FUNCTIONS
+                          or (user.op == "call_method" and user.target == "flatten")):
+                    raise ValueError(f"cannot follow conv {node.target!r} through {user.op} {user.target!r}; "
+                                     "known: BatchNorm, ReLU, pooling, flatten, conv, linear, residual add")
+                frontier.extend(user.users)
+            out[node.target] = Consumers(tuple(norms), tuple(convs), linear, residual)
+    return out
+
+
+@torch.no_grad()
+def reset_channels(model: nn.Module, selection: dict[str, torch.Tensor]) -> dict[str, Consumers]:
+    """Zero the selected output channels of each named conv and what reads them only through it.
+
+    ``selection`` maps a conv's qualified name to channel indices. Zeroed: the conv's filters
+    (and bias), γ and β of the BatchNorm layers that follow, the next convs' input weights for
+    those channels and, for the last conv, the fc columns of those channels (each channel owns
+    ``in_features / channels`` consecutive columns after flatten). BN running statistics are
+    kept. Returns the consumers used, per conv.
+    """
+    modules = dict(model.named_modules())
+    graph = consumers(model)
+    used = {}
+    for name, idx in selection.items():
+        idx = torch.as_tensor(idx, dtype=torch.long, device=modules[name].weight.device)
+        conv, who = modules[name], graph[name]
+        conv.weight[idx] = 0
+        if conv.bias is not None:
+            conv.bias[idx] = 0
+        for bn in who.norms:
+            modules[bn].weight[idx] = 0
+            modules[bn].bias[idx] = 0
+        for nxt in who.convs:
+            modules[nxt].weight[:, idx] = 0
+        if who.linear is not None:
+            fc = modules[who.linear]
+            per, rem = divmod(fc.in_features, conv.out_channels)
+            if rem:
+                raise ValueError(f"{who.linear} has {fc.in_features} inputs, not a multiple of "
+                                 f"{name}'s {conv.out_channels} channels")
+            cols = (idx[:, None] * per + torch.arange(per, device=idx.device)).flatten()
+            fc.weight[:, cols] = 0
+        used[name] = who
+    return used
+
+
+def monitored_convs(model: nn.Module) -> list[str]:
+    """ResNet-18: every conv of layer2–layer4 (downsample convs too); other models: all but the stem."""
+    names = [n for n, _ in conv_layers(model)]
+    if isinstance(model, ResNet18):
+        return [n for n in names if n.split(".")[0] in ("layer2", "layer3", "layer4")]
+    return names[1:]
+
+
+@torch.inference_mode()
+def activations(model: nn.Module, x: torch.Tensor, layers: list[str],
+                batch_size: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """One eval pass: per layer the spatial max of each raw conv output [N, C], and softmax [N, K]."""
+    model.eval()
+    modules = dict(model.named_modules())
+    device = next(model.parameters()).device
+    acts: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
+    hooks = [modules[n].register_forward_hook(
+        lambda _m, _i, o, n=n: acts[n].append(o.float().amax((2, 3)).cpu())) for n in layers]
+    probs = []
+    try:
+        for start in range(0, len(x), batch_size):
+            xb = to_float(x[start:start + batch_size].to(device))
+            with autocast(device):
+                probs.append(model(xb).float().softmax(1).cpu())
+    finally:
+        for h in hooks:
+            h.remove()
+    return {n: torch.cat(a) for n, a in acts.items()}, torch.cat(probs)
+
+
+def run(model: nn.Module, ctx: DefenseContext) -> Defended:
+    p: Params = ctx.params
+    layers = monitored_convs(model)
+    history, tensors = [], {}
+    residual = []
+    for rnd in range(p.rounds):
+        acts, probs = activations(model, ctx.x_train, layers, ctx.cfg.train.eval_batch_size)
+        selection, top1 = {}, []
+        for name in layers:
+            score = channel_scores(acts[name], probs, p.strong, p.weak, p.std_k)
+            n_reset = math.ceil(p.rho * len(score))
+            selection[name] = score.topk(n_reset).indices
+            top1.append(acts[name][:, selection[name][0]])
+            tensors[f"score.{name}"] = score.float()
+            tensors[f"selected.{name}"] = selection[name]
+        _, flagged = two_means_split(torch.stack(top1, 1).sum(1))
+        used = reset_channels(model, selection)
+        residual = sorted(n for n, who in used.items() if who.residual)
+        keep = ~flagged
+        fit(model, ctx.x_train[keep], ctx.y_train[keep], ctx.cfg.train, seed=ctx.seed + rnd,
+            lr=p.none_lr, epochs=p.epochs2, bn_eval=True, progress=ctx.progress,
+            desc=f"NONE round {rnd + 1}")
+        tensors["flagged"] = flagged
+        history.append({"round": rnd + 1, "flagged": int(flagged.sum()), **ctx.evaluate(model)})
+    info = {"monitored": layers,
+            # These convs feed a residual sum: their filters and BN are reset, the sum's readers are not.
+            "residual_outputs": residual}
+    return Defended(model, history, tensors, info)
+
+
+DEFENSE = Defense("none", Params, run, uses=("train",),
+                  cite="Wang et al., Training with More Confidence (NONE), NeurIPS 2022, arXiv 2202.06382")

@@ -1,0 +1,186 @@
+"""Tests for bdlib.defenses.none: channel scores, the two-means split, channel reset, Params, run."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import math
+
+import pytest
+import torch
+
+from bdlib.config import profile
+from bdlib.defenses import none
+from bdlib.defenses.base import DefenseContext
+from bdlib.metrics import evaluate
+from bdlib.models import ResNet18, SmallCNN
+
+torch.set_num_threads(1)
+
+
+def test_channel_scores_hand_computed():
+    # 6 samples, 2 classes, 2 channels (rows need not sum to 1 for the pure function).
+    # Class 0: strong {0, 1}, weak {3, 4, 5}. Class 1: strong {4, 5}, weak {0, 1, 2}.
+    probs = torch.tensor([[0.95, 0.05], [0.97, 0.03], [0.5, 0.05],
+                          [0.05, 0.5], [0.02, 0.98], [0.01, 0.99]])
+    acts = torch.tensor([[9.0, 1.0], [3.0, 2.0], [100.0, -100.0],
+                         [1.0, 4.0], [2.0, 6.0], [3.0, 5.0]])
+    got = none.channel_scores(acts, probs, strong=0.9, weak=0.1, std_k=3.0)
+    std = math.sqrt(2 / 3)  # population std of {1, 2, 3}
+    # channel 0: class 0 -> 9 − (2 + 3·std); class 1 -> max(2, 3) − (mean{9,3,100} + 3·std{9,3,100})
+    c0k1 = 3 - (torch.tensor([9.0, 3.0, 100.0]).mean() + 3 * torch.tensor([9.0, 3.0, 100.0]).std(unbiased=False))
+    # channel 1: class 0 -> 2 − (5 + 3·std{4,6,5}); class 1 -> 6 − (mean{1,2,−100} + 3·std{1,2,−100})
+    w = torch.tensor([1.0, 2.0, -100.0])
+    c1k1 = 6 - (w.mean() + 3 * w.std(unbiased=False))
+    want = torch.tensor([max(9 - (2 + 3 * std), float(c0k1)),
+                         max(2 - (5 + 3 * math.sqrt(2 / 3)), float(c1k1))], dtype=torch.float64)
+    torch.testing.assert_close(got, want)
+
+
+def test_channel_scores_empty_strong_set_is_ignored():
+    probs = torch.tensor([[0.5, 0.5], [0.95, 0.05], [0.05, 0.5]])  # class 1 has no strong sample
+    acts = torch.tensor([[1.0], [7.0], [2.0]])
+    got = none.channel_scores(acts, probs, 0.9, 0.1, 3.0)
+    assert got.item() == pytest.approx(7.0 - 2.0)  # only class 0: weak set {2.0}, std 0
+
+
+def _sse(v: torch.Tensor, high: torch.Tensor) -> float:
+    return sum(float(((g - g.mean()) ** 2).sum()) for g in (v[high], v[~high]) if len(g))
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("ties", [False, True])
+def test_two_means_split_is_the_brute_force_optimum(seed, ties):
+    gen = torch.Generator().manual_seed(seed)
+    v = torch.cat([torch.randn(40, generator=gen), 3 + torch.randn(15, generator=gen)])
+    if ties:
+        v = v.round()  # many equal values
+    threshold, high = none.two_means_split(v)
+    assert torch.equal(high, v > threshold)
+    cands = [v > t for t in v.unique()[:-1]]
+    best = min(_sse(v, m) for m in cands)
+    assert _sse(v, high) == pytest.approx(best, rel=1e-12, abs=1e-12)
+    if not ties:  # continuous data: the optimum is unique
+        assert torch.equal(high, min(cands, key=lambda m: _sse(v, m)))
+
+
+def test_two_means_split_constant_flags_nothing():
+    _, high = none.two_means_split(torch.full((7,), 2.5))
+    assert not high.any()
+
+
+def _params_of(model):
+    return {k: v.clone() for k, v in itertools.chain(model.named_parameters(), model.named_buffers())}
+
+
+def _assert_reset(model, selection, zeroed):
+    """``zeroed``: parameter name -> boolean mask of entries that must become zero; all else unchanged."""
+    before = _params_of(model)
+    for name, mask in zeroed.items():  # make sure the zeros come from the reset
+        assert (before[name][mask] != 0).all(), name
+    none.reset_channels(model, selection)
+    after = _params_of(model)
+    for name, old in before.items():
+        mask = zeroed.get(name, torch.zeros_like(old, dtype=torch.bool))
+        assert (after[name][mask] == 0).all(), name
+        assert torch.equal(after[name][~mask], old[~mask]), name
+
+
+def _randomise_bn(model):
+    # Default BN γ=1, β=0 would make "β was zeroed" untestable.
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.rand(p.shape, generator=gen) + 0.5)
+
+
+def test_reset_smallcnn_zeroes_exactly_the_channel_and_its_readers():
+    m = SmallCNN(1, 10, width=4)  # channels 4, 8, 16; fc reads 16·3·3
+    _randomise_bn(m)
+    sel = {"stage2.0": torch.tensor([1, 6]), "stage3.0": torch.tensor([5])}
+    z = {}
+    mask = torch.zeros(8, 4, 3, 3, dtype=torch.bool); mask[[1, 6]] = True
+    z["stage2.0.weight"] = mask
+    for p in ("weight", "bias"):
+        z[f"stage2.1.{p}"] = torch.tensor([i in (1, 6) for i in range(8)])
+        z[f"stage3.1.{p}"] = torch.tensor([i == 5 for i in range(16)])
+    mask = torch.zeros(16, 8, 3, 3, dtype=torch.bool); mask[:, [1, 6]] = True; mask[5] = True
+    z["stage3.0.weight"] = mask
+    mask = torch.zeros(10, 144, dtype=torch.bool); mask[:, 45:54] = True
+    z["fc.weight"] = mask
+    _assert_reset(m, sel, z)
+
+
+@pytest.mark.parametrize("preact", [False, True])
+def test_reset_resnet18_block_convs(preact):
+    m = ResNet18(1, 10, preact=preact, stats=((0.5,), (0.5,)))
+    _randomise_bn(m)
+    sel = {"layer2.0.conv1": torch.tensor([3]), "layer3.1.conv2": torch.tensor([7, 9]),
+           "layer4.0.shortcut.0": torch.tensor([0])}
+    ch = lambda n, idx: torch.tensor([i in idx for i in range(n)])  # noqa: E731
+    z = {}
+    w = torch.zeros(128, 64, 3, 3, dtype=torch.bool); w[3] = True
+    z["layer2.0.conv1.weight"] = w
+    mid_bn = "bn2" if preact else "bn1"  # the BN between conv1 and conv2
+    for p in ("weight", "bias"):
+        z[f"layer2.0.{mid_bn}.{p}"] = ch(128, [3])
+    w = torch.zeros(128, 128, 3, 3, dtype=torch.bool); w[:, 3] = True
+    z["layer2.0.conv2.weight"] = w
+    # conv2 joins the residual stream: its filters (and, plain ResNet, bn2) only.
+    w = torch.zeros(256, 256, 3, 3, dtype=torch.bool); w[[7, 9]] = True
+    z["layer3.1.conv2.weight"] = w
+    w = torch.zeros(512, 256, 1, 1, dtype=torch.bool); w[0] = True
+    z["layer4.0.shortcut.0.weight"] = w
+    if not preact:
+        for p in ("weight", "bias"):
+            z[f"layer3.1.bn2.{p}"] = ch(256, [7, 9])
+            z[f"layer4.0.shortcut.1.{p}"] = ch(512, [0])
+    _assert_reset(m, sel, z)
+    # The reset channel really is dead on the residual stream (plain ResNet: bn2 outputs β = 0).
+    if not preact:
+        out = {}
+        m.layer3[1].bn2.register_forward_hook(lambda _m, _i, o: out.update(x=o))
+        m.eval()(torch.rand(2, 1, 8, 8))
+        assert (out["x"][:, [7, 9]] == 0).all()
+
+
+def test_monitored_convs():
+    assert none.monitored_convs(SmallCNN(1, 10, width=4)) == ["stage2.0", "stage3.0"]
+    names = none.monitored_convs(ResNet18(1, 10))
+    assert len(names) == 15 and "layer2.0.shortcut.0" in names
+    assert all(n.split(".")[0] in ("layer2", "layer3", "layer4") for n in names)
+
+
+@pytest.mark.parametrize("field,value", [("rho", 0.0), ("rho", 1.5), ("rounds", 0), ("none_lr", 0.0),
+                                         ("epochs2", -1), ("strong", 1.0), ("weak", 0.95),
+                                         ("std_k", -1.0)])
+def test_params_validation_names_the_bad_value(field, value):
+    with pytest.raises(ValueError, match=field):
+        dataclasses.replace(none.Params(), **{field: value}).validate()
+    none.Params().validate()
+
+
+def test_run_end_to_end_on_a_tiny_model():
+    cfg = profile("smoke")
+    gen = torch.Generator().manual_seed(0)
+    n = 240
+    y = torch.arange(n) % 10
+    # Class-coloured images plus a white corner patch on the first 24, relabelled 0.
+    x = (y[:, None, None, None] * 20 + torch.randint(0, 40, (n, 1, 12, 12), generator=gen)).to(torch.uint8)
+    x[:24, :, -3:, -3:] = 255
+    y = y.clone(); y[:24] = 0
+    torch.manual_seed(0)
+    model = SmallCNN(1, 10, width=4)
+    ctx = DefenseContext(params=none.Params(epochs2=1, none_lr=0.01), cfg=cfg, x_train=x, y_train=y,
+                         x_clean=x[:0], y_clean=y[:0], num_classes=10, seed=0,
+                         new_model=lambda s: SmallCNN(1, 10, width=4),
+                         evaluate=functools.partial(evaluate, x=x[24:], y=y[24:], target=0, trigger=None))
+    out = none.run(model, ctx)
+    assert out.tensors["flagged"].shape == (n,) and out.tensors["flagged"].dtype == torch.bool
+    assert 0 < int(out.tensors["flagged"].sum()) < n
+    assert out.tensors["score.stage2.0"].shape == (8,) and out.tensors["selected.stage3.0"].shape == (1,)
+    assert [h["round"] for h in out.history] == [1] and "BA" in out.history[0]
+    assert out.history[0]["flagged"] == int(out.tensors["flagged"].sum())
+    # With BN γ = β = 0 a reset filter gets no gradient: it is still zero after fine-tuning.
+    for name, conv in (("stage2.0", model.stage2[0]), ("stage3.0", model.stage3[0])):
+        assert (conv.weight[out.tensors[f"selected.{name}"]] == 0).all()
