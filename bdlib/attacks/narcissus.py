@@ -88,7 +88,9 @@ def make_trigger(ctx: TriggerContext) -> Trigger:
     model = ctx.train_model(torch.cat([x_pood, x_tgt]), torch.cat([y_pood, y_tgt]), ctx.seed, **changes)
     if p.warmup_epochs:
         warm = TrainConfig(epochs=p.warmup_epochs, lr=p.warmup_lr, crop_pad=p.aug_crop_pad)
-        fit(model, x_tgt, y_tgt, warm, seed=ctx.seed, schedule="constant")
+        # BN statistics stay those of the surrogate's data: target-only batch statistics would
+        # make every input look like the target and leave δ nothing to optimise.
+        fit(model, x_tgt, y_tgt, warm, seed=ctx.seed, schedule="constant", bn_eval=True)
     model.eval()
 
     # (3) δ minimising the target's cross-entropy on augmented target images, weights frozen.
