@@ -43,6 +43,7 @@ class Params:
     weight_decay: float = 1e-4  # (methods.md)
     batch_size: int = 64  # purification batch size (choice)
     ce_weight: float = 0.0  # weight of CE on clean images; MCLDef's code has none (choice)
+    bn_eval: bool = False  # freeze BatchNorm statistics during purification; MCLDef's code trains them (choice)
 
     def validate(self) -> None:
         if not (self.target == "detect" or (isinstance(self.target, int) and not isinstance(self.target, bool)
@@ -207,7 +208,7 @@ def run(model: nn.Module, ctx: DefenseContext) -> Defended:
                   loss_fn=make_loss(frozen, mask.to(device), pattern.to(device), p.tau, p.ce_weight),
                   schedule=schedule, on_epoch=lambda e, m: ctx.evaluate(m), progress=ctx.progress,
                   desc="mcldef", epochs=p.epochs, lr=p.lr, momentum=p.momentum,
-                  weight_decay=p.weight_decay, batch_size=p.batch_size)
+                  weight_decay=p.weight_decay, batch_size=p.batch_size, bn_eval=p.bn_eval)
     history = [{"epoch": 0, "loss": None, **before}] + history
     tensors = {"mask": mask, "pattern": pattern, "mask_norms": norms, "anomaly": anomaly,
                "trigger_success": success}
