@@ -233,7 +233,7 @@ def run(model: nn.Module, ctx: DefenseContext) -> Defended:
         selection, top1 = {}, []
         for name in layers:
             score = channel_scores(acts[name], probs, p.strong, p.weak, p.std_k)
-            n_reset = math.ceil(p.rho * len(score))
+            n_reset = math.ceil(round(p.rho * len(score), 9))  # 0.1·30 is 3.0000000000000004 in floats
             selection[name] = score.topk(n_reset).indices
             top1.append(acts[name][:, selection[name][0]])
             tensors[f"score.{name}"] = score.float()
