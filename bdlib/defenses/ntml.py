@@ -27,13 +27,13 @@ READINGS = ("nontarget",)
 
 @dataclass(frozen=True)
 class Params:
-    tau: float = 4.0  # distillation temperature, NT and ML (methods.md choice)
+    tau: float = 4.0  # distillation temperature, NT and ML (methods.md choice; 2 and 8 did worse on quick)
     teacher: Literal["kd", "poisoned"] = "kd"  # NT teacher: self-distilled from M0, or M0 (methods.md choice)
     lam: float = 1.0  # weight of the mutual KL term in ML (methods.md choice)
     nt_epochs: int | None = None  # None: the profile's standard epochs (methods.md choice)
     nt_lr: float | None = None  # None: the profile's standard learning rate (methods.md choice)
-    ml_epochs: int = 10  # "few epochs" (methods.md); tuned on quick, BadNets/Blended seed 0
-    ml_lr: float = 0.01  # "a low learning rate" (methods.md); tuned on quick, BadNets/Blended seed 0
+    ml_epochs: int = 10  # "few epochs" (methods.md); 5-20 tried on quick BadNets seed 0, little effect
+    ml_lr: float = 0.01  # "a low learning rate" (methods.md); 0.005-0.05 tried on quick BadNets seed 0
     init: Literal["scratch", "poisoned"] = "scratch"  # NT models start fresh (methods.md) or from M0
     reading: Literal["nontarget"] = "nontarget"  # mask the given label (methods.md's main reading)
 
