@@ -4,12 +4,17 @@ from __future__ import annotations
 from bdlib.defenses import ntml
 from bdlib.defenses import mcldef
 from bdlib.defenses import none
+from bdlib.defenses import ft, nad, anp, ibau
 from bdlib.defenses.base import Defense, DefenseContext, Defended
 
 REGISTRY: dict[str, Defense] = {}
 REGISTRY["mcldef"] = mcldef.DEFENSE
 REGISTRY["ntml"] = ntml.DEFENSE
 REGISTRY["none"] = none.DEFENSE
+REGISTRY["ft"] = ft.DEFENSE
+REGISTRY["nad"] = nad.DEFENSE
+REGISTRY["anp"] = anp.DEFENSE
+REGISTRY["ibau"] = ibau.DEFENSE
 
 
 def get(name: str) -> Defense:

@@ -1,0 +1,40 @@
+"""FT: plain fine-tuning of the poisoned model on the defender's small clean subset.
+
+The simplest baseline (as used by Liu et al., "Fine-Pruning", RAID 2018, and in every later
+comparison): a few epochs of standard training at a low learning rate, hoping that the clean
+data overwrites the trigger's shortcut before it costs clean accuracy.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from bdlib.defenses.base import Defense, DefenseContext, Defended
+from bdlib.train import fit
+
+
+@dataclass(frozen=True)
+class Params:
+    epochs: int = 10  # "~10 epochs" (methods.md, NAD's fine-tuning baseline)
+    lr: float = 0.01  # "low lr" (methods.md); cosine-annealed by the shared loop
+    bn_eval: bool = False  # freeze BatchNorm statistics; standard fine-tuning trains them (choice)
+
+    def validate(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+
+
+def run(model: nn.Module, ctx: DefenseContext) -> Defended:
+    """Fine-tune ``model`` in place on the clean subset with the profile's optimiser."""
+    p: Params = ctx.params
+    history = fit(model, ctx.x_clean, ctx.y_clean, ctx.cfg.train, seed=ctx.seed, bn_eval=p.bn_eval,
+                  on_epoch=lambda e, m: ctx.evaluate(m), progress=ctx.progress, desc="FT",
+                  epochs=p.epochs, lr=p.lr)
+    return Defended(model=model.eval(), history=history)
+
+
+DEFENSE = Defense("ft", Params, run, uses=("clean",),
+                  cite="Fine-tuning baseline (Liu, Dolan-Gavitt & Garg, Fine-Pruning, RAID 2018)")

@@ -1,0 +1,269 @@
+"""Tests for the baseline defenses FT, NAD, ANP and I-BAU (bdlib.defenses.ft / nad / anp / ibau)."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bdlib.config import ConfigError, resolve
+from bdlib.defenses import anp, ft, ibau, nad
+from bdlib.defenses.base import DefenseContext
+from bdlib.models import SmallCNN
+
+torch.set_num_threads(1)
+
+
+def _tiny_cnn(seed: int = 0) -> SmallCNN:
+    torch.manual_seed(seed)
+    return SmallCNN(1, 10, width=4)
+
+
+def _data(n: int = 20, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (n, 1, 28, 28), generator=gen, dtype=torch.uint8)
+    return x, torch.arange(n) % 10
+
+
+def _ctx(params, calls: list | None = None) -> DefenseContext:
+    x, y = _data()
+    cfg = resolve("smoke", overrides={"train.batch_size": 10})
+    calls = [] if calls is None else calls
+    return DefenseContext(params=params, cfg=cfg, x_train=x, y_train=y, x_clean=x, y_clean=y, num_classes=10,
+                          seed=0, new_model=_tiny_cnn,
+                          evaluate=lambda m: calls.append(1) or {"BA": 1.0, "ASR": 2.0, "RA": 3.0})
+
+
+def _changed(before: dict, model: nn.Module) -> list[str]:
+    return [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.equal(before[k], v)]
+
+
+# --------------------------------------------------------------------------- Params validation
+
+@pytest.mark.parametrize("module, field, value", [
+    (ft, "epochs", 0), (ft, "lr", 0.0),
+    (nad, "epochs", 0), (nad, "teacher_lr", -1.0), (nad, "betas", ()), (nad, "betas", (1.0, -1.0)),
+    (nad, "distance", "l1"),
+    (anp, "eps", -0.1), (anp, "alpha", 1.5), (anp, "threshold", -0.1), (anp, "steps", 0),
+    (anp, "mask_momentum", 1.0),
+    (ibau, "rounds", 0), (ibau, "eps", 0.0), (ibau, "fp_iters", -1), (ibau, "lr", 0.0),
+])
+def test_params_reject_bad_values(module, field, value):
+    with pytest.raises(ValueError, match=field):
+        module.Params(**{field: value}).validate()
+
+
+def test_profile_overrides_are_validated():
+    name = {ft: "ft", nad: "nad", anp: "anp", ibau: "ibau"}
+    for module, field, value in ((ft, "lr", -1.0), (anp, "alpha", 2.0), (ibau, "rounds", 0)):
+        with pytest.raises(ConfigError, match=field):
+            resolve("smoke", overrides={f"defenses.{name[module]}.{field}": value})
+    for module in name:
+        module.Params().validate()
+
+
+# --------------------------------------------------------------------------- FT
+
+def test_ft_changes_weights_and_records_every_epoch():
+    model, calls = _tiny_cnn(), []
+    before = copy.deepcopy(model.state_dict())
+    out = ft.run(model, _ctx(ft.Params(epochs=2, lr=0.05), calls))
+    assert out.model is model and len(out.history) == 2 and len(calls) == 2
+    changed = _changed(before, model)
+    assert any(k.startswith("stage1.0") for k in changed) and any(k.startswith("fc") for k in changed)
+
+
+# --------------------------------------------------------------------------- NAD
+
+def test_attention_map_matches_hand_computation():
+    act = torch.tensor([[[[1.0, -2.0], [0.0, 3.0]], [[3.0, 0.0], [0.0, 1.0]]]])  # [1, 2, 2, 2]
+    # channel mean of squares: [(1+9)/2, (4+0)/2, 0, (9+1)/2] = [5, 2, 0, 5], norm √54
+    expected = torch.tensor([[5.0, 2.0, 0.0, 5.0]]) / 54 ** 0.5
+    assert torch.allclose(nad.attention_map(act, 2.0), expected)
+    assert torch.allclose(nad.attention_map(act, 2.0).norm(dim=1), torch.ones(1))
+
+
+def test_at_loss_zero_for_identical_and_scale_invariant():
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(4, 3, 5, 5, generator=gen)
+    b = torch.randn(4, 3, 5, 5, generator=gen)
+    for distance in ("l2", "mse"):
+        assert nad.at_loss(a, a.clone(), 2.0, distance).item() == 0.0
+        assert nad.at_loss(a, 3.0 * a, 2.0, distance).item() == pytest.approx(0.0, abs=1e-6)  # maps are normalised
+        assert nad.at_loss(a, b, 2.0, distance).item() > 0.0
+    # l2 is the per-sample distance; mse its square averaged over samples and the H·W positions.
+    d = (nad.attention_map(a) - nad.attention_map(b)).norm(dim=1)
+    assert nad.at_loss(a, b, 2.0, "l2").item() == pytest.approx(d.mean().item(), rel=1e-5)
+    assert nad.at_loss(a, b, 2.0, "mse").item() == pytest.approx((d ** 2).mean().item() / 25, rel=1e-5)
+
+
+def test_capture_records_stage_outputs_and_removes_hooks():
+    model = _tiny_cnn().eval()
+    x = torch.rand(3, 1, 28, 28)
+    with nad.capture(model.stages) as outs:
+        model(x)
+    s1 = model.stage1(model.norm(x))
+    assert torch.allclose(outs[0], s1) and torch.allclose(outs[2], model.stage3(model.stage2(s1)))
+    assert all(len(m._forward_hooks) == 0 for m in model.stages)
+
+
+def test_nad_loss_pulls_student_towards_teacher_and_leaves_teacher_alone():
+    teacher, student = _tiny_cnn(0).eval(), _tiny_cnn(1)
+    t0 = copy.deepcopy(teacher.state_dict())
+    x, y = torch.rand(8, 1, 28, 28), torch.arange(8)
+    loss_fn = nad.make_loss(teacher, list(student.stages), (1.0, 1.0, 1.0), 2.0)
+    with nad.capture(student.stages) as s, nad.capture(teacher.stages) as t:
+        student.eval()(x), teacher(x)
+        gap0 = sum(nad.at_loss(a, b).item() for a, b in zip(s, t))
+    opt = torch.optim.SGD(student.parameters(), lr=0.05)
+    for _ in range(10):
+        opt.zero_grad()
+        student.train()
+        loss_fn(student, x, y, torch.arange(8)).backward()
+        opt.step()
+    with nad.capture(student.stages) as s, nad.capture(teacher.stages) as t:
+        student.eval()(x), teacher(x)
+        gap1 = sum(nad.at_loss(a, b).item() for a, b in zip(s, t))
+    assert gap1 < gap0
+    assert all(torch.equal(t0[k], v) for k, v in teacher.state_dict().items())
+
+
+def test_nad_run_end_to_end_and_beta_count_checked():
+    model, calls = _tiny_cnn(), []
+    before = copy.deepcopy(model.state_dict())
+    out = nad.run(model, _ctx(nad.Params(teacher_epochs=1, epochs=2, betas=(10.0, 10.0, 10.0)), calls))
+    assert [r["stage"] for r in out.history] == ["teacher", "nad", "nad"] and len(calls) == 4
+    assert _changed(before, model)
+    with pytest.raises(ValueError, match="stages"):
+        nad.run(_tiny_cnn(), _ctx(nad.Params(teacher_epochs=1, epochs=1, betas=(1.0, 1.0))))
+
+
+# --------------------------------------------------------------------------- ANP
+
+def test_prune_by_mask_zeroes_exactly_the_low_channels():
+    model = _tiny_cnn()
+    with torch.no_grad():
+        for _, bn in anp.batchnorms(model):
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(0.5, 1.5)
+    before = copy.deepcopy(model.state_dict())
+    names = [n for n, _ in anp.batchnorms(model)]
+    gen = torch.Generator().manual_seed(0)
+    masks = {n: torch.rand(len(before[f"{n}.weight"]), generator=gen) for n in names}
+    pruned = anp.prune_by_mask(model, masks, 0.3)
+    after = model.state_dict()
+    assert pruned == sum(int((m < 0.3).sum()) for m in masks.values()) > 0
+    for n, m in masks.items():
+        for field in ("weight", "bias"):
+            w = after[f"{n}.{field}"]
+            assert torch.all(w[m < 0.3] == 0) and torch.equal(w[m >= 0.3], before[f"{n}.{field}"][m >= 0.3])
+        assert torch.equal(after[f"{n}.running_mean"], before[f"{n}.running_mean"])
+    assert all(torch.equal(before[k], v) for k, v in after.items() if ".0." not in k and ".1." not in k)
+
+
+def test_masking_hook_equals_bn_with_scaled_weights():
+    model = _tiny_cnn().eval()
+    x = torch.rand(4, 1, 28, 28)
+    bns = [bn for _, bn in anp.batchnorms(model)]
+    masking = anp.Masking(bns)
+    ref = model(x)
+    with masking.attached():
+        assert torch.allclose(model(x), ref, atol=1e-6)  # mask 1, no noise: unchanged
+        with torch.no_grad():
+            masking.masks[0][:2] = 0.0
+            masking.d_weight[1].fill_(0.3)
+            masking.d_bias[1].fill_(-0.2)
+        masking.perturb = True
+        hooked = model(x)
+    manual = copy.deepcopy(model)
+    with torch.no_grad():
+        b0, b1 = manual.stage1[1], manual.stage2[1]
+        b0.weight[:2], b0.bias[:2] = 0.0, 0.0
+        b1.weight.mul_(1.3)
+        b1.bias.mul_(0.8)
+    assert torch.allclose(hooked, manual(x), atol=1e-5)
+    assert all(len(bn._forward_hooks) == 0 for bn in bns)
+
+
+def test_anp_step_keeps_masks_in_unit_interval_and_model_weights_fixed():
+    model = _tiny_cnn().eval()
+    w0 = copy.deepcopy(model.state_dict())
+    x, y = torch.rand(8, 1, 28, 28), torch.arange(8)
+    masking = anp.Masking([bn for _, bn in anp.batchnorms(model)])
+    opt = torch.optim.SGD(masking.masks, lr=50.0)  # huge steps: the clip must hold them in [0, 1]
+    p = anp.Params(eps=0.4)
+    gen = torch.Generator().manual_seed(0)
+    with masking.attached():
+        for _ in range(3):
+            anp.anp_step(model, masking, opt, x, y, p, gen)
+    assert all(m.min() >= 0 and m.max() <= 1 for m in masking.masks)
+    assert any(((m > 0) & (m < 1)).any() or (m == 0).any() for m in masking.masks)
+    assert all(d.abs().max() <= p.eps + 1e-6 for d in masking.noise)
+    assert all(torch.equal(w0[k], v) for k, v in model.state_dict().items())
+
+
+def test_anp_run_prunes_and_records_masks():
+    model = _tiny_cnn()
+    ctx = _ctx(anp.Params(steps=5, batch_size=10, threshold=1.01))  # every mask < 1.01: all pruned
+    out = anp.run(model, ctx)
+    masks = {k[5:]: v for k, v in out.tensors.items() if k.startswith("mask.")}
+    assert set(masks) == {n for n, _ in anp.batchnorms(model)} and out.tensors["loss"].shape == (5,)
+    assert out.info["pruned"] == out.info["channels"] == sum(len(m) for m in masks.values())
+    assert all(torch.all(bn.weight == 0) for _, bn in anp.batchnorms(model))
+
+
+# --------------------------------------------------------------------------- I-BAU
+
+def test_universal_perturbation_respects_bound_and_raises_loss():
+    model = _tiny_cnn().eval()
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.rand(32, 1, 28, 28, generator=gen), torch.arange(32) % 10
+    batches = [(x[:16], y[:16]), (x[16:], y[16:])] * 3
+    delta = ibau.universal_perturbation(model, batches, eps=2.0, step_size=1.0)
+    assert delta.shape == (1, 1, 28, 28) and delta.norm() <= 2.0 + 1e-5
+    with torch.no_grad():
+        assert F.cross_entropy(model(x + delta), y) > F.cross_entropy(model(x), y)
+
+
+def test_project_l2():
+    v = torch.tensor([3.0, 4.0])
+    assert torch.allclose(ibau.project_l2(v, 1.0), torch.tensor([0.6, 0.8]))
+    assert torch.equal(ibau.project_l2(v, 10.0), v)
+
+
+def test_implicit_hypergradient_matches_quadratic_closed_form():
+    # inner: δ*(θ) = argmax −½δᵀAδ + δᵀBθ = A⁻¹Bθ; outer ψ = ½‖δ − c‖² + dᵀθ.
+    # dψ/dθ = d + (A⁻¹B)ᵀ(δ* − c).
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(3, 3, generator=gen, dtype=torch.float64)
+    a = q @ q.T + torch.eye(3, dtype=torch.float64)
+    b = torch.randn(3, 2, generator=gen, dtype=torch.float64)
+    c, d = torch.randn(3, generator=gen, dtype=torch.float64), torch.randn(2, generator=gen, dtype=torch.float64)
+    theta = torch.randn(2, generator=gen, dtype=torch.float64, requires_grad=True)
+    eta = 1.0 / torch.linalg.eigvalsh(a).max().item()  # contraction: ρ(I − ηA) < 1
+    star = torch.linalg.solve(a, b @ theta.detach())
+
+    def fp_map(delta):
+        return delta + eta * (-(a @ delta) + b @ theta)
+
+    def outer(delta):
+        return 0.5 * (delta - c).pow(2).sum() + d @ theta
+
+    (got,) = ibau.implicit_hypergradient(outer, fp_map, star, [theta], iters=2000)
+    expected = d + torch.linalg.solve(a, b).T @ (star - c)
+    assert torch.allclose(got, expected, atol=1e-8)
+    (direct,) = ibau.implicit_hypergradient(outer, fp_map, star, [theta], iters=0)
+    assert not torch.allclose(direct, expected, atol=1e-3)  # the implicit term matters
+
+
+def test_unlearn_step_updates_model_and_ibau_run_records_rounds():
+    model, calls = _tiny_cnn(), []
+    before = copy.deepcopy(model.state_dict())
+    out = ibau.run(model, _ctx(ibau.Params(rounds=2, inner_steps=2, batch_size=10, fp_iters=2), calls))
+    assert [r["round"] for r in out.history] == [1, 2] and len(calls) == 2
+    assert out.tensors["delta"].norm() <= ibau.Params().eps + 1e-5
+    assert all(r["perturbed_loss"] >= r["clean_loss"] for r in out.history)
+    changed = _changed(before, model)
+    assert any(k.startswith("fc") for k in changed) and not any("running" in k for k in changed)
