@@ -96,9 +96,10 @@ _PROFILE_METHODS: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
         "ft": {"epochs": 2},
     }},
     "quick": {"attacks": {
-        # Narcissus: 600 poisons (half the target class; the paper's 0.05% gives 6, see notebook);
+        # Narcissus: 960 poisons (80% of the target class; the paper's 0.05% gives 6, see notebook):
+        # 5% gave ASR 86/77/72 on seeds 0-2, 8% gives 98/94/90 (the clean model alone: 54/34/38);
         # a gentle warm-up, since lr 0.1 on one class collapses the small surrogate to "always target".
-        "narcissus": {"poison_rate": 0.05, "warmup_lr": 0.0005, "synth_epochs": 100, "aug_crop_pad": 2},
+        "narcissus": {"poison_rate": 0.08, "warmup_lr": 0.0005, "synth_epochs": 100, "aug_crop_pad": 2},
         # SIG at Δ = 20/255 trains in (BA −1.6) but its test trigger at 20/255 reaches only 22% ASR
         # after 6 epochs; a stronger test sinusoid (as SIG's own evaluation allows) reaches 91%.
         "sig": {"test_delta": 50 / 255},
