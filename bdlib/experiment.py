@@ -20,7 +20,7 @@ from bdlib import attacks, data, defenses, figures, metrics, models
 from bdlib.attacks.base import Poisoned, Trigger, TriggerContext
 from bdlib.config import Config, as_dict, resolve
 from bdlib.defenses.base import DefenseContext
-from bdlib.store import Store
+from bdlib.store import Store, source_hash
 from bdlib.train import features, fit, seed_everything, select_device
 
 DATA_SEED = 0  # the train / test subsets are the same for every run seed: seeds vary the attack and training
@@ -185,7 +185,7 @@ def trigger(cfg: Config) -> tuple[str, Trigger]:
     atk, params = attacks.get(cfg.attack), cfg.attack_params
     d = run_data(cfg)
     spec = {"attack": cfg.attack, "params": as_dict(params), "target": cfg.target, "seed": cfg.seed,
-            "shape": list(d.shape), "data": d.fingerprint}
+            "shape": list(d.shape), "data": d.fingerprint, "code": _module_hash(atk.make_trigger)}
     clean: Callable[[], nn.Module] | None = None
     if atk.needs_clean_model:
         clean_run = clean_model(cfg)
@@ -202,6 +202,15 @@ def trigger(cfg: Config) -> tuple[str, Trigger]:
 
     e = store().get_or_compute("trigger", spec, compute)
     return e.key, e.tensors
+
+
+def _module_hash(fn: Callable) -> str:
+    """The source hash of the bdlib module defining ``fn`` (an attack's or defense's own file)."""
+    import inspect
+    from pathlib import Path
+
+    path = Path(inspect.getfile(fn)).resolve()
+    return source_hash(path.relative_to(Path(__file__).resolve().parent).as_posix())
 
 
 def _train_fresh(cfg: Config, x: torch.Tensor, y: torch.Tensor, seed: int, **changes) -> nn.Module:
@@ -235,7 +244,7 @@ def poisoned_model(cfg: Config) -> PoisonRun:
     d = run_data(cfg)
     test_trigger = atk.test_transform(trig, cfg.attack_params)
     spec = {**_train_spec(cfg), "seed": cfg.seed, "trigger": tkey, "attack": cfg.attack,
-            "params": as_dict(cfg.attack_params), "target": cfg.target}
+            "params": as_dict(cfg.attack_params), "target": cfg.target, "code": _module_hash(atk.apply)}
 
     def compute():
         m = new_model(cfg, cfg.seed)
@@ -273,16 +282,30 @@ def defend(cfg: Config, defense: str) -> DefenseRun:
     d = run_data(cfg)
     x_clean, y_clean = clean_subset(cfg)
     spec = {"defense": defense, "params": as_dict(params), "victim": victim.key, "seed": cfg.seed,
-            "clean_fraction": cfg.clean_fraction}
+            "clean_fraction": cfg.clean_fraction, "code": _module_hash(dfn.run)}
     evaluate = functools.partial(metrics.evaluate, x=d.x_test, y=d.y_test, target=cfg.target,
                                  trigger=victim.test_trigger, batch_size=cfg.train.eval_batch_size)
+
+    def memo(name: str, stage_spec: dict, stage: Callable[[], tuple[dict[str, nn.Module], dict]]):
+        full = {"defense": defense, "stage": name, "spec": stage_spec, "victim": victim.key,
+                "seed": cfg.seed, "code": spec["code"]}
+
+        def compute_stage():
+            found, meta = stage()
+            tensors = {f"{role}.{k}": v for role, m in found.items() for k, v in _state(m).items()}
+            return tensors, {"meta": meta, "roles": sorted(found)}
+
+        e = store().get_or_compute("defense_stage", full, compute_stage)
+        loaded = {role: _load_model(cfg, {k[len(role) + 1:]: v for k, v in e.tensors.items()
+                                          if k.startswith(role + ".")}) for role in e.meta["roles"]}
+        return loaded, e.meta["meta"]
 
     def compute():
         seed_everything(cfg.seed)
         ctx = DefenseContext(params=params, cfg=cfg, x_train=victim.poisoned.x, y_train=victim.poisoned.y,
                              x_clean=x_clean, y_clean=y_clean, num_classes=d.num_classes, seed=cfg.seed,
                              new_model=functools.partial(new_model, cfg),
-                             evaluate=lambda m: evaluate(m), progress=cfg.progress)
+                             evaluate=lambda m: evaluate(m), memo=memo, progress=cfg.progress)
         start = time.perf_counter()
         out = dfn.run(_load_model(cfg, _state(victim.model)), ctx)
         seconds = time.perf_counter() - start
@@ -373,3 +396,50 @@ def summary_table(summary: dict[str, dict[str, list[float]]]):
 
     return pd.DataFrame({g: {k: f"{m:.1f} ± {s:.1f}" for k, (m, s) in v.items()}
                          for g, v in summary.items()}).T
+
+
+def record_model(cfg: Config, run: DefenseRun, role: str) -> nn.Module:
+    """A model a defense kept in its record under ``role`` (e.g. NT-ML's ``nt_student``)."""
+    state = {k[len(role) + 1:]: v for k, v in run.tensors.items() if k.startswith(role + ".")}
+    if not state:
+        roles = sorted({k.split(".")[0] for k in run.tensors})
+        raise ValueError(f"{run.defense} recorded no model {role!r}; it recorded: {', '.join(roles)}")
+    return _load_model(cfg, state)
+
+
+def confidences(cfg: Config, named_models: dict[str, nn.Module], n: int = 1000) -> dict:
+    """Each model's probability of the true class and of the target class on up to ``n`` clean
+    and ``n`` poisoned samples of this run's poisoned training set."""
+    from bdlib.train import logits
+
+    p = poisoned_model(cfg).poisoned
+    true_y = run_data(cfg).y_train
+    gen = torch.Generator().manual_seed(cfg.seed)
+    groups = {}
+    for name, mask in (("clean samples", ~p.poison_idx), ("poisoned samples", p.poison_idx)):
+        idx = torch.nonzero(mask).flatten()
+        groups[name] = idx[torch.randperm(len(idx), generator=gen)[:n]]
+    out: dict = {}
+    for model_name, model in named_models.items():
+        out[model_name] = {}
+        for g, idx in groups.items():
+            prob = logits(model, p.x[idx], cfg.train.eval_batch_size).softmax(1)
+            out[model_name][g] = {"true class": prob[torch.arange(len(idx)), true_y[idx]].numpy(),
+                                  "target class": prob[:, cfg.target].numpy()}
+    return out
+
+
+def defense_rows(cfg: Config, defense: str, names: Sequence[str], seeds: Sequence[int],
+                 overrides: dict | None = None) -> tuple[list[dict], dict[tuple[str, int], DefenseRun]]:
+    """Run ``defense`` on each attack and seed; rows of BA/ASR/RA undefended and defended."""
+    from bdlib.config import override
+
+    rows, runs = [], {}
+    for name in names:
+        for seed in seeds:
+            c = override(with_run(cfg, attack=name, seed=seed), overrides or {})
+            r = defend(c, defense)
+            runs[(name, seed)] = r
+            rows.append({"attack": name, "seed": seed, "model": "undefended", **r.before})
+            rows.append({"attack": name, "seed": seed, "model": defense, **r.metrics, "seconds": r.seconds})
+    return rows, runs

@@ -37,7 +37,7 @@ from filelock import FileLock, Timeout
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
 
-__all__ = ["CODE_SALT", "DEFAULT_ROOT", "Entry", "Store", "canonical_json"]
+__all__ = ["CODE_SALT", "CORE_MODULES", "source_hash", "DEFAULT_ROOT", "Entry", "Store", "canonical_json"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,20 +52,27 @@ _STORE_FIELDS = ("key", "kind", "spec", "salt", "created", "files")
 _STALE_TMP_SECONDS = 24 * 3600
 
 
-def _compute_code_salt() -> str:
+# The modules every stored result depends on. A method's own module is salted separately
+# (``source_hash`` in the spec its caller builds), so editing one defense, a plot or the runner
+# does not invalidate every cached model.
+CORE_MODULES = ("store.py", "data.py", "models.py", "train.py", "metrics.py", "experiment.py",
+                "attacks/base.py", "defenses/base.py")
+
+
+def source_hash(*relative: str) -> str:
+    """sha256 (first 16 hex) of the named bdlib source files, paths included."""
     pkg = Path(__file__).resolve().parent
     h = hashlib.sha256()
-    files = sorted((p.relative_to(pkg).as_posix(), p) for p in pkg.rglob("*.py") if p.is_file())
-    for rel, p in files:
+    for rel in sorted(relative):
         # Separators keep (path, contents) pairs unambiguous when concatenated.
         h.update(rel.encode("utf-8"))
         h.update(b"\0")
-        h.update(p.read_bytes())
+        h.update((pkg / rel).read_bytes())
         h.update(b"\0")
     return h.hexdigest()[:16]
 
 
-CODE_SALT: str = _compute_code_salt()
+CODE_SALT: str = source_hash(*CORE_MODULES)
 
 
 def _fmt_path(path: str) -> str:

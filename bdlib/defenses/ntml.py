@@ -140,13 +140,33 @@ def ml_stage(pair: nn.ModuleDict, ctx: DefenseContext) -> list[dict]:
 
 
 def run(model: nn.Module, ctx: DefenseContext) -> Defended:
-    """NT on the poisoned training set, then ML on the clean subset; returns the student."""
-    pair, nt_history = nt_stage(model, ctx)
+    """NT on the poisoned training set, then ML on the clean subset; returns the student.
+
+    The NT stage does not see the clean data, so it is cached on its own (``ctx.memo``): a
+    clean-budget sweep or an ML ablation retrains only the ML stage. The NT-stage models are
+    returned in the record (``nt_student.*``, ``nt_teacher.*``) for the notebooks' histograms.
+    """
+    p: Params = ctx.params
+    nt_spec = {"tau": p.tau, "teacher": p.teacher, "nt_epochs": p.nt_epochs, "nt_lr": p.nt_lr,
+               "init": p.init, "reading": p.reading}
+
+    def stage():
+        pair, history = nt_stage(model, ctx)
+        return dict(pair.items()), {"history": history}
+
+    if ctx.memo is None:
+        models, meta = stage()
+    else:
+        models, meta = ctx.memo("nt", nt_spec, stage)
+    record = {f"nt_{role}.{k}": v.detach().cpu().clone() for role, m in models.items()
+              for k, v in m.state_dict().items()}
+    pair = nn.ModuleDict(models)
     info = {"poisoned": ctx.evaluate(model), "nt_student": ctx.evaluate(pair["student"]),
             "nt_teacher": ctx.evaluate(pair["teacher"])}
     ml_history = ml_stage(pair, ctx)
     info["ml_teacher"] = ctx.evaluate(pair["teacher"])
-    return Defended(model=pair["student"].eval(), history=nt_history + ml_history, info=info)
+    return Defended(model=pair["student"].eval(), history=meta["history"] + ml_history,
+                    tensors=record, info=info)
 
 
 DEFENSE = Defense("ntml", Params, run, uses=("train", "clean"),
