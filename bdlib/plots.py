@@ -46,8 +46,8 @@ def trigger_gallery(rows: Sequence[Mapping]) -> plt.Figure:
             ax.imshow(_img(img), cmap="gray" if gray else None, vmin=0, vmax=1, interpolation="nearest")
             ax.set_xticks([]), ax.set_yticks([])
             ax.grid(False)
-            if r == 0:
-                ax.set_title(title)
+            if r == 0 or c == 2:
+                ax.set_title(title, fontsize=9 if c == 2 and r else None)
         axes[r, 0].set_ylabel(row["attack"], fontsize=11, fontweight="bold")
     fig.tight_layout()
     return fig
@@ -62,8 +62,9 @@ def metric_bars(records: Sequence[Mapping], by: str = "model", metrics: Sequence
                          for r in records for m in metrics if m in r])
     order = list(dict.fromkeys(r[by] for r in records))
     fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(order) + 2), 3.4))
-    sns.barplot(long, x=by, y="value", hue="metric", order=order, hue_order=[m for m in metrics],
-                palette=METRIC_COLORS, errorbar="sd", capsize=0.15, err_kws={"linewidth": 1}, ax=ax)
+    palette = METRIC_COLORS if set(metrics) <= set(METRIC_COLORS) else "colorblind"
+    sns.barplot(long, x=by, y="value", hue="metric", order=order, hue_order=list(metrics),
+                palette=palette, errorbar="sd", capsize=0.15, err_kws={"linewidth": 1}, ax=ax)
     ax.set_ylim(0, 105)
     ax.set_ylabel("percent of test images")
     ax.set_xlabel("")
@@ -100,5 +101,155 @@ def embeddings(panels: Sequence[Mapping], classes: Sequence[str]) -> plt.Figure:
         embedding(p["points"], p["labels"], p["poisoned"], classes, p["title"], ax=ax)
         if ax is not axes[0, -1]:
             ax.get_legend().remove()
+    fig.tight_layout()
+    return fig
+
+
+def metric_panels(records: Sequence[Mapping], by: str, facet: str,
+                  metrics: Sequence[str] = ("BA", "ASR", "RA"), title: str = "") -> plt.Figure:
+    """One :func:`metric_bars`-style panel per value of ``facet`` (e.g. per attack)."""
+    import pandas as pd
+
+    facets = list(dict.fromkeys(r[facet] for r in records))
+    order = list(dict.fromkeys(r[by] for r in records))
+    long = pd.DataFrame([{facet: r[facet], by: r[by], "metric": m, "value": r[m]}
+                         for r in records for m in metrics if m in r])
+    fig, axes = plt.subplots(1, len(facets), figsize=(max(3.2, 0.9 * len(order) + 1.2) * len(facets), 3.4),
+                             squeeze=False, sharey=True)
+    for ax, f in zip(axes[0], facets):
+        sns.barplot(long[long[facet] == f], x=by, y="value", hue="metric", order=order, hue_order=list(metrics),
+                    palette=METRIC_COLORS, errorbar="sd", capsize=0.15, err_kws={"linewidth": 1}, ax=ax)
+        ax.set_title(str(f)), ax.set_xlabel(""), ax.set_ylim(0, 105)
+        ax.tick_params(axis="x", rotation=20)
+        ax.get_legend().remove()
+    axes[0, 0].set_ylabel("percent of test images")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, ncols=len(metrics), loc="lower center", bbox_to_anchor=(0.5, -0.06))
+    if title:
+        fig.suptitle(title, fontweight="bold")
+    fig.tight_layout()
+    return fig
+
+
+def curves(records: Sequence[Mapping], x: str, series: Mapping[str, str],
+           metrics: Sequence[str] = ("BA", "ASR", "RA"), reference: Mapping[str, Mapping] | None = None,
+           title: str = "", xlabel: str | None = None, logx: bool = False) -> plt.Figure:
+    """BA / ASR / RA against ``x``, one panel per metric, one line per series.
+
+    ``series`` maps a legend label to the key prefix in each record (``"student_"`` reads
+    ``student_ASR``; ``""`` reads ``ASR``). Several records at one x (seeds) give mean ± std bands.
+    ``reference`` draws a dashed horizontal line per label (e.g. fine-tuning, undefended).
+    """
+    import pandas as pd
+
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.2), squeeze=False)
+    palette = sns.color_palette("colorblind", len(series) + len(reference or {}))
+    for ax, m in zip(axes[0], metrics):
+        for i, (label, prefix) in enumerate(series.items()):
+            df = pd.DataFrame([{"x": r[x], "v": r[prefix + m]} for r in records if prefix + m in r])
+            if df.empty:
+                continue
+            g = df.groupby("x")["v"].agg(["mean", "std"]).reset_index().fillna(0.0)
+            ax.plot(g["x"], g["mean"], marker="o", ms=3.5, color=palette[i], label=label)
+            ax.fill_between(g["x"], g["mean"] - g["std"], g["mean"] + g["std"], color=palette[i], alpha=0.18)
+        for j, (label, values) in enumerate((reference or {}).items()):
+            if m in values:
+                ax.axhline(values[m], ls="--", lw=1.2, color=palette[len(series) + j], label=label)
+        ax.set_title(m), ax.set_ylim(-3, 103), ax.set_xlabel(xlabel or x)
+        if logx:
+            ax.set_xscale("log")
+    axes[0, 0].set_ylabel("percent of test images")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, ncols=min(4, len(labels)), loc="lower center", bbox_to_anchor=(0.5, -0.08))
+    if title:
+        fig.suptitle(title, fontweight="bold")
+    fig.tight_layout()
+    return fig
+
+
+def confidence_histograms(conf: Mapping[str, Mapping[str, Mapping[str, np.ndarray]]]) -> plt.Figure:
+    """Rows: sample groups (clean / poisoned training samples); columns: models.
+
+    ``conf[model][group]`` holds arrays ``"true class"`` and ``"target class"`` of probabilities.
+    """
+    models_ = list(conf)
+    groups = list(next(iter(conf.values())))
+    fig, axes = plt.subplots(len(groups), len(models_), figsize=(3.3 * len(models_), 2.5 * len(groups)),
+                             squeeze=False, sharex=True)
+    colors = {"true class": METRIC_COLORS["RA"], "target class": METRIC_COLORS["ASR"]}
+    bins = np.linspace(0, 1, 21)
+    for c, m in enumerate(models_):
+        for r, g in enumerate(groups):
+            ax = axes[r, c]
+            for kind, values in conf[m][g].items():
+                ax.hist(values, bins=bins, color=colors.get(kind), alpha=0.6, label=kind,
+                        weights=np.full(len(values), 100.0 / max(len(values), 1)))
+            ax.set_ylim(0, 100)
+            if r == 0:
+                ax.set_title(m)
+            if c == 0:
+                ax.set_ylabel(f"{g}\n% of samples")
+            if r == len(groups) - 1:
+                ax.set_xlabel("predicted probability")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, ncols=2, loc="lower center", bbox_to_anchor=(0.5, -0.05))
+    fig.tight_layout()
+    return fig
+
+
+def channel_scores(scores: Mapping[str, torch.Tensor], selected: Mapping[str, torch.Tensor]) -> plt.Figure:
+    """Per monitored layer: the distribution of channel scores, selected channels in red."""
+    layers = list(scores)
+    fig, axes = plt.subplots(1, len(layers), figsize=(2.8 * len(layers), 3.0), squeeze=False)
+    for ax, name in zip(axes[0], layers):
+        s = scores[name].float().numpy()
+        finite = np.isfinite(s)
+        sel = np.zeros(len(s), dtype=bool)
+        sel[selected[name].long().numpy()] = True
+        jitter = np.random.default_rng(0).uniform(-0.25, 0.25, len(s))
+        ax.scatter(jitter[finite & ~sel], s[finite & ~sel], s=8, color="0.55", label="kept")
+        ax.scatter(jitter[finite & sel], s[finite & sel], s=16, color=METRIC_COLORS["ASR"], label="reset")
+        ax.set_xticks([]), ax.set_title(name, fontsize=9), ax.set_xlim(-0.6, 0.6)
+    axes[0, 0].set_ylabel("channel score d_j")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, ncols=2, loc="lower center", bbox_to_anchor=(0.5, -0.06))
+    fig.tight_layout()
+    return fig
+
+
+def class_bars(values: Sequence[float], classes: Sequence[str], highlight: int, ylabel: str,
+               ax: plt.Axes, marked: int | None = None) -> None:
+    """Bars per class; ``highlight`` (the true target) in orange, ``marked`` (a method's pick) hatched."""
+    colors = [METRIC_COLORS["ASR"] if k == highlight else "0.6" for k in range(len(values))]
+    bars = ax.bar(range(len(values)), values, color=colors)
+    if marked is not None:
+        bars[marked].set_hatch("///")
+        bars[marked].set_edgecolor("black")
+    ax.set_xticks(range(len(values)), [c[:8] for c in classes], rotation=60, fontsize=7)
+    ax.set_ylabel(ylabel)
+
+
+def inversion_panels(rows: Sequence[Mapping], classes: Sequence[str]) -> plt.Figure:
+    """Per attack: true trigger (amplified difference), inverted mask, inverted m⊙t, mask norm per class.
+
+    Each row: ``{"attack", "true_diff" (C×H×W float), "mask" (1×H×W), "pattern" (C×H×W),
+    "norms" (K), "target" (true), "detected"}``.
+    """
+    fig, axes = plt.subplots(len(rows), 4, figsize=(11.0, 2.4 * len(rows)), squeeze=False,
+                             gridspec_kw={"width_ratios": [1, 1, 1, 2.2]})
+    for r, row in enumerate(rows):
+        diff = row["true_diff"].abs()
+        panels = [(diff / (diff.max() or 1.0), "true trigger |Δ|"), (row["mask"], "inverted mask m"),
+                  (row["mask"] * row["pattern"], "inverted m⊙t")]
+        for c, (img, title) in enumerate(panels):
+            ax = axes[r, c]
+            ax.imshow(_img(img), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            ax.set_xticks([]), ax.set_yticks([]), ax.grid(False)
+            if r == 0:
+                ax.set_title(title)
+        axes[r, 0].set_ylabel(row["attack"], fontweight="bold")
+        class_bars(row["norms"], classes, row["target"], "mask L1 norm", axes[r, 3], marked=row["detected"])
+        ok = "right" if row["detected"] == row["target"] else "WRONG"
+        axes[r, 3].set_title(f"detected class {row['detected']} ({ok}); true target {row['target']}", fontsize=9)
     fig.tight_layout()
     return fig
