@@ -443,3 +443,24 @@ def defense_rows(cfg: Config, defense: str, names: Sequence[str], seeds: Sequenc
             rows.append({"attack": name, "seed": seed, "model": "undefended", **r.before})
             rows.append({"attack": name, "seed": seed, "model": defense, **r.metrics, "seconds": r.seconds})
     return rows, runs
+
+
+def defense_names(spec: str | Sequence[str]) -> list[str]:
+    """``"all"`` -> every registered defense; otherwise the names, each validated."""
+    if spec == "all":
+        return list(defenses.REGISTRY)
+    names = [spec] if isinstance(spec, str) else list(spec)
+    for n in names:
+        defenses.get(n)
+    return names
+
+
+def dask_client(address: str | None):
+    """None -> no cluster (sequential); "local" -> a LocalCluster on this machine; else a scheduler address."""
+    if address is None:
+        return None
+    from dask.distributed import Client, LocalCluster
+
+    if address == "local":
+        return Client(LocalCluster(n_workers=2, threads_per_worker=1, processes=True))
+    return Client(address)

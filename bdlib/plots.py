@@ -253,3 +253,37 @@ def inversion_panels(rows: Sequence[Mapping], classes: Sequence[str]) -> plt.Fig
         axes[r, 3].set_title(f"detected class {row['detected']} ({ok}); true target {row['target']}", fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def heatmaps(rows: Sequence[Mapping], values: Sequence[str] = ("BA", "ASR"), index: str = "attack",
+             columns: str = "defense") -> plt.Figure:
+    """Mean over seeds of each value as an ``index`` × ``columns`` heatmap, side by side."""
+    import pandas as pd
+
+    df = pd.DataFrame(rows)
+    fig, axes = plt.subplots(1, len(values), figsize=(5.2 * len(values), 0.45 * df[index].nunique() + 2.2),
+                             squeeze=False)
+    cmaps = {"BA": "Blues", "ASR": "Reds", "RA": "Greens", "DER": "Purples"}
+    for ax, v in zip(axes[0], values):
+        table = df.pivot_table(index=index, columns=columns, values=v, aggfunc="mean", sort=False)
+        fmt, vmax = (".2f", 1.0) if v == "DER" else (".0f", 100.0)
+        sns.heatmap(table, annot=True, fmt=fmt, cmap=cmaps.get(v, "viridis"), vmin=0, vmax=vmax,
+                    cbar=False, linewidths=0.5, ax=ax, annot_kws={"fontsize": 8})
+        ax.set_title(f"{v} (mean over seeds)"), ax.set_xlabel(""), ax.set_ylabel("")
+        ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    return fig
+
+
+def seconds_bars(rows: Sequence[Mapping], by: str = "defense") -> plt.Figure:
+    """Wall time per ``by`` (mean over cells, error bars = std), log scale."""
+    import pandas as pd
+
+    df = pd.DataFrame(rows)
+    fig, ax = plt.subplots(figsize=(6.0, 3.0))
+    sns.barplot(df, x=by, y="seconds", errorbar="sd", capsize=0.15, color="0.55", ax=ax,
+                order=list(dict.fromkeys(df[by])))
+    ax.set_yscale("log"), ax.set_xlabel(""), ax.set_ylabel("wall time per run (s)")
+    ax.tick_params(axis="x", rotation=20)
+    fig.tight_layout()
+    return fig

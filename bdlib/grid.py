@@ -1,0 +1,86 @@
+"""The comparison grid: attack × defense × seed × clean budget, each cell independent and cached.
+
+Sequential by default. Given a Dask ``distributed.Client`` (a ``LocalCluster``, a scheduler
+address, or dask-jobqueue on SLURM — the ``dask`` extra), the cells run on the cluster's
+workers; every worker reads and writes the same store, so ``$BDLIB_CACHE`` must be on a
+filesystem they share. Cells that an earlier notebook computed are found in the store.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from bdlib.config import Config, as_dict, override
+
+UNDEFENDED = "undefended"
+
+
+@dataclass(frozen=True)
+class Cell:
+    attack: str
+    defense: str  # a registered defense, or "undefended"
+    seed: int
+    clean_fraction: float
+
+
+def cells(attacks: Sequence[str], defenses: Sequence[str], seeds: Sequence[int],
+          budgets: Sequence[float]) -> list[Cell]:
+    """Every combination; the undefended model does not depend on the clean budget."""
+    out = [Cell(a, d, s, b) for a, d, s, b in itertools.product(attacks, defenses, seeds, budgets)
+           if d != UNDEFENDED]
+    if UNDEFENDED in defenses:
+        out += [Cell(a, UNDEFENDED, s, budgets[0]) for a, s in itertools.product(attacks, seeds)]
+    return out
+
+
+def run_cell(cfg: Config, cell: Cell) -> dict[str, Any]:
+    """BA / ASR / RA (and DER, seconds) of one cell; computed once, then read from the store."""
+    from bdlib import experiment as ex
+
+    c = override(dataclasses.replace(cfg, attack=cell.attack, seed=cell.seed, progress=False),
+                 {"clean_fraction": cell.clean_fraction})
+    if cell.defense == UNDEFENDED:
+        run = ex.poisoned_model(c)
+        return {**dataclasses.asdict(cell), **run.metrics, "DER": 0.5, "seconds": run.seconds}
+    run = ex.defend(c, cell.defense)
+    return {**dataclasses.asdict(cell), **run.metrics, "seconds": run.seconds}
+
+
+def _run_cell_remote(cfg_dict: dict, cell: Cell) -> dict[str, Any]:
+    # Workers rebuild the Config from plain data, so nothing but JSON-like values is shipped.
+    from bdlib.config import resolve
+
+    cfg = resolve(cfg_dict["profile"], attack=cfg_dict["attack"], seed=cfg_dict["seed"],
+                  device=cfg_dict["device"], overrides=cfg_dict["overrides"])
+    return run_cell(cfg, cell)
+
+
+def run(cfg: Config, grid: Sequence[Cell], client: Any = None) -> list[dict[str, Any]]:
+    """Every cell's row, in the order of ``grid``; on ``client``'s cluster when one is given."""
+    if client is None:
+        return [run_cell(cfg, cell) for cell in grid]
+    payload = {"profile": cfg.profile, "attack": cfg.attack, "seed": cfg.seed, "device": cfg.device,
+               "overrides": _overrides(cfg)}
+    futures = client.map(_run_cell_remote, [payload] * len(grid), list(grid), pure=False)
+    return client.gather(futures)
+
+
+def _overrides(cfg: Config) -> dict[str, Any]:
+    """The dotted overrides that turn the profile's Config into ``cfg`` (for workers)."""
+    from bdlib.config import profile
+
+    base, mine = _flatten(as_dict(profile(cfg.profile))), _flatten(as_dict(cfg))
+    skip = {"attack", "seed", "device", "progress"}
+    return {k: v for k, v in mine.items() if base.get(k) != v and k not in skip}
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k in ("train", "attacks", "defenses") or (prefix and isinstance(v, dict)):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

@@ -1,0 +1,44 @@
+import dataclasses
+
+import pytest
+
+from bdlib import grid
+from bdlib.config import override, resolve
+
+
+def test_cells_cover_the_product_and_undefended_once_per_attack_and_seed():
+    cells = grid.cells(["badnets", "blended"], [grid.UNDEFENDED, "ft", "ntml"], [0, 1], [0.01, 0.05])
+    assert len(cells) == 2 * 2 * 2 * 2 + 2 * 2
+    assert len({c for c in cells if c.defense == grid.UNDEFENDED}) == 4
+    assert len(set(cells)) == len(cells)
+
+
+def test_overrides_round_trip_for_workers():
+    cfg = override(resolve("smoke"), {"train.epochs": 1, "attacks.badnets.poison_rate": 0.2,
+                                      "defenses.ft.epochs": 1})
+    again = override(resolve("smoke"), grid._overrides(cfg))
+    assert again == dataclasses.replace(cfg, progress=again.progress)
+
+
+def test_dask_grid_agrees_with_the_sequential_grid(tmp_path, monkeypatch):
+    distributed = pytest.importorskip("dask.distributed", reason="the [dask] extra is not installed")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # two single-threaded workers on two cores
+    from bdlib import experiment
+
+    cfg = override(resolve("smoke", device="cpu"), {"n_train": 600, "n_test": 200, "train.epochs": 1,
+                                                    "defenses.ft.epochs": 1})
+    cells = grid.cells(["badnets"], [grid.UNDEFENDED, "ft"], [0, 1], [0.05])
+    results = {}
+    for mode in ("sequential", "dask"):
+        monkeypatch.setenv("BDLIB_CACHE", str(tmp_path / mode))  # separate stores: both really compute
+        experiment.store.cache_clear()
+        if mode == "dask":
+            with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                          dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+                results[mode] = grid.run(cfg, cells, client)
+        else:
+            results[mode] = grid.run(cfg, cells)
+    experiment.store.cache_clear()
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert strip(results["sequential"]) == strip(results["dask"])
+    assert {r["defense"] for r in results["dask"]} == {grid.UNDEFENDED, "ft"}
