@@ -11,7 +11,7 @@ import functools
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -21,7 +21,7 @@ from bdlib.attacks.base import Poisoned, Trigger, TriggerContext
 from bdlib.config import Config, as_dict, resolve
 from bdlib.defenses.base import DefenseContext
 from bdlib.store import Store, source_hash
-from bdlib.train import features, fit, seed_everything, select_device
+from bdlib.train import fit, seed_everything, select_device
 
 DATA_SEED = 0  # the train / test subsets are the same for every run seed: seeds vary the attack and training
 
@@ -40,37 +40,6 @@ def setup(profile: str = "quick", attack: str = "badnets", seed: int = 0, device
     seed_everything(cfg.seed)
     figures.start_clock()
     return cfg
-
-
-def describe(cfg: Config, methods: Sequence[str] = ()) -> str:
-    """The profile's values a notebook prints, so that nothing it ran with is silent."""
-    lines = [f"profile {cfg.profile}: {cfg.dataset}, {cfg.model}, "
-             f"train n={cfg.n_train or 'all'}, test n={cfg.n_test or 'all'}, device {cfg.device}",
-             f"training: {as_dict(cfg.train)}",
-             f"target class {cfg.target}, clean data {cfg.clean_fraction:.1%} of the training set, "
-             f"seeds {list(cfg.seeds)}"]
-    for name in methods:
-        group = cfg.attacks if name in cfg.attacks else cfg.defenses
-        lines.append(f"{name}: {as_dict(group[name])}")
-    return "\n".join(lines)
-
-
-def attack_names(spec: str | Sequence[str]) -> list[str]:
-    """``"all"`` -> every registered attack; otherwise the names, each validated."""
-    if spec == "all":
-        return list(attacks.REGISTRY)
-    names = [spec] if isinstance(spec, str) else list(spec)
-    for n in names:
-        attacks.get(n)
-    return names
-
-
-def seed_list(cfg: Config, seeds: Sequence[int] | None) -> list[int]:
-    """The notebook's ``seeds`` parameter, or the profile's seeds when it is None."""
-    chosen = list(cfg.seeds if seeds is None else seeds)
-    if not chosen or any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in chosen):
-        raise ValueError(f"seeds must be a non-empty list of non-negative integers, got {seeds!r}")
-    return chosen
 
 
 def with_run(cfg: Config, **changes: Any) -> Config:
@@ -325,79 +294,6 @@ def defend(cfg: Config, defense: str) -> DefenseRun:
                       defense, e.meta["before"], e.meta["history"], record, e.meta["info"])
 
 
-def trigger_examples(cfg: Config, names: Sequence[str], index: int | None = None) -> list[dict]:
-    """One test image per attack, clean and with the test-time trigger (gallery rows).
-
-    The image is the first non-target test image (or ``index``), the same for every attack.
-    """
-    d = run_data(cfg)
-    i = index if index is not None else int(torch.nonzero(d.y_test != cfg.target)[0])
-    rows = []
-    for name in names:
-        c = with_run(cfg, attack=name)
-        _, trig = trigger(c)
-        transform = attacks.get(name).test_transform(trig, c.attack_params)
-        clean = d.x_test[i:i + 1]
-        rows.append({"attack": name, "clean": clean[0], "poisoned": transform(clean)[0]})
-    return rows
-
-
-def poisoning_table(cfg: Config, names: Sequence[str], seeds: Sequence[int]) -> list[dict]:
-    """BA / ASR / RA of the clean model and of each attack's poisoned model, per seed."""
-    rows = []
-    for seed in seeds:
-        c = with_run(cfg, seed=seed)
-        clean = clean_model(c)
-        rows.append({"model": "clean", "seed": seed, **clean.metrics, "seconds": clean.seconds})
-        for name in names:
-            run = poisoned_model(with_run(c, attack=name))
-            rows.append({"model": name, "seed": seed, **run.metrics, "seconds": run.seconds,
-                         "n_poisoned": run.meta["n_poisoned"]})
-    return rows
-
-
-def summarize(rows: Sequence[dict], by: str = "model",
-              keys: Sequence[str] = ("BA", "ASR", "RA")) -> dict[str, dict[str, list[float]]]:
-    """``{group: {metric: [mean, std]}}`` over the rows of each group (std over seeds)."""
-    out: dict[str, dict[str, list[float]]] = {}
-    for group in dict.fromkeys(r[by] for r in rows):
-        ms = metrics.mean_std([r for r in rows if r[by] == group], keys)
-        out[group] = {k: [round(m, 2), round(s, 2)] for k, (m, s) in ms.items()}
-    return out
-
-
-def feature_embedding(cfg: Config, n: int = 1500, poisoned_n: int = 150,
-                      model: nn.Module | None = None) -> dict:
-    """A 2-D t-SNE of penultimate features of training samples, poisoned ones included.
-
-    Takes ``n`` clean samples and up to ``poisoned_n`` poisoned ones of this run's poisoned
-    set, embedded with the poisoned model (or ``model``, e.g. a defended one).
-    """
-    from sklearn.manifold import TSNE
-
-    run = poisoned_model(cfg)
-    p = run.poisoned
-    gen = torch.Generator().manual_seed(cfg.seed)
-    clean_idx = torch.nonzero(~p.poison_idx).flatten()
-    pois_idx = torch.nonzero(p.poison_idx).flatten()
-    clean_idx = clean_idx[torch.randperm(len(clean_idx), generator=gen)[:n]]
-    pois_idx = pois_idx[torch.randperm(len(pois_idx), generator=gen)[:poisoned_n]]
-    idx = torch.cat([clean_idx, pois_idx])
-    feats = features(model or run.model, p.x[idx], cfg.train.eval_batch_size).numpy()
-    points = TSNE(n_components=2, init="pca", perplexity=30, random_state=cfg.seed).fit_transform(feats)
-    labels = run_data(cfg).y_train[idx].numpy()  # true classes, so poisoned points show where they came from
-    poisoned = p.poison_idx[idx].numpy()
-    return {"points": points, "labels": labels, "poisoned": poisoned}
-
-
-def summary_table(summary: dict[str, dict[str, list[float]]]):
-    """A pandas table of ``mean ± std`` strings from :func:`summarize`, for display."""
-    import pandas as pd
-
-    return pd.DataFrame({g: {k: f"{m:.1f} ± {s:.1f}" for k, (m, s) in v.items()}
-                         for g, v in summary.items()}).T
-
-
 def record_model(cfg: Config, run: DefenseRun, role: str) -> nn.Module:
     """A model a defense kept in its record under ``role`` (e.g. NT-ML's ``nt_student``)."""
     state = {k[len(role) + 1:]: v for k, v in run.tensors.items() if k.startswith(role + ".")}
@@ -405,62 +301,3 @@ def record_model(cfg: Config, run: DefenseRun, role: str) -> nn.Module:
         roles = sorted({k.split(".")[0] for k in run.tensors})
         raise ValueError(f"{run.defense} recorded no model {role!r}; it recorded: {', '.join(roles)}")
     return _load_model(cfg, state)
-
-
-def confidences(cfg: Config, named_models: dict[str, nn.Module], n: int = 1000) -> dict:
-    """Each model's probability of the true class and of the target class on up to ``n`` clean
-    and ``n`` poisoned samples of this run's poisoned training set."""
-    from bdlib.train import logits
-
-    p = poisoned_model(cfg).poisoned
-    true_y = run_data(cfg).y_train
-    gen = torch.Generator().manual_seed(cfg.seed)
-    groups = {}
-    for name, mask in (("clean samples", ~p.poison_idx), ("poisoned samples", p.poison_idx)):
-        idx = torch.nonzero(mask).flatten()
-        groups[name] = idx[torch.randperm(len(idx), generator=gen)[:n]]
-    out: dict = {}
-    for model_name, model in named_models.items():
-        out[model_name] = {}
-        for g, idx in groups.items():
-            prob = logits(model, p.x[idx], cfg.train.eval_batch_size).softmax(1)
-            out[model_name][g] = {"true class": prob[torch.arange(len(idx)), true_y[idx]].numpy(),
-                                  "target class": prob[:, cfg.target].numpy()}
-    return out
-
-
-def defense_rows(cfg: Config, defense: str, names: Sequence[str], seeds: Sequence[int],
-                 overrides: dict | None = None) -> tuple[list[dict], dict[tuple[str, int], DefenseRun]]:
-    """Run ``defense`` on each attack and seed; rows of BA/ASR/RA undefended and defended."""
-    from bdlib.config import override
-
-    rows, runs = [], {}
-    for name in names:
-        for seed in seeds:
-            c = override(with_run(cfg, attack=name, seed=seed), overrides or {})
-            r = defend(c, defense)
-            runs[(name, seed)] = r
-            rows.append({"attack": name, "seed": seed, "model": "undefended", **r.before})
-            rows.append({"attack": name, "seed": seed, "model": defense, **r.metrics, "seconds": r.seconds})
-    return rows, runs
-
-
-def defense_names(spec: str | Sequence[str]) -> list[str]:
-    """``"all"`` -> every registered defense; otherwise the names, each validated."""
-    if spec == "all":
-        return list(defenses.REGISTRY)
-    names = [spec] if isinstance(spec, str) else list(spec)
-    for n in names:
-        defenses.get(n)
-    return names
-
-
-def dask_client(address: str | None):
-    """None -> no cluster (sequential); "local" -> a LocalCluster on this machine; else a scheduler address."""
-    if address is None:
-        return None
-    from dask.distributed import Client, LocalCluster
-
-    if address == "local":
-        return Client(LocalCluster(n_workers=2, threads_per_worker=1, processes=True))
-    return Client(address)

@@ -271,6 +271,7 @@ def heatmaps(rows: Sequence[Mapping], values: Sequence[str] = ("BA", "ASR"), ind
                     cbar=False, linewidths=0.5, ax=ax, annot_kws={"fontsize": 8})
         ax.set_title(f"{v} (mean over seeds)"), ax.set_xlabel(""), ax.set_ylabel("")
         ax.tick_params(axis="x", rotation=30)
+        ax.tick_params(axis="y", rotation=0)
     fig.tight_layout()
     return fig
 
