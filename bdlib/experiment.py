@@ -118,6 +118,11 @@ def _load_model(cfg: Config, tensors: dict[str, torch.Tensor], seed: int = 0) ->
     return m.eval()
 
 
+def _under(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The tensors stored under ``prefix.`` (one store entry holds several), prefix removed."""
+    return {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+
+
 def _state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
 
@@ -265,8 +270,7 @@ def defend(cfg: Config, defense: str) -> DefenseRun:
             return tensors, {"meta": meta, "roles": sorted(found)}
 
         e = store().get_or_compute("defense_stage", full, compute_stage)
-        loaded = {role: _load_model(cfg, {k[len(role) + 1:]: v for k, v in e.tensors.items()
-                                          if k.startswith(role + ".")}) for role in e.meta["roles"]}
+        loaded = {role: _load_model(cfg, _under(e.tensors, role)) for role in e.meta["roles"]}
         return loaded, e.meta["meta"]
 
     def compute():
@@ -287,8 +291,7 @@ def defend(cfg: Config, defense: str) -> DefenseRun:
         return tensors, meta
 
     e = store().get_or_compute("defended_model", spec, compute)
-    model_state = {k[6:]: v for k, v in e.tensors.items() if k.startswith("model.")}
-    record = {k[7:]: v for k, v in e.tensors.items() if k.startswith("record.")}
+    model_state, record = _under(e.tensors, "model"), _under(e.tensors, "record")
     after = dict(e.meta["metrics"], DER=e.meta["DER"])
     return DefenseRun(e.key, _load_model(cfg, model_state), after, e.meta["seconds"], e.meta,
                       defense, e.meta["before"], e.meta["history"], record, e.meta["info"])
@@ -296,7 +299,7 @@ def defend(cfg: Config, defense: str) -> DefenseRun:
 
 def record_model(cfg: Config, run: DefenseRun, role: str) -> nn.Module:
     """A model a defense kept in its record under ``role`` (e.g. NT-ML's ``nt_student``)."""
-    state = {k[len(role) + 1:]: v for k, v in run.tensors.items() if k.startswith(role + ".")}
+    state = _under(run.tensors, role)
     if not state:
         roles = sorted({k.split(".")[0] for k in run.tensors})
         raise ValueError(f"{run.defense} recorded no model {role!r}; it recorded: {', '.join(roles)}")

@@ -79,7 +79,7 @@ def _overrides(cfg: Config) -> dict[str, Any]:
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():
-        if isinstance(v, dict) and k in ("train", "attacks", "defenses") or (prefix and isinstance(v, dict)):
+        if isinstance(v, dict):  # the train / attacks / defenses groups and each method's Params
             out.update(_flatten(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
