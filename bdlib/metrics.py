@@ -55,7 +55,7 @@ def detection(flagged: torch.Tensor, poisoned: torch.Tensor) -> dict[str, float]
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: int,
-             trigger: Callable[[torch.Tensor], torch.Tensor] | None, batch_size: int = 1024) -> dict[str, float]:
+             trigger: Callable[[torch.Tensor], torch.Tensor] | None, batch_size: int = 256) -> dict[str, float]:
     """BA on ``(x, y)``; with a trigger also ASR and RA on the triggered non-target images."""
     from bdlib.train import predict
 

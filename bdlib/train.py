@@ -3,7 +3,7 @@
 Data stays a uint8 tensor on the training device; each batch is converted to float in
 [0, 1] and augmented (random crop with zero padding, horizontal flip) as whole-batch tensor
 ops, so there is no DataLoader, no PIL and no per-sample Python. On CUDA the same code runs
-with channels_last and bf16 autocast. A defense changes the objective by passing
+with bf16 autocast; models and batches are channels_last on every device. A defense changes the objective by passing
 ``loss_fn(model, x, y, idx)`` — ``idx`` indexes the training tensors, so per-sample soft
 targets computed beforehand can be looked up.
 """
@@ -47,9 +47,7 @@ def to_float(x: torch.Tensor) -> torch.Tensor:
     """uint8 images -> float32 in [0, 1]; float input is returned as is."""
     if x.dtype == torch.uint8:
         x = x.float().div_(255.0)
-    if x.is_cuda:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x
+    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
 
 
 def augment(x: torch.Tensor, crop_pad: int, flip: bool, gen: torch.Generator) -> torch.Tensor:
@@ -154,7 +152,7 @@ def _progress(it, enabled: bool, desc: str):
 
 
 @torch.inference_mode()
-def logits(model: nn.Module, x: torch.Tensor, batch_size: int = 1024,
+def logits(model: nn.Module, x: torch.Tensor, batch_size: int = 256,
            transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """Model outputs (float32, on the CPU) for every image of ``x`` (uint8 or float), in eval mode.
 
@@ -174,7 +172,7 @@ def logits(model: nn.Module, x: torch.Tensor, batch_size: int = 1024,
 
 
 @torch.inference_mode()
-def features(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+def features(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """Penultimate features (``model.features``) for every image of ``x``, on the CPU."""
     model.eval()
     device = next(model.parameters()).device
@@ -183,7 +181,7 @@ def features(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch
     return torch.cat(out)
 
 
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024,
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 256,
             transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """Predicted class of every image of ``x``."""
     return logits(model, x, batch_size, transform).argmax(1)
