@@ -66,11 +66,11 @@ def test_profile_overrides_are_validated():
 
 # --------------------------------------------------------------------------- FT
 
-def test_ft_changes_weights_and_records_every_epoch():
+def test_ft_changes_weights_and_records_every_epoch_loss():
     model, calls = _tiny_cnn(), []
     before = copy.deepcopy(model.state_dict())
     out = ft.run(model, _ctx(ft.Params(epochs=2, lr=0.05), calls))
-    assert out.model is model and len(out.history) == 2 and len(calls) == 2
+    assert out.model is model and [r["epoch"] for r in out.history] == [1, 2] and not calls
     changed = _changed(before, model)
     assert any(k.startswith("stage1.0") for k in changed) and any(k.startswith("fc") for k in changed)
 
@@ -134,7 +134,7 @@ def test_nad_run_end_to_end_and_beta_count_checked():
     model, calls = _tiny_cnn(), []
     before = copy.deepcopy(model.state_dict())
     out = nad.run(model, _ctx(nad.Params(teacher_epochs=1, epochs=2, betas=(10.0, 10.0, 10.0)), calls))
-    assert [r["stage"] for r in out.history] == ["teacher", "nad", "nad"] and len(calls) == 4
+    assert [r["stage"] for r in out.history] == ["teacher", "nad", "nad"] and len(calls) == 1
     assert _changed(before, model)
     with pytest.raises(ValueError, match="stages"):
         nad.run(_tiny_cnn(), _ctx(nad.Params(teacher_epochs=1, epochs=1, betas=(1.0, 1.0))))

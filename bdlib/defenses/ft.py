@@ -28,11 +28,14 @@ class Params:
 
 
 def run(model: nn.Module, ctx: DefenseContext) -> Defended:
-    """Fine-tune ``model`` in place on the clean subset with the profile's optimiser."""
+    """Fine-tune ``model`` in place on the clean subset with the profile's optimiser.
+
+    The history holds the epoch losses only: no figure plots FT per epoch, and a test-set
+    evaluation per epoch would cost more than the fine-tuning itself on the small profiles.
+    """
     p: Params = ctx.params
     history = fit(model, ctx.x_clean, ctx.y_clean, ctx.cfg.train, seed=ctx.seed, bn_eval=p.bn_eval,
-                  on_epoch=lambda e, m: ctx.evaluate(m), progress=ctx.progress, desc="FT",
-                  epochs=p.epochs, lr=p.lr)
+                  progress=ctx.progress, desc="FT", epochs=p.epochs, lr=p.lr)
     return Defended(model=model.eval(), history=history)
 
 

@@ -96,18 +96,21 @@ def make_loss(teacher: nn.Module, student_stages: Sequence[nn.Module], betas: Se
 
 
 def run(model: nn.Module, ctx: DefenseContext) -> Defended:
-    """Fine-tune a teacher copy, then distil its attention into ``model`` (in place)."""
+    """Fine-tune a teacher copy, then distil its attention into ``model`` (in place).
+
+    The history holds epoch losses only (as FT's); the teacher is evaluated once, at the end.
+    """
     p: Params = ctx.params
     stages = list(model.stages)
     if len(p.betas) != len(stages):
         raise ValueError(f"betas has {len(p.betas)} values but the model has {len(stages)} stages; give one per stage")
     teacher = copy.deepcopy(model)
     t_hist = fit(teacher, ctx.x_clean, ctx.y_clean, ctx.cfg.train, seed=ctx.seed,
-                 on_epoch=lambda e, m: ctx.evaluate(m), progress=ctx.progress, desc="NAD teacher",
+                 progress=ctx.progress, desc="NAD teacher",
                  epochs=p.teacher_epochs, lr=p.teacher_lr)
     teacher.eval().requires_grad_(False)
     history = fit(model, ctx.x_clean, ctx.y_clean, ctx.cfg.train, seed=ctx.seed,
-                  loss_fn=make_loss(teacher, stages, p.betas, p.p, p.distance), on_epoch=lambda e, m: ctx.evaluate(m),
+                  loss_fn=make_loss(teacher, stages, p.betas, p.p, p.distance),
                   progress=ctx.progress, desc="NAD", epochs=p.epochs, lr=p.lr)
     return Defended(model=model.eval(),
                     history=[{"stage": "teacher", **r} for r in t_hist] + [{"stage": "nad", **r} for r in history],

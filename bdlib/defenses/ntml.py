@@ -114,8 +114,9 @@ def nt_stage(model: nn.Module, ctx: DefenseContext) -> tuple[nn.ModuleDict, list
         return loss
 
     changes = {k: v for k, v in (("epochs", p.nt_epochs), ("lr", p.nt_lr)) if v is not None}
+    # Epoch losses only: the NT models are evaluated once, after the stage (``run``'s info).
     history = fit(pair, ctx.x_train, ctx.y_train, ctx.cfg.train, seed=ctx.seed, loss_fn=loss_fn,
-                  on_epoch=lambda e, m: _record(m, ctx), progress=ctx.progress, desc="NT", **changes)
+                  progress=ctx.progress, desc="NT", **changes)
     if p.teacher == "poisoned":
         pair["teacher"] = copy.deepcopy(m0)
     return pair, [{"stage": "nt", **r} for r in history]
