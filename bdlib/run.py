@@ -2,6 +2,7 @@
 
     python -m bdlib run [NOTEBOOK ...] --profile quick [-p name value ...]
     python -m bdlib params NOTEBOOK
+    python -m bdlib assignments [NOTEBOOK ...] [--out student/] [--repo-url URL] [--profile smoke]
 
 Executed copies go to ``build/executed/`` (never over the sources); figures go to
 ``figures/`` (or ``--figures DIR``). A failing cell is reported in one paragraph — notebook,
@@ -94,6 +95,21 @@ def run_notebook(path: Path, params: dict[str, Any], out_dir: Path, figures: Pat
     return time.perf_counter() - start
 
 
+def _assignments(args: argparse.Namespace) -> int:
+    from bdlib import classroom
+
+    url = args.repo_url or classroom.default_repo_url()
+    written = classroom.write_assignments(notebooks(args.notebooks), args.out, url, args.profile,
+                                          chosen=bool(args.notebooks))
+    for path in written:
+        titles = classroom.exercise_titles(json.loads(path.read_text(encoding="utf-8")))
+        print(f"{path}: {len(titles)} exercise(s)")
+    if url == classroom.PLACEHOLDER_URL:
+        print("note: no --repo-url and no git remote 'origin': the Colab cell holds a placeholder URL "
+              "and refuses to run on Colab; regenerate with --repo-url URL", file=sys.stderr)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bdlib", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -106,8 +122,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--figures", type=Path, default=REPO / "figures")
     par = sub.add_parser("params", help="list a notebook's parameters and defaults")
     par.add_argument("notebook")
+    asg = sub.add_parser("assignments", help="write student copies of the notebooks with exercises")
+    asg.add_argument("notebooks", nargs="*", help="notebook names or stems (default: all with exercises)")
+    asg.add_argument("--out", type=Path, default=REPO / "student")
+    asg.add_argument("--repo-url", help="what the Colab cell installs bdlib from (default: git remote origin)")
+    asg.add_argument("--profile", default="smoke", help="the student copies' default profile (default smoke)")
     args = parser.parse_args(argv)
     try:
+        if args.command == "assignments":
+            return _assignments(args)
         if args.command == "params":
             for name, value in parameters(notebooks([args.notebook])[0]).items():
                 print(f"{name} = {value!r}")
