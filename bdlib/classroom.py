@@ -17,12 +17,12 @@ import subprocess
 from pathlib import Path
 from typing import Any, Sequence
 
+from bdlib.config import PROFILES
 from bdlib.run import REPO, RunError, notebooks
 
 BEGIN_SOLUTION, END_SOLUTION = "### BEGIN SOLUTION", "### END SOLUTION"
 BEGIN_HIDDEN, END_HIDDEN = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
 PLACEHOLDER_URL = "<REPOSITORY-URL: regenerate with python -m bdlib assignments --repo-url URL>"
-PROFILES = ("smoke", "quick", "paper")
 
 Notebook = dict[str, Any]
 
@@ -223,17 +223,19 @@ def student_notebook(nb: Notebook, name: str, repo_url: str, profile: str = "smo
 
 
 def default_repo_url() -> str:
-    """``origin``'s URL as pip can install it on Colab (SSH → HTTPS), else :data:`PLACEHOLDER_URL`."""
+    """``origin``'s URL as Colab can install from it (SSH → HTTPS), else :data:`PLACEHOLDER_URL`."""
     try:
         proc = subprocess.run(["git", "-C", str(REPO), "remote", "get-url", "origin"],
                               capture_output=True, text=True, timeout=10, check=False)
     except (OSError, subprocess.SubprocessError):
         return PLACEHOLDER_URL
     url = proc.stdout.strip()
-    if proc.returncode != 0 or not url:
-        return PLACEHOLDER_URL
-    ssh = re.fullmatch(r"[\w.-]+@([\w.-]+):(.+)", url)
-    return f"https://{ssh.group(1)}/{ssh.group(2)}" if ssh else url
+    # Colab has no SSH keys: git@host:path and ssh://git@host/path become https://host/path.
+    ssh = re.fullmatch(r"(?:ssh://)?[\w.-]+@([\w.-]+)[:/](.+)", url)
+    if ssh:
+        url = f"https://{ssh.group(1)}/{ssh.group(2)}"
+    # A local path (a clone of a clone) is no use on Colab.
+    return url if proc.returncode == 0 and re.match(r"https?://", url) else PLACEHOLDER_URL
 
 
 def write_assignments(paths: Sequence[Path], out: Path, repo_url: str, profile: str = "smoke",

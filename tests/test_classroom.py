@@ -189,3 +189,18 @@ def test_cli_errors_list_the_valid_choices(tmp_path, capsys):
         assert "no exercises" in err and ", ".join(WITH_EXERCISES) in err
     assert main(["assignments", "--profile", "fast", "--out", str(tmp_path)]) == 1
     assert "smoke" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("remote, expected", [
+    ("https://github.com/t/bdlib.git", "https://github.com/t/bdlib.git"),
+    ("git@github.com:t/bdlib.git", "https://github.com/t/bdlib.git"),
+    ("ssh://git@gitlab.example.org/t/bdlib.git", "https://gitlab.example.org/t/bdlib.git"),
+    ("/home/teacher/bdlib", classroom.PLACEHOLDER_URL),
+    ("", classroom.PLACEHOLDER_URL),
+])
+def test_default_repo_url_is_one_colab_can_install_from(monkeypatch, remote, expected):
+    import subprocess
+
+    done = subprocess.CompletedProcess([], 0 if remote else 2, stdout=remote + "\n", stderr="")
+    monkeypatch.setattr(classroom.subprocess, "run", lambda *a, **kw: done)
+    assert classroom.default_repo_url() == expected
