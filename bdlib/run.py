@@ -105,7 +105,7 @@ def _assignments(args: argparse.Namespace) -> int:
         titles = classroom.exercise_titles(json.loads(path.read_text(encoding="utf-8")))
         print(f"{path}: {len(titles)} exercise(s)")
     if url == classroom.PLACEHOLDER_URL:
-        print("note: no --repo-url and no git remote 'origin': the Colab cell holds a placeholder URL "
+        print("note: no --repo-url and no http(s) git remote 'origin': the Colab cell holds a placeholder URL "
               "and refuses to run on Colab; regenerate with --repo-url URL", file=sys.stderr)
     return 0
 
