@@ -55,6 +55,9 @@ def _regions(lines: list[str], begin: str, end: str, where: str) -> list[tuple[i
                 raise AssignmentError(f"{where}: {end!r} on line {i + 1} without a {begin!r} before it")
             regions.append((start, i))
             start = None
+        elif begin in line or end in line:
+            # Anything else on a marker's line would be kept or dropped by accident.
+            raise AssignmentError(f"{where}: line {i + 1} has a marker among other text; put it on a line of its own")
     if start is not None:
         raise AssignmentError(f"{where}: {begin!r} on line {start + 1} has no {end!r}")
     return regions

@@ -158,6 +158,7 @@ SOLUTION = {"nbgrader": {"grade": False, "grade_id": "a", "locked": False, "sche
     ("def f():\n    ### BEGIN SOLUTION\n    return 1\n", "has no '### END SOLUTION'"),
     ("def f():\n    return 1\n    ### END SOLUTION\n", "without a '### BEGIN SOLUTION'"),
     ("### BEGIN SOLUTION\n### BEGIN SOLUTION\n### END SOLUTION\n", "inside the region"),
+    ("### BEGIN SOLUTION\nx = 1  ### END SOLUTION\n", "a line of its own"),
 ])
 def test_malformed_markup_names_notebook_and_cell(source, message):
     nb = _nb(("profile = 'quick'", {"tags": ["parameters"]}), (source, SOLUTION))
