@@ -7,13 +7,20 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.bdlib-installed
 PROFILE ?= quick
 
-.PHONY: figures test setup data clean-cache
+.PHONY: figures test bench setup data clean-cache
 
 figures: setup
 	$(BIN)/python -m bdlib run --profile $(PROFILE)
 
 test: setup
 	$(BIN)/python -m pytest -q tests
+
+# The benchmarks of benchmarks/README.md (cache.py runs every notebook twice: ~20 min on quick).
+bench: setup
+	$(BIN)/python benchmarks/train_throughput.py
+	$(BIN)/python benchmarks/none_scoring.py
+	$(BIN)/python benchmarks/gpu_estimate.py
+	$(BIN)/python benchmarks/cache.py --profile $(PROFILE)
 
 setup: $(STAMP) data
 
