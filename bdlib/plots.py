@@ -157,7 +157,11 @@ def curves(records: Sequence[Mapping], x: str, series: Mapping[str, str],
                 ax.axhline(values[m], ls="--", lw=1.2, color=palette[len(series) + j], label=label)
         ax.set_title(m), ax.set_ylim(-3, 103), ax.set_xlabel(xlabel or x)
         if logx:
+            # Ticks at the measured x values, plainly labelled: log-axis minor labels collide.
+            xs = sorted({r[x] for r in records})
             ax.set_xscale("log")
+            ax.set_xticks(xs, [f"{v:g}" for v in xs])
+            ax.minorticks_off()
     axes[0, 0].set_ylabel("percent of test images")
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, labels, ncols=min(4, len(labels)), loc="lower center", bbox_to_anchor=(0.5, -0.08))

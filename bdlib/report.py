@@ -1,10 +1,12 @@
 """What notebooks show: tables, summaries and embeddings read from the cached results.
 
-Nothing here computes a stored result (that is ``bdlib.experiment``), so editing a table or
-an embedding does not invalidate the store.
+Nothing here computes a trained result (that is ``bdlib.experiment``), so editing a table does
+not invalidate the store. The one stored thing is a t-SNE embedding (seconds each, every warm
+run): it is keyed by the model's weights and this module's own source, nothing else.
 """
 from __future__ import annotations
 
+import hashlib
 from typing import Sequence
 
 import torch
@@ -12,8 +14,8 @@ from torch import nn
 
 from bdlib import attacks, defenses, metrics
 from bdlib.config import Config, as_dict, override
-from bdlib.experiment import (DefenseRun, clean_model, defend, poisoned_model, run_data, trigger,
-                              with_run)
+from bdlib.experiment import (DefenseRun, _module_hash, clean_model, defend, poisoned_model, run_data,
+                              store, trigger, with_run)
 from bdlib.train import features, logits
 
 
@@ -115,11 +117,28 @@ def feature_embedding(cfg: Config, n: int = 1500, poisoned_n: int = 150,
     clean_idx = clean_idx[torch.randperm(len(clean_idx), generator=gen)[:n]]
     pois_idx = pois_idx[torch.randperm(len(pois_idx), generator=gen)[:poisoned_n]]
     idx = torch.cat([clean_idx, pois_idx])
-    feats = features(model or run.model, p.x[idx], cfg.train.eval_batch_size).numpy()
-    points = TSNE(n_components=2, init="pca", perplexity=30, random_state=cfg.seed).fit_transform(feats)
+    model = model or run.model
+    spec = {"poisoned_run": run.key, "weights": _weights_digest(model), "n": n, "poisoned_n": poisoned_n,
+            "seed": cfg.seed, "code": _module_hash(feature_embedding)}
+
+    def compute():
+        feats = features(model, p.x[idx], cfg.train.eval_batch_size).numpy()
+        points = TSNE(n_components=2, init="pca", perplexity=30, random_state=cfg.seed).fit_transform(feats)
+        return {"points": torch.from_numpy(points)}, {}
+
+    points = store().get_or_compute("tsne", spec, compute).tensors["points"].numpy()
     labels = run_data(cfg).y_train[idx].numpy()  # true classes, so poisoned points show where they came from
     poisoned = p.poison_idx[idx].numpy()
     return {"points": points, "labels": labels, "poisoned": poisoned}
+
+
+def _weights_digest(model: nn.Module) -> str:
+    """sha256 of a model's parameters and buffers: which model an embedding was made with."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def summary_table(summary: dict[str, dict[str, list[float]]]):

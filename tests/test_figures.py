@@ -29,3 +29,31 @@ def test_save_writes_png_pdf_without_volatile_metadata_and_records_manifest(tmp_
     assert manifest["numbers"]["parameters"] == {"profile": "smoke"}
     assert manifest["line"]["config_key"] == figures.config_key(cfg)
     assert json.loads((tmp_path / "numbers.json").read_text())["metrics"] == {"BA": 90.0}
+
+
+def test_log_x_curves_label_exactly_the_measured_budgets():
+    from bdlib import plots
+
+    recs = [{"clean %": b, "a_BA": 80.0 + b, "a_ASR": 10.0 / b, "a_RA": 50.0} for b in (0.5, 1.0, 2.0, 5.0)]
+    fig = plots.curves(recs, x="clean %", series={"a": "a_"}, logx=True)
+    for ax in fig.axes:
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["0.5", "1", "2", "5"]
+        assert not ax.xaxis.get_minor_ticks() or not any(t.label1.get_visible() and t.label1.get_text()
+                                                          for t in ax.xaxis.get_minor_ticks())
+
+
+def test_embedding_cache_key_follows_the_weights():
+    import copy
+
+    import torch
+
+    from bdlib.models import SmallCNN
+    from bdlib.report import _weights_digest
+
+    torch.manual_seed(0)
+    a = SmallCNN(width=4)
+    b = copy.deepcopy(a).to(memory_format=torch.channels_last)
+    assert _weights_digest(a) == _weights_digest(b)  # memory layout is not part of the model
+    with torch.no_grad():
+        b.fc.bias[0] += 1e-3
+    assert _weights_digest(a) != _weights_digest(b)
