@@ -164,7 +164,8 @@ def curves(records: Sequence[Mapping], x: str, series: Mapping[str, str],
             ax.minorticks_off()
     axes[0, 0].set_ylabel("percent of test images")
     handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, ncols=min(4, len(labels)), loc="lower center", bbox_to_anchor=(0.5, -0.08))
+    # Hung from just below the x labels, so a second legend row grows downwards, not over them.
+    fig.legend(handles, labels, ncols=min(6, len(labels)), loc="upper center", bbox_to_anchor=(0.5, 0.02))
     if title:
         fig.suptitle(title, fontweight="bold")
     fig.tight_layout()
