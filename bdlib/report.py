@@ -196,6 +196,16 @@ def dask_client(address: str | None):
     return Client(address)
 
 
+def close_dask(client) -> None:
+    """Close the notebook's client, and its LocalCluster if it started one (a remote one is left running)."""
+    if client is None:
+        return
+    cluster = client.cluster  # None when connected to a scheduler address
+    client.close()
+    if cluster is not None:
+        cluster.close()
+
+
 def narcissus_control(cfg: Config, seeds: Sequence[int], paper_rate: float = 0.0005) -> list[dict]:
     """Narcissus at the profile's budget and at the paper's, and a clean model under its trigger.
 
