@@ -83,6 +83,8 @@ def main() -> None:
     cells = args.attacks * args.seeds
     print(f"ResNet-18 (CIFAR): {f_fwd / 1e9:.2f} GFLOP forward, {f_train / 1e9:.2f} GFLOP forward+backward "
           f"per image; assumed {args.tflops:g} TFLOP/s sustained")
+    print("per cell = per attack x seed; the clean model and the triggers, made once per seed, are "
+          "spread over the six attacks")
     print(f"{'piece':20s} {'per cell':>10s} {'cells':>6s} {'GPU-hours':>10s}")
     total = 0.0
     main_work = work(profile("paper").clean_fraction)
