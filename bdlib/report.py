@@ -14,8 +14,8 @@ from torch import nn
 
 from bdlib import attacks, defenses, metrics
 from bdlib.config import Config, as_dict, override
-from bdlib.experiment import (DefenseRun, _module_hash, clean_model, defend, poisoned_model, run_data,
-                              store, trigger, with_run)
+from bdlib.experiment import (DefenseRun, _module_hash, _state, clean_model, defend, poisoned_model,
+                              run_data, store, trigger, with_run)
 from bdlib.train import features, logits
 
 
@@ -135,9 +135,9 @@ def feature_embedding(cfg: Config, n: int = 1500, poisoned_n: int = 150,
 def _weights_digest(model: nn.Module) -> str:
     """sha256 of a model's parameters and buffers: which model an embedding was made with."""
     h = hashlib.sha256()
-    for name, t in model.state_dict().items():
+    for name, t in _state(model).items():
         h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        h.update(t.numpy().tobytes())
     return h.hexdigest()[:16]
 
 
