@@ -44,6 +44,17 @@ def test_channel_scores_empty_strong_set_is_ignored():
     assert got.item() == pytest.approx(7.0 - 2.0)  # only class 0: weak set {2.0}, std 0
 
 
+def test_detection_statistic_sums_each_layers_top_channels():
+    acts = {"a": torch.tensor([[1.0, 10.0, 100.0], [2.0, 20.0, 200.0]]),
+            "b": torch.tensor([[1000.0, 3.0], [4000.0, 5.0]])}
+    scores = {"a": torch.tensor([0.5, 2.0, 1.0]), "b": torch.tensor([1.0, -1.0])}
+    # top 1: a's channel 1, b's channel 0
+    assert none.detection_statistic(acts, scores, 1).tolist() == [1010.0, 4020.0]
+    # top 2: a's channels 1 and 2; b has only two channels, both count
+    assert none.detection_statistic(acts, scores, 2).tolist() == [1113.0, 4225.0]
+    assert none.detection_statistic(acts, scores, 5).tolist() == [1114.0, 4227.0]
+
+
 def _sse(v: torch.Tensor, high: torch.Tensor) -> float:
     return sum(float(((g - g.mean()) ** 2).sum()) for g in (v[high], v[~high]) if len(g))
 
@@ -153,7 +164,7 @@ def test_monitored_convs():
 
 @pytest.mark.parametrize("field,value", [("rho", 0.0), ("rho", 1.5), ("rounds", 0), ("none_lr", 0.0),
                                          ("epochs2", -1), ("strong", 1.0), ("weak", 0.95),
-                                         ("std_k", -1.0)])
+                                         ("std_k", -1.0), ("detect_top", 0)])
 def test_params_validation_names_the_bad_value(field, value):
     with pytest.raises(ValueError, match=field):
         dataclasses.replace(none.Params(), **{field: value}).validate()

@@ -31,6 +31,10 @@ class Params:
     strong: float = 0.9  # p_ik above this puts sample i in class k's strong set (NONE)
     weak: float = 0.1  # p_ik below this puts sample i in class k's weak set (NONE)
     std_k: float = 3.0  # a channel's normal range on the weak set is mean + std_k·std (NONE)
+    # Sample detection sums, per monitored layer, the activations of its detect_top highest-scoring
+    # channels; NONE sums each layer's top-1 (choice: more channels catch poisons whose trigger
+    # lights up the top channel only weakly, e.g. a white patch on an already bright corner).
+    detect_top: int = 1
 
     def validate(self) -> None:
         if not 0 < self.rho <= 1:
@@ -45,6 +49,9 @@ class Params:
             raise ValueError(f"need 0 < weak < strong < 1, got weak={self.weak}, strong={self.strong}")
         if self.std_k < 0:
             raise ValueError(f"std_k must be >= 0, got {self.std_k}")
+        if self.detect_top < 1:
+            raise ValueError(f"detect_top must be >= 1 (channels per layer summed for detection), "
+                             f"got {self.detect_top}")
 
 
 def channel_scores(acts: torch.Tensor, probs: torch.Tensor, strong: float, weak: float,
@@ -101,6 +108,17 @@ def two_means_split(values: torch.Tensor) -> tuple[float, torch.Tensor]:
     cut = int(sse.argmin())
     threshold = float(s[cut])
     return threshold, v > threshold
+
+
+def detection_statistic(acts: dict[str, torch.Tensor], scores: dict[str, torch.Tensor],
+                        top: int) -> torch.Tensor:
+    """Per sample, the summed activations of each layer's ``top`` highest-scoring channels.
+
+    ``acts[layer]`` is [N, C], ``scores[layer]`` [C]; a layer with fewer than ``top`` channels
+    contributes all of them. NONE splits this statistic in two (:func:`two_means_split`).
+    """
+    return sum(a[:, scores[name].topk(min(top, len(scores[name]))).indices].sum(1)
+               for name, a in acts.items())
 
 
 @dataclass(frozen=True)
@@ -232,15 +250,14 @@ def run(model: nn.Module, ctx: DefenseContext) -> Defended:
     removed = torch.zeros(len(ctx.x_train), dtype=torch.bool)
     for rnd in range(p.rounds):
         acts, probs = activations(model, ctx.x_train, layers, ctx.cfg.train.eval_batch_size)
-        selection, top1 = {}, []
-        for name in layers:
-            score = channel_scores(acts[name], probs, p.strong, p.weak, p.std_k)
+        scores = {name: channel_scores(acts[name], probs, p.strong, p.weak, p.std_k) for name in layers}
+        selection = {}
+        for name, score in scores.items():
             n_reset = math.ceil(round(p.rho * len(score), 9))  # 0.1·30 is 3.0000000000000004 in floats
             selection[name] = score.topk(n_reset).indices
-            top1.append(acts[name][:, selection[name][0]])
             tensors[f"score.{name}"] = score.float()
             tensors[f"selected.{name}"] = selection[name]
-        _, flagged = two_means_split(torch.stack(top1, 1).sum(1))
+        _, flagged = two_means_split(detection_statistic(acts, scores, p.detect_top))
         used = reset_channels(model, selection)
         residual = sorted(n for n, who in used.items() if who.residual)
         removed |= flagged
