@@ -7,6 +7,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import seaborn as sns
 import torch
+from matplotlib.ticker import MaxNLocator
 
 METRIC_COLORS = {"BA": "#0072B2", "ASR": "#D55E00", "RA": "#009E73"}
 
@@ -53,8 +54,35 @@ def trigger_gallery(rows: Sequence[Mapping]) -> plt.Figure:
     return fig
 
 
+def image_rows(rows: Mapping[str, torch.Tensor], captions: Mapping[str, Sequence[str]] | None = None,
+               title: str = "") -> plt.Figure:
+    """One row of images per label: ``rows`` maps a row label to a uint8 N×C×H×W batch.
+
+    ``captions`` optionally gives one short caption per image of a row.
+    """
+    ncol = max(1, *(len(x) for x in rows.values()))
+    fig, axes = plt.subplots(len(rows), ncol, figsize=(1.3 * ncol, 1.8 * len(rows)), squeeze=False)
+    for r, (label, imgs) in enumerate(rows.items()):
+        for c in range(ncol):
+            ax = axes[r, c]
+            ax.set_xticks([]), ax.set_yticks([])
+            ax.grid(False)
+            if c >= len(imgs):
+                ax.axis("off")
+                continue
+            ax.imshow(_img(imgs[c]), cmap="gray" if imgs.shape[1] == 1 else None, vmin=0, vmax=1,
+                      interpolation="nearest")
+            if captions and label in captions:
+                ax.set_title(captions[label][c], fontsize=8)
+        axes[r, 0].set_ylabel(label, fontsize=10, fontweight="bold")
+    if title:
+        fig.suptitle(title, fontweight="bold")
+    fig.tight_layout()
+    return fig
+
+
 def metric_bars(records: Sequence[Mapping], by: str = "model", metrics: Sequence[str] = ("BA", "ASR", "RA"),
-                title: str = "") -> plt.Figure:
+                title: str = "", ylabel: str = "percent of test images") -> plt.Figure:
     """Grouped bars of BA / ASR / RA (mean over records, error bars = std over seeds)."""
     import pandas as pd
 
@@ -66,7 +94,7 @@ def metric_bars(records: Sequence[Mapping], by: str = "model", metrics: Sequence
     sns.barplot(long, x=by, y="value", hue="metric", order=order, hue_order=list(metrics),
                 palette=palette, errorbar="sd", capsize=0.15, err_kws={"linewidth": 1}, ax=ax)
     ax.set_ylim(0, 105)
-    ax.set_ylabel("percent of test images")
+    ax.set_ylabel(ylabel)
     ax.set_xlabel("")
     if title:
         ax.set_title(title)
@@ -162,6 +190,8 @@ def curves(records: Sequence[Mapping], x: str, series: Mapping[str, str],
             ax.set_xscale("log")
             ax.set_xticks(xs, [f"{v:g}" for v in xs])
             ax.minorticks_off()
+        elif all(isinstance(r[x], int) for r in records):  # epochs, rounds: no 0.2-steps
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0, 0].set_ylabel("percent of test images")
     handles, labels = axes[0, 0].get_legend_handles_labels()
     # Hung from just below the x labels, so a second legend row grows downwards, not over them.

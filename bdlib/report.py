@@ -185,6 +185,26 @@ def defense_rows(cfg: Config, defense: str, names: Sequence[str], seeds: Sequenc
     return rows, runs
 
 
+def flagged_examples(cfg: Config, run: DefenseRun, n: int = 8) -> tuple[dict, dict, dict[str, int]]:
+    """Poisoned training images a defense flagged ("caught") and did not ("missed").
+
+    ``run`` is the defense's result on ``cfg``'s attack and seed, with a ``flagged`` record.
+    Returns up to ``n`` images per group for :func:`bdlib.plots.image_rows`, their true classes
+    as captions, and the missed poisons counted by true class.
+    """
+    d = run_data(cfg)
+    poisoned = poisoned_model(cfg).poisoned
+    flagged = run.tensors["flagged"]
+    groups = {"caught": poisoned.poison_idx & flagged, "missed": poisoned.poison_idx & ~flagged}
+    rows, captions = {}, {}
+    for label, mask in groups.items():
+        idx = torch.nonzero(mask).flatten()[:n]
+        rows[label] = poisoned.x[idx]
+        captions[label] = [d.classes[int(c)] for c in d.y_train[idx]]
+    missed = d.y_train[groups["missed"]]
+    return rows, captions, {name: int((missed == c).sum()) for c, name in enumerate(d.classes)}
+
+
 def dask_client(address: str | None):
     """None -> no cluster (sequential); "local" -> a LocalCluster on this machine; else a scheduler address."""
     if address is None:

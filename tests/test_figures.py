@@ -42,6 +42,18 @@ def test_log_x_curves_label_exactly_the_measured_budgets():
                                                           for t in ax.xaxis.get_minor_ticks())
 
 
+def test_integer_x_curves_tick_whole_numbers_only():
+    from bdlib import plots
+
+    recs = [{"round": r, "BA": 80.0, "ASR": 90.0 - 80 * r, "RA": 5.0 + 70 * r} for r in (0, 1)]
+    fig = plots.curves(recs, x="round", series={"NONE": ""})
+    fig.canvas.draw()
+    for ax in fig.axes:
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks)
+    plt.close(fig)
+
+
 def test_embedding_cache_key_follows_the_weights():
     import copy
 
@@ -57,3 +69,30 @@ def test_embedding_cache_key_follows_the_weights():
     with torch.no_grad():
         b.fc.bias[0] += 1e-3
     assert _weights_digest(a) != _weights_digest(b)
+
+
+def test_flagged_examples_group_poisons_by_the_defense_flags(monkeypatch):
+    from types import SimpleNamespace
+
+    import torch
+
+    from bdlib import plots, report
+
+    y = torch.tensor([0, 1, 2, 2, 1, 0])
+    x = torch.arange(6, dtype=torch.uint8).view(6, 1, 1, 1).expand(6, 1, 2, 2).contiguous()
+    poison_idx = torch.tensor([False, True, True, True, False, True])
+    flagged = torch.tensor([True, True, False, False, False, True])  # index 0 is a false alarm
+    monkeypatch.setattr(report, "run_data", lambda cfg: SimpleNamespace(y_train=y, classes=("a", "b", "c")))
+    monkeypatch.setattr(report, "poisoned_model",
+                        lambda cfg: SimpleNamespace(poisoned=SimpleNamespace(x=x, poison_idx=poison_idx)))
+    rows, captions, missed = report.flagged_examples(None, SimpleNamespace(tensors={"flagged": flagged}))
+    assert rows["caught"][:, 0, 0, 0].tolist() == [1, 5] and captions["caught"] == ["b", "a"]
+    assert rows["missed"][:, 0, 0, 0].tolist() == [2, 3] and captions["missed"] == ["c", "c"]
+    assert missed == {"a": 0, "b": 0, "c": 2}
+    rows["missed"] = rows["missed"][:1]  # a shorter row leaves its last panel empty
+    fig = plots.image_rows(rows, {"caught": captions["caught"], "missed": captions["missed"][:1]})
+    shown = [ax for ax in fig.axes if ax.images]
+    assert len(fig.axes) == 4 and len(shown) == 3
+    assert [ax.get_title() for ax in shown] == ["b", "a", "c"]
+    assert fig.axes[0].get_ylabel() == "caught" and fig.axes[2].get_ylabel() == "missed"
+    plt.close(fig)
