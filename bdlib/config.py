@@ -119,13 +119,14 @@ _PROFILE_METHODS: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
         # anomaly indices as 600 steps of 32 on all six attacks (seed 0), in 4-5 s instead of 20.
         "mcldef": {"ce_weight": 0.1, "bn_eval": True, "inv_steps": 300, "inv_batch_size": 16},
         # NONE: the small CNN (32 / 64 monitored channels) spreads the backdoor over many channels;
-        # ρ = 0.03 resets 1 + 2 of them and leaves ASR at 95%, ρ = 0.5 is needed (with every poison
-        # removed: ASR 5.5; ρ = 0.1: 33). Such resets cost BA (reset alone at ρ = 0.25: BA 67), so
+        # ρ = 0.03 resets 1 + 2 of them and leaves ASR at 95%, ρ = 0.5 is needed (every poison
+        # removed, 5 epochs at lr 0.01: ASR 5.5; at ρ = 0.1: 33). Such resets cost BA (reset alone at ρ = 0.25: BA 67), so
         # fine-tuning uses lr 0.02, not the README's 1e-4. Each layer's top-1 channel misses ~12%
         # of BadNets' poisons (those on an already bright corner: bags, boots) and fine-tuning
         # re-learns the backdoor from them, more the longer it runs; summing the top 8 catches more.
         # BadNets, mean ASR / BA cost, seeds 0-2 (3-5): top-1, lr 0.01, 5 epochs 13.8 / 1.6
-        # (19.4 / 2.0); this 8.4 / 1.9 (9.4 / 2.5); top-8 with lr 0.01, 5 epochs 10.7 / 1.4;
+        # (19.4 / 2.0); this 8.4 / 1.9 (9.4 / 2.5); top-1 with this lr and epochs 11.5 / 2.1;
+        # every poison removed (oracle) 5.1 / 1.5; top-8 with lr 0.01, 5 epochs 10.7 / 1.4;
         # top-8, 2 epochs at 0.02 7.9 / 3.3; ρ = 0.6 (seeds 0-5) 6.7 / 3.5; rounds = 2 with top-1
         # 9.6 / 11.2 (the second reset at ρ = 0.5 is the cost).
         "none": {"rho": 0.5, "none_lr": 0.02, "epochs2": 3, "detect_top": 8},
