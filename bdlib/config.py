@@ -120,10 +120,11 @@ _PROFILE_METHODS: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
         "mcldef": {"ce_weight": 0.1, "bn_eval": True, "inv_steps": 300, "inv_batch_size": 16},
         # NONE: the small CNN (32 / 64 monitored channels) spreads the backdoor over many channels;
         # ρ = 0.03 resets 1 + 2 of them and leaves ASR at 95%, ρ = 0.5 is needed (every poison
-        # removed, 5 epochs at lr 0.01: ASR 5.5; at ρ = 0.1: 33). Such resets cost BA (reset alone at ρ = 0.25: BA 67), so
-        # fine-tuning uses lr 0.02, not the README's 1e-4. Each layer's top-1 channel misses ~12%
-        # of BadNets' poisons (those on an already bright corner: bags, boots) and fine-tuning
-        # re-learns the backdoor from them, more the longer it runs; summing the top 8 catches more.
+        # removed, 5 epochs at lr 0.01: ASR 5.5; at ρ = 0.1: 33). Such resets cost BA (reset
+        # alone at ρ = 0.25: BA 67), so fine-tuning uses lr 0.02, not the README's 1e-4.
+        # Each layer's top-1 channel misses ~12% of BadNets' poisons (those on an already bright
+        # corner: bags, boots) and fine-tuning re-learns the backdoor from them, more the longer
+        # it runs; summing the top 8 catches more.
         # BadNets, mean ASR / BA cost, seeds 0-2 (3-5): top-1, lr 0.01, 5 epochs 13.8 / 1.6
         # (19.4 / 2.0); this 8.4 / 1.9 (9.4 / 2.5); top-1 with this lr and epochs 11.5 / 2.1;
         # every poison removed (oracle) 5.1 / 1.5; top-8 with lr 0.01, 5 epochs 10.7 / 1.4;
