@@ -29,6 +29,14 @@ def _img(x: torch.Tensor) -> np.ndarray:
     return x.permute(1, 2, 0).squeeze(-1).clamp(0, 1).numpy()
 
 
+def _show(ax: plt.Axes, img: torch.Tensor) -> None:
+    """One C×H×W image on ``ax`` (grey if single-channel), pixel-exact, no ticks or grid."""
+    ax.imshow(_img(img), cmap="gray" if img.shape[0] == 1 else None, vmin=0, vmax=1,
+              interpolation="nearest")
+    ax.set_xticks([]), ax.set_yticks([])
+    ax.grid(False)
+
+
 def trigger_gallery(rows: Sequence[Mapping]) -> plt.Figure:
     """One row per attack: clean image, poisoned image, and |difference| amplified to full range.
 
@@ -39,14 +47,11 @@ def trigger_gallery(rows: Sequence[Mapping]) -> plt.Figure:
         clean, poisoned = row["clean"].float(), row["poisoned"].float()
         diff = (poisoned - clean).abs()
         scale = diff.max().item() or 1.0
-        gray = clean.shape[0] == 1
         panels = [(clean, "clean"), (poisoned, "poisoned"),
                   (diff / scale * 255.0, f"|difference| ×{255.0 / scale:.0f}")]
         for c, (img, title) in enumerate(panels):
             ax = axes[r, c]
-            ax.imshow(_img(img), cmap="gray" if gray else None, vmin=0, vmax=1, interpolation="nearest")
-            ax.set_xticks([]), ax.set_yticks([])
-            ax.grid(False)
+            _show(ax, img)
             if r == 0 or c == 2:
                 ax.set_title(title, fontsize=9 if c == 2 and r else None)
         axes[r, 0].set_ylabel(row["attack"], fontsize=11, fontweight="bold")
@@ -65,13 +70,10 @@ def image_rows(rows: Mapping[str, torch.Tensor], captions: Mapping[str, Sequence
     for r, (label, imgs) in enumerate(rows.items()):
         for c in range(ncol):
             ax = axes[r, c]
-            ax.set_xticks([]), ax.set_yticks([])
-            ax.grid(False)
             if c >= len(imgs):
                 ax.axis("off")
                 continue
-            ax.imshow(_img(imgs[c]), cmap="gray" if imgs.shape[1] == 1 else None, vmin=0, vmax=1,
-                      interpolation="nearest")
+            _show(ax, imgs[c])
             if captions and label in captions:
                 ax.set_title(captions[label][c], fontsize=8)
         axes[r, 0].set_ylabel(label, fontsize=10, fontweight="bold")
@@ -278,8 +280,7 @@ def inversion_panels(rows: Sequence[Mapping], classes: Sequence[str]) -> plt.Fig
                   (row["mask"] * row["pattern"], "inverted m⊙t")]
         for c, (img, title) in enumerate(panels):
             ax = axes[r, c]
-            ax.imshow(_img(img), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-            ax.set_xticks([]), ax.set_yticks([]), ax.grid(False)
+            _show(ax, img)
             if r == 0:
                 ax.set_title(title)
         axes[r, 0].set_ylabel(row["attack"], fontweight="bold")
