@@ -131,8 +131,103 @@ def test_run_end_to_end(teacher):
     out = ntml.DEFENSE.run(m0, ctx)
     stages = [h["stage"] for h in out.history]
     assert stages == ["nt", "nt", "ml", "ml"]
-    assert set(out.info) == {"poisoned", "nt_student", "nt_teacher", "ml_teacher"}
+    assert set(out.info) == {"poisoned", "nt_student", "nt_teacher", "ml_teacher", "isolated", "estimated_target"}
     assert out.model is not m0 and not out.model.training
     assert all(torch.equal(m0.state_dict()[k], v) for k, v in m0_state.items())
     if teacher == "poisoned":  # the NT teacher is M0 itself
         assert out.info["nt_teacher"] == out.info["poisoned"]
+
+
+# ---- the readings ------------------------------------------------------------------------
+
+
+def test_unlearn_loss_pushes_the_weighted_label_down_and_nothing_else():
+    z = torch.tensor([[2.0, 0.0, -1.0], [0.5, 1.5, 0.0]], requires_grad=True)
+    y = torch.tensor([0, 1])
+    w = torch.tensor([1.0, 0.0])
+    loss = ntml.unlearn_loss(z, y, w)
+    p0 = torch.softmax(z.detach()[0], 0)[0].item()
+    assert loss.item() == pytest.approx(-math.log(1 - p0) / 2, rel=1e-5)  # mean over the 2 samples
+    loss.backward()
+    assert z.grad[0, 0] > 0  # descent lowers the given label's logit of the weighted sample
+    assert torch.all(z.grad[1] == 0)  # weight 0: untouched
+    # Stays finite where the label's probability rounds to 1 in float32.
+    z = torch.tensor([[60.0, 0.0, 0.0]], requires_grad=True)
+    loss = ntml.unlearn_loss(z, torch.tensor([0]), torch.ones(1))
+    loss.backward()
+    assert torch.isfinite(loss) and loss.item() == pytest.approx(60.0 - math.log(2), rel=1e-4)
+    assert torch.isfinite(z.grad).all()
+
+
+def test_isolate_takes_the_most_confident_and_estimates_the_target():
+    given_logit = torch.tensor([9.0, 1.0, 8.0, 7.0, 0.0, 6.5, 2.0, 3.0])
+    y = torch.tensor([2, 0, 2, 1, 1, 2, 0, 0])
+    chosen, target = ntml.isolate(given_logit, y, 0.5, estimated=False)
+    assert chosen.tolist() == [True, False, True, True, False, True, False, False] and target == 2
+    chosen, target = ntml.isolate(given_logit, y, 0.5, estimated=True)
+    assert chosen.tolist() == [True, False, True, False, False, True, False, False] and target == 2
+
+
+def _reading_loss(reading, z_s, z0, y, isolated, weight=2.0):
+    return ntml.nt_student_loss(z_s, z0, y, isolated, ntml.Params(reading=reading, suppress_weight=weight))
+
+
+def test_readings_mask_and_push_what_they_say():
+    gen = torch.Generator().manual_seed(3)
+    z_s = torch.randn(4, 5, generator=gen)
+    z0 = torch.randn(4, 5, generator=gen)
+    z0[torch.arange(4), torch.tensor([1, 2, 3, 4])] += 10.0  # M0 predicts 1, 2, 3, 4
+    y = torch.tensor([1, 2, 0, 0])  # the given labels: M0 disagrees on samples 2 and 3
+    none = torch.zeros(4, dtype=torch.bool)
+    some = torch.tensor([True, False, False, True])
+    base = ntml.nontarget_kd_loss(z_s, z0, y, 4.0)
+    assert torch.allclose(_reading_loss("nontarget", z_s, z0, y, some), base)
+    # predicted: M0's predicted label is masked; the given label of samples 2 and 3 is taught.
+    predicted = _reading_loss("predicted", z_s, z0, y, none)
+    assert torch.allclose(predicted, ntml.nontarget_kd_loss(z_s, z0, z0.argmax(1), 4.0))
+    assert not torch.allclose(predicted, base)
+    zg = z_s.clone().requires_grad_()
+    _reading_loss("predicted", zg, z0, y, none).backward()
+    assert torch.all(zg.grad[torch.arange(4), z0.argmax(1)] == 0) and zg.grad[2, 0] != 0
+    # suppress / estimated: the masked distillation plus β·unlearning on the isolated samples only.
+    for reading in ("suppress", "estimated"):
+        assert torch.allclose(_reading_loss(reading, z_s, z0, y, none), base)
+        extra = 2.0 * ntml.unlearn_loss(z_s, y, some.float())
+        assert torch.allclose(_reading_loss(reading, z_s, z0, y, some), base + extra)
+        zg = z_s.clone().requires_grad_()
+        _reading_loss(reading, zg, z0, y, some).backward()
+        assert zg.grad[0, 1] > 0 and zg.grad[3, 0] > 0  # isolated samples' given labels pushed down
+        assert zg.grad[1, 2] == 0 and zg.grad[2, 0] == 0  # not isolated: given label untouched
+
+
+def test_reading_params_validated():
+    with pytest.raises(ValueError, match=r"reading 'inverse'.*nontarget, predicted, suppress, estimated"):
+        ntml.Params(reading="inverse").validate()
+    with pytest.raises(ValueError, match=r"ml_data 'all'.*clean, clean\+train"):
+        ntml.Params(ml_data="all").validate()
+    with pytest.raises(ValueError, match=r"isolate.*got 1.5"):
+        ntml.Params(isolate=1.5).validate()
+    with pytest.raises(ConfigError, match=r"suppress_weight must be >= 0"):
+        resolve("smoke", overrides={"defenses.ntml.suppress_weight": -1.0})
+
+
+def test_nt_cache_key_covers_every_nt_field():
+    p = ntml.Params()
+    changed = {"tau": 2.0, "teacher": "poisoned", "nt_epochs": 3, "nt_lr": 0.2, "init": "poisoned",
+               "reading": "suppress", "isolate": 0.1, "suppress_weight": 3.0,
+               "lam": 2.0, "ml_epochs": 3, "ml_lr": 0.5, "ml_data": "clean+train"}
+    assert set(changed) == {f.name for f in dataclasses.fields(p)}, "a new field needs a line here"
+    for name, value in changed.items():
+        differs = ntml.nt_spec(dataclasses.replace(p, **{name: value})) != ntml.nt_spec(p)
+        assert differs == (name not in ntml.ML_FIELDS), name
+
+
+@pytest.mark.parametrize("reading,ml_data", [("suppress", "clean+train"), ("estimated", "clean"), ("predicted", "clean")])
+def test_readings_run_end_to_end(reading, ml_data):
+    ctx = _tiny_ctx(reading=reading, ml_data=ml_data, isolate=0.25, nt_epochs=1, ml_epochs=1)
+    out = ntml.DEFENSE.run(ctx.new_model(7), ctx)
+    expected = 12 if reading != "estimated" else None  # 25 % of 48; estimated keeps one label's share
+    if expected is not None:
+        assert out.info["isolated"] == expected
+    assert 0 < out.info["isolated"] <= 12 and out.info["estimated_target"] in (0, 1, 2)
+    assert [h["stage"] for h in out.history] == ["nt", "ml"]

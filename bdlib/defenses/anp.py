@@ -179,5 +179,11 @@ def run(model: nn.Module, ctx: DefenseContext) -> Defended:
                     info={"pruned": pruned, "channels": n_channels})
 
 
+# Tuning grid (bdlib.tune): the perturbation bound ε, ANP's strength knob: at a small ε no mask
+# has to drop to stay robust and nothing is pruned; at the paper's 0.4 a small CNN loses many
+# of its BN channels.
+TUNING = {"eps": (0.05, 0.1, 0.2, 0.3, 0.4)}
+
 DEFENSE = Defense("anp", Params, run, uses=("clean",),
-                  cite="Wu & Wang, Adversarial Neuron Pruning Purifies Backdoored Deep Models, NeurIPS 2021")
+                  cite="Wu & Wang, Adversarial Neuron Pruning Purifies Backdoored Deep Models, NeurIPS 2021",
+                  tuning=TUNING)

@@ -8,7 +8,7 @@ per-epoch metrics for the notebooks, never to make a decision.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, Mapping
 
 import torch
 from torch import nn
@@ -50,3 +50,6 @@ class Defense:
     run: Callable[[nn.Module, DefenseContext], Defended]
     uses: tuple[Literal["train", "clean"], ...]  # which data the defender is given
     cite: str
+    # The comparison protocol's grid (bdlib.tune): Params field -> the values tried, spanning
+    # "does nothing" to "too strong"; every combination is one setting.
+    tuning: Mapping[str, tuple] = field(default_factory=dict)

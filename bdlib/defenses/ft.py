@@ -39,5 +39,10 @@ def run(model: nn.Module, ctx: DefenseContext) -> Defended:
     return Defended(model=model.eval(), history=history)
 
 
+# Tuning grid (bdlib.tune): the fine-tuning lr, from barely moving M0 (0.001) to the victim's own
+# training lr (0.05) and above, where 400 clean images start to overwrite what 8k taught.
+TUNING = {"lr": (0.001, 0.003, 0.01, 0.03, 0.1)}
+
 DEFENSE = Defense("ft", Params, run, uses=("clean",),
-                  cite="Fine-tuning baseline (Liu, Dolan-Gavitt & Garg, Fine-Pruning, RAID 2018)")
+                  cite="Fine-tuning baseline (Liu, Dolan-Gavitt & Garg, Fine-Pruning, RAID 2018)",
+                  tuning=TUNING)

@@ -137,5 +137,10 @@ def run(model: nn.Module, ctx: DefenseContext) -> Defended:
     return Defended(model=model.eval(), history=history, tensors={"delta": delta.cpu()})
 
 
+# Tuning grid (bdlib.tune): the L2 radius of the universal perturbation, from one that cannot
+# reach a trigger (0.3) to one that erases whole image regions (3.0, the default).
+TUNING = {"eps": (0.3, 0.6, 1.0, 1.5, 3.0)}
+
 DEFENSE = Defense("ibau", Params, run, uses=("clean",),
-                  cite="Zeng et al., Adversarial Unlearning of Backdoors via Implicit Hypergradient, ICLR 2022")
+                  cite="Zeng et al., Adversarial Unlearning of Backdoors via Implicit Hypergradient, ICLR 2022",
+                  tuning=TUNING)

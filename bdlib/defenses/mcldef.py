@@ -226,6 +226,11 @@ def _lr_factor(p: Params, epoch: int) -> float:
     return p.lr_decay ** sum(epoch >= e for e in p.lr_decay_epochs)
 
 
+# Tuning grid (bdlib.tune): the purification lr, from a step too small to move the features
+# (0.001) to one that forgets the clean task on 400 images (0.03).
+TUNING = {"lr": (0.001, 0.003, 0.01, 0.03)}
+
 DEFENSE = Defense("mcldef", Params, run, uses=("clean",),
                   cite="Yue, Xia et al., Model-Contrastive Learning for Backdoor Defense, arXiv 2205.04411 "
-                       "(ACM MM 2023)")
+                       "(ACM MM 2023)",
+                  tuning=TUNING)

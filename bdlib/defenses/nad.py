@@ -117,6 +117,12 @@ def run(model: nn.Module, ctx: DefenseContext) -> Defended:
                     info={"teacher": ctx.evaluate(teacher)})
 
 
+# Tuning grid (bdlib.tune): the attention-transfer weight β (all stages alike). With the L2
+# distance the AT gradient has a constant size β, so β sets how hard the student is pulled
+# towards the fine-tuned teacher's attention: 10 barely moves it, 1000 swamps CE.
+TUNING = {"betas": ((10.0,) * 3, (30.0,) * 3, (100.0,) * 3, (300.0,) * 3, (1000.0,) * 3)}
+
 DEFENSE = Defense("nad", Params, run, uses=("clean",),
                   cite="Li et al., Neural Attention Distillation: Erasing Backdoor Triggers from Deep "
-                       "Neural Networks, ICLR 2021")
+                       "Neural Networks, ICLR 2021",
+                  tuning=TUNING)

@@ -5,11 +5,15 @@ only over the classes other than each sample's given label, so a poisoned sample
 label is never taught; a teacher is distilled from M0 on all classes (or is M0 itself).
 ML: on the small clean subset the two learn from each other by deep mutual learning (each
 side: CE + λ·τ²·KL towards its detached partner); the purified model is the student.
-Only the abstract is public: this is methods.md's reconstruction, every gap a Params field.
+Only the abstract is public: this is a reconstruction (docs/methods.md, "NT-ML"), every gap a
+Params field. ``reading`` picks how the NT stage reads "non-target label training" and
+``ml_data`` what the ML stage learns on; each value's docstring below says which words of the
+abstract it reads differently.
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
@@ -18,11 +22,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from bdlib.defenses.base import Defense, DefenseContext, Defended
-from bdlib.train import fit
+from bdlib.train import fit, logits, to_float
 
 TEACHERS = ("kd", "poisoned")
 INITS = ("scratch", "poisoned")
-READINGS = ("nontarget",)
+READINGS = ("nontarget", "predicted", "suppress", "estimated")
+ML_DATA = ("clean", "clean+train")
+# Params fields that only the ML stage reads; every other field shapes the NT stage and keys
+# its cached result (``nt_spec``), so a new NT field can never share a stale NT stage.
+ML_FIELDS = frozenset({"lam", "ml_epochs", "ml_lr", "ml_data"})
 
 
 @dataclass(frozen=True)
@@ -35,10 +43,24 @@ class Params:
     ml_epochs: int = 10  # "few epochs" (methods.md); 5-20 tried on quick BadNets seed 0, little effect
     ml_lr: float = 0.01  # "a low learning rate" (methods.md); 0.005-0.05 tried on quick BadNets seed 0
     init: Literal["scratch", "poisoned"] = "scratch"  # NT models start fresh (methods.md) or from M0
-    reading: Literal["nontarget"] = "nontarget"  # mask the given label (methods.md's main reading)
+    # How the NT student reads "non-target label training" (see ``nt_student_loss``):
+    # "nontarget" masks the given label (methods.md's main reading); "predicted" masks M0's
+    # predicted label; "suppress" adds an unlearning term on the given label of the samples M0
+    # is most confident in; "estimated" restricts that term to an estimated target class.
+    reading: Literal["nontarget", "predicted", "suppress", "estimated"] = "nontarget"
+    # "suppress" / "estimated": the fraction of training samples with the highest M0 logit of
+    # their given label that are isolated (ABL's "poisons are learned first and most surely";
+    # on quick, BadNets seed 100: the top 5 % are 99 % poisons, Blended's 44 %), and the weight
+    # β of −log(1 − p_S(given label)) on them (choice).
+    isolate: float = 0.05
+    suppress_weight: float = 1.0
+    # What ML learns on: the clean subset ("clean", methods.md), or also as many unlabelled
+    # batches of the poisoned training set, KL terms only ("clean+train"; choice).
+    ml_data: Literal["clean", "clean+train"] = "clean"
 
     def validate(self) -> None:
-        for name, choices in (("teacher", TEACHERS), ("init", INITS), ("reading", READINGS)):
+        for name, choices in (("teacher", TEACHERS), ("init", INITS), ("reading", READINGS),
+                              ("ml_data", ML_DATA)):
             value = getattr(self, name)
             if value not in choices:
                 raise ValueError(f"{name} {value!r} is unknown; choose one of: {', '.join(choices)}")
@@ -48,6 +70,10 @@ class Params:
                 raise ValueError(f"{name} must be > 0, got {value}")
         if not self.lam >= 0:
             raise ValueError(f"lam must be >= 0, got {self.lam}")
+        if not 0 < self.isolate < 1:
+            raise ValueError(f"isolate must be a fraction in (0, 1), got {self.isolate}")
+        if not self.suppress_weight >= 0:
+            raise ValueError(f"suppress_weight must be >= 0, got {self.suppress_weight}")
         if self.nt_lr is not None and not self.nt_lr > 0:
             raise ValueError(f"nt_lr must be > 0 or None (the profile's lr), got {self.nt_lr}")
         if self.nt_epochs is not None and self.nt_epochs < 1:
@@ -74,6 +100,57 @@ def nontarget_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     return kd_loss(student_logits[keep].view(n, k - 1), teacher_logits[keep].view(n, k - 1), tau)
 
 
+def unlearn_loss(student_logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Σ_i w_i · −log(1 − p_S(y_i)) / N: pushes the probability of each weighted sample's label down.
+
+    Complementary-label ("negative") learning on the given label; ``weight`` is 0 for samples the
+    term must not touch. log(1 − p_y) is computed as logsumexp of the other logits minus
+    logsumexp of all, which stays finite when p_y rounds to 1.
+    """
+    n, k = student_logits.shape
+    others = student_logits.masked_fill(F.one_hot(y, k).bool(), float("-inf"))
+    log_not_y = torch.logsumexp(others, 1) - torch.logsumexp(student_logits, 1)
+    return -(weight * log_not_y).sum() / n
+
+
+def isolate(m0_given_logit: torch.Tensor, y: torch.Tensor, fraction: float,
+            estimated: bool) -> tuple[torch.Tensor, int]:
+    """The training samples whose given label M0 scores highest: a boolean index, and the
+    estimated target class (the most frequent given label among them).
+
+    With ``estimated``, only the isolated samples labelled with that class are kept.
+    """
+    k = max(1, int(round(fraction * len(y))))
+    chosen = torch.zeros(len(y), dtype=torch.bool)
+    chosen[m0_given_logit.argsort(descending=True)[:k]] = True
+    target = int(torch.bincount(y[chosen]).argmax())
+    if estimated:
+        chosen &= y == target
+    return chosen, target
+
+
+def nt_student_loss(student_logits: torch.Tensor, m0_logits: torch.Tensor, y: torch.Tensor,
+                    isolated: torch.Tensor, p: Params) -> torch.Tensor:
+    """The NT student's loss on a batch under ``p.reading``.
+
+    * ``nontarget`` — "non-target label": the sample's *given* label, masked out of M0's and the
+      student's outputs (:func:`nontarget_kd_loss`); the given label is never taught.
+    * ``predicted`` — "non-target": the label M0 *predicts*, masked instead; it differs from the
+      given one only where M0 disagrees with its training label.
+    * ``suppress`` — "a student with higher confidence in the correct class on poisoned data":
+      the masked distillation plus β·:func:`unlearn_loss` on the isolated samples (``isolated``,
+      the ones M0 is most sure of), so their given label is pushed down, not merely left out.
+    * ``estimated`` — as ``suppress``, on the isolated samples labelled with the estimated target
+      class only (:func:`isolate`), so fewer clean samples of other classes are pushed away.
+    """
+    if p.reading == "predicted":
+        return nontarget_kd_loss(student_logits, m0_logits, m0_logits.argmax(1), p.tau)
+    loss = nontarget_kd_loss(student_logits, m0_logits, y, p.tau)
+    if p.reading in ("suppress", "estimated"):
+        loss = loss + p.suppress_weight * unlearn_loss(student_logits, y, isolated.float())
+    return loss
+
+
 def mutual_losses(student_logits: torch.Tensor, teacher_logits: torch.Tensor, y: torch.Tensor,
                   tau: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Deep mutual learning: each side's CE plus λ·τ²·KL towards its partner, the partner detached."""
@@ -92,8 +169,11 @@ def _record(pair: nn.ModuleDict, ctx: DefenseContext) -> dict[str, float]:
     return {f"{role}_{k}": v for role, m in pair.items() for k, v in ctx.evaluate(m).items()}
 
 
-def nt_stage(model: nn.Module, ctx: DefenseContext) -> tuple[nn.ModuleDict, list[dict]]:
+def nt_stage(model: nn.Module, ctx: DefenseContext) -> tuple[nn.ModuleDict, list[dict], dict]:
     """Train the NT student (and the KD teacher) from the poisoned ``model`` on the poisoned set.
+
+    Returns the models, the epoch records, and what the reading isolated (how many samples,
+    the estimated target class) as JSON-ready facts.
 
     M0's logits are computed on the fly on each augmented batch rather than looked up by
     ``idx``: ``fit`` flips the batch, and M0's output on the unflipped image is not the target
@@ -101,6 +181,10 @@ def nt_stage(model: nn.Module, ctx: DefenseContext) -> tuple[nn.ModuleDict, list
     """
     p: Params = ctx.params
     m0 = model.eval()
+    z0_all = logits(m0, ctx.x_train, ctx.cfg.train.eval_batch_size)
+    given = z0_all[torch.arange(len(ctx.y_train)), ctx.y_train.cpu()]
+    isolated, estimated = isolate(given, ctx.y_train.cpu(), p.isolate, p.reading == "estimated")
+    isolated = isolated.to(ctx.y_train.device)
     pair = nn.ModuleDict({"student": _start(model, ctx, ctx.seed)})
     if p.teacher == "kd":
         pair["teacher"] = _start(model, ctx, ctx.seed + 1)
@@ -108,7 +192,7 @@ def nt_stage(model: nn.Module, ctx: DefenseContext) -> tuple[nn.ModuleDict, list
     def loss_fn(pair: nn.ModuleDict, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             z0 = m0(x)
-        loss = nontarget_kd_loss(pair["student"](x), z0, y, p.tau)
+        loss = nt_student_loss(pair["student"](x), z0, y, isolated[idx], p)
         if "teacher" in pair:
             loss = loss + kd_loss(pair["teacher"](x), z0, p.tau)
         return loss
@@ -119,25 +203,44 @@ def nt_stage(model: nn.Module, ctx: DefenseContext) -> tuple[nn.ModuleDict, list
                   progress=ctx.progress, desc="NT", **changes)
     if p.teacher == "poisoned":
         pair["teacher"] = copy.deepcopy(m0)
-    return pair, [{"stage": "nt", **r} for r in history]
+    info = {"isolated": int(isolated.sum()), "estimated_target": estimated}
+    return pair, [{"stage": "nt", **r} for r in history], info
 
 
 def ml_stage(pair: nn.ModuleDict, ctx: DefenseContext) -> list[dict]:
     """Deep mutual learning of ``pair["student"]`` and ``pair["teacher"]`` on the clean subset, in place.
 
+    * ``ml_data="clean"`` — "learn from each other" on the defender's small clean subset only.
+    * ``ml_data="clean+train"`` — each step also draws as many unlabelled images of the poisoned
+      training set and adds the two mutual KL terms on them (no labels, no CE), so that the
+      teacher's clean accuracy can reach the student on far more images than the clean subset.
+
     One ``fit`` over both models: the summed loss has separate gradients (partners detached),
     and SGD is per parameter, so this is exactly two simultaneous updates at the same lr.
     """
     p: Params = ctx.params
+    gen = torch.Generator().manual_seed(ctx.seed + 2)
 
     def loss_fn(pair: nn.ModuleDict, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         student, teacher = mutual_losses(pair["student"](x), pair["teacher"](x), y, p.tau, p.lam)
-        return student + teacher
+        loss = student + teacher
+        if p.ml_data == "clean+train":
+            # As many unlabelled training images as the clean batch: only the mutual KL terms.
+            pick = torch.randint(0, len(ctx.x_train), (len(x),), generator=gen).to(ctx.x_train.device)
+            xu = to_float(ctx.x_train[pick].to(x.device))
+            zs, zt = pair["student"](xu), pair["teacher"](xu)
+            loss = loss + p.lam * (kd_loss(zs, zt.detach(), p.tau) + kd_loss(zt, zs.detach(), p.tau))
+        return loss
 
     history = fit(pair, ctx.x_clean, ctx.y_clean, ctx.cfg.train, seed=ctx.seed, loss_fn=loss_fn,
                   on_epoch=lambda e, m: _record(m, ctx), progress=ctx.progress, desc="ML",
                   epochs=p.ml_epochs, lr=p.ml_lr)
     return [{"stage": "ml", **r} for r in history]
+
+
+def nt_spec(p: Params) -> dict:
+    """What keys the cached NT stage: every Params field but the ML stage's own."""
+    return {f.name: getattr(p, f.name) for f in dataclasses.fields(p) if f.name not in ML_FIELDS}
 
 
 def run(model: nn.Module, ctx: DefenseContext) -> Defended:
@@ -148,28 +251,33 @@ def run(model: nn.Module, ctx: DefenseContext) -> Defended:
     returned in the record (``nt_student.*``, ``nt_teacher.*``) for the notebooks' histograms.
     """
     p: Params = ctx.params
-    nt_spec = {"tau": p.tau, "teacher": p.teacher, "nt_epochs": p.nt_epochs, "nt_lr": p.nt_lr,
-               "init": p.init, "reading": p.reading}
 
     def stage():
-        pair, history = nt_stage(model, ctx)
-        return dict(pair.items()), {"history": history}
+        pair, history, facts = nt_stage(model, ctx)
+        return dict(pair.items()), {"history": history, **facts}
 
     if ctx.memo is None:
         models, meta = stage()
     else:
-        models, meta = ctx.memo("nt", nt_spec, stage)
+        models, meta = ctx.memo("nt", nt_spec(p), stage)
     record = {f"nt_{role}.{k}": v.detach().cpu().clone() for role, m in models.items()
               for k, v in m.state_dict().items()}
     pair = nn.ModuleDict(models)
     info = {"poisoned": ctx.evaluate(model), "nt_student": ctx.evaluate(pair["student"]),
-            "nt_teacher": ctx.evaluate(pair["teacher"])}
+            "nt_teacher": ctx.evaluate(pair["teacher"]), "isolated": meta.get("isolated"),
+            "estimated_target": meta.get("estimated_target")}
     ml_history = ml_stage(pair, ctx)
     info["ml_teacher"] = ctx.evaluate(pair["teacher"])
     return Defended(model=pair["student"].eval(), history=meta["history"] + ml_history,
                     tensors=record, info=info)
 
 
+# Tuning grid (bdlib.tune): the distillation temperature τ, which sets how much of M0's output
+# the student copies: at τ = 1 little beyond M0's top non-target class, at τ = 8 nearly uniform
+# targets (little of M0's knowledge, or of its backdoor).
+TUNING = {"tau": (1.0, 2.0, 4.0, 8.0)}
+
 DEFENSE = Defense("ntml", Params, run, uses=("train", "clean"),
                   cite="Huo & Wolter, NT-ML: Backdoor Defense via Non-target Label Training and "
-                       "Mutual Learning, arXiv 2508.05404 (2025)")
+                       "Mutual Learning, arXiv 2508.05404 (2025)",
+                  tuning=TUNING)

@@ -1,0 +1,231 @@
+"""The claims ledger: each claim of the three abstracts, and this companion's own bar, as data;
+the verdicts computed from stored results, never typed.
+
+A claim names what is measured (``kind``), on which cells (defense × attacks) and the threshold.
+:func:`ledger` evaluates every claim on grid rows (``bdlib.grid``: one row per attack ×
+defense × seed, undefended rows included) and returns, per claim, a verdict — ``holds``,
+``partly``, ``fails`` or ``inconclusive`` — and the numbers behind it.
+
+Seeds: a cell whose seeds disagree by more than :data:`SPREAD` ASR points is *spread out*. The
+verdict is computed three times: on the seed means, with every spread-out cell at its seed
+most favourable to the claim, and at its least favourable; if the last two differ, the claim
+is ``inconclusive`` (the seeds decide it, not the method), else the verdict on the means.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Mapping, Sequence
+
+ATTACKS = ("badnets", "blended", "trojan", "sig", "wanet", "narcissus")
+UNDEFENDED = "undefended"
+SPREAD = 20.0  # ASR points between a cell's seeds beyond which the cell is spread out
+VERDICTS = ("holds", "partly", "fails", "inconclusive")
+
+
+@dataclass(frozen=True)
+class Claim:
+    id: str
+    source: str  # "NT-ML", "NONE", "MCLDef" (an abstract) or "companion" (this project's bar)
+    claim: str  # the claim in its own words
+    kind: str  # which check: "defends", "outperforms", "asr_ratio", "best_reduction"
+    defense: str
+    attacks: tuple[str, ...] = ATTACKS
+    asr_max: float | None = None  # "defends": mean ASR at most this (percent)
+    cost_max: float | None = None  # mean BA cost at most this (points)
+    rivals: tuple[str, ...] = ()  # "outperforms": the defenses it must beat on DER
+    ratio: float | None = None  # "asr_ratio": undefended ASR / defended ASR at least this
+    reduction: float | None = None  # "best_reduction": relative ASR reduction at least this (percent)
+    partly: Mapping[str, float] = field(default_factory=dict)  # the weaker bar that gives "partly"
+
+    def threshold(self) -> str:
+        """The bar, in words."""
+        if self.kind == "defends":
+            return f"mean ASR ≤ {self.asr_max:g} % and BA cost ≤ {self.cost_max:g} on each attack"
+        if self.kind == "outperforms":
+            return f"highest mean DER on each attack, against {', '.join(self.rivals)}"
+        if self.kind == "asr_ratio":
+            return (f"mean ASR undefended / defended ≥ {self.ratio:g}× "
+                    f"(partly: ≥ {self.partly['ratio']:g}×)")
+        return (f"relative ASR reduction ≥ {self.reduction:g} % with BA cost < {self.cost_max:g} on some "
+                f"attack (partly: ≥ {self.partly['reduction']:g} % at cost < {self.cost_max:g}, or the "
+                f"reduction at cost ≤ {self.partly['cost_max']:g})")
+
+
+RIVALS = ("none", "mcldef", "nad", "anp", "ibau")
+BAR_ASR, BAR_COST = 5.0, 3.0  # the companion's bar for "defended": ASR ≤ 5 % at ≤ 3 BA points
+
+CLAIMS: tuple[Claim, ...] = (
+    Claim("ntml-six-attacks", "NT-ML", "defends six attacks, Narcissus among them, with a small number "
+          "of clean samples", "defends", "ntml", asr_max=10.0, cost_max=3.0),
+    Claim("ntml-beats-five", "NT-ML", "outperforms five state-of-the-art backdoor defenses",
+          "outperforms", "ntml", rivals=RIVALS),
+    Claim("none-54x", "NONE", "ASR 54.83× lower than undefended under standard poisoning",
+          "asr_ratio", "none", attacks=("badnets", "blended", "trojan"), ratio=54.83, partly={"ratio": 10.0}),
+    Claim("mcldef-95", "MCLDef", "with 5 % clean data, up to 95.79 % ASR reduction, BA loss mostly "
+          "under 2 %", "best_reduction", "mcldef", reduction=95.79, cost_max=2.0,
+          partly={"reduction": 80.0, "cost_max": 3.0}),
+    *(Claim(f"bar-{d}", "companion", f"{d} defends every attack: ASR ≤ {BAR_ASR:g} % at ≤ {BAR_COST:g} "
+            "BA points", "defends", d, asr_max=BAR_ASR, cost_max=BAR_COST)
+      for d in ("ntml", "none", "mcldef", "ft", "nad", "anp", "ibau")),
+)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One attack × defense over its seeds (BA cost paired with the undefended model per seed)."""
+
+    attack: str
+    defense: str
+    seeds: tuple[int, ...]
+    ASR: tuple[float, ...]
+    BA: tuple[float, ...]
+    cost: tuple[float, ...]
+    DER: tuple[float, ...]
+
+    @property
+    def spread(self) -> float:
+        return max(self.ASR) - min(self.ASR)
+
+    @property
+    def spread_out(self) -> bool:
+        return self.spread > SPREAD
+
+    def view(self, mode: str, favour: str) -> dict[str, float]:
+        """Means (``mode="mean"``), or one seed: the one best (``"best"``) or worst (``"worst"``)
+        for the claim, where ``favour`` says what the claim wants: "low" ASR or "high" ASR."""
+        n = len(self.seeds)
+        if mode == "mean" or not self.spread_out:
+            return {k: sum(getattr(self, k)) / n for k in ("ASR", "BA", "cost", "DER")}
+        want_low = (mode == "best") == (favour == "low")
+        i = min(range(n), key=lambda j: self.ASR[j] if want_low else -self.ASR[j])
+        return {k: getattr(self, k)[i] for k in ("ASR", "BA", "cost", "DER")}
+
+
+def cells(rows: Iterable[Mapping]) -> dict[tuple[str, str], Cell]:
+    """Grid rows -> cells, each defended row paired with the undefended row of its attack and seed."""
+    rows = list(rows)
+    base = {(r["attack"], r["seed"]): r for r in rows if r["defense"] == UNDEFENDED}
+    out: dict[tuple[str, str], Cell] = {}
+    for a, d in dict.fromkeys((r["attack"], r["defense"]) for r in rows):
+        mine = sorted((r for r in rows if r["attack"] == a and r["defense"] == d), key=lambda r: r["seed"])
+        missing = [r["seed"] for r in mine if (a, r["seed"]) not in base]
+        if missing:
+            raise ValueError(f"no undefended row for {a}, seed(s) {missing}: the BA cost needs one per seed")
+        cost = tuple(base[(a, r["seed"])]["BA"] - r["BA"] for r in mine)
+        der = tuple(r.get("DER", 0.5) for r in mine)
+        out[(a, d)] = Cell(a, d, tuple(r["seed"] for r in mine), tuple(r["ASR"] for r in mine),
+                           tuple(r["BA"] for r in mine), cost, der)
+    return out
+
+
+def _get(table: Mapping[tuple[str, str], Cell], attack: str, defense: str) -> Cell:
+    if (attack, defense) not in table:
+        raise ValueError(f"the results hold no cell {attack} × {defense}; a claim on it needs one")
+    return table[(attack, defense)]
+
+
+# Each check: (claim, view(attack, defense, favour) -> stats) -> (verdict, evidence text).
+View = Callable[[str, str, str], Mapping[str, float]]
+
+
+def _defends(c: Claim, view: View) -> tuple[str, str]:
+    ok, parts = [], []
+    for a in c.attacks:
+        v = view(a, c.defense, "low")
+        ok.append(v["ASR"] <= c.asr_max and v["cost"] <= c.cost_max)
+        parts.append(f"{a} {v['ASR']:.1f} % ({v['cost']:+.1f})")
+    verdict = "holds" if all(ok) else "partly" if any(ok) else "fails"
+    return verdict, f"{sum(ok)}/{len(ok)} attacks meet it; ASR (BA cost): " + ", ".join(parts)
+
+
+def _outperforms(c: Claim, view: View) -> tuple[str, str]:
+    wins, parts = [], []
+    for a in c.attacks:
+        mine = view(a, c.defense, "low")["DER"]
+        rivals = {r: view(a, r, "high")["DER"] for r in c.rivals}
+        best = max(rivals, key=rivals.get)
+        wins.append(mine > rivals[best])
+        parts.append(f"{a} {mine:.2f} vs {best} {rivals[best]:.2f}")
+    verdict = "holds" if all(wins) else "partly" if any(wins) else "fails"
+    return verdict, f"best DER on {sum(wins)}/{len(wins)} attacks; DER vs the best rival: " + ", ".join(parts)
+
+
+def _asr_ratio(c: Claim, view: View) -> tuple[str, str]:
+    before = sum(view(a, UNDEFENDED, "high")["ASR"] for a in c.attacks) / len(c.attacks)
+    after = sum(view(a, c.defense, "low")["ASR"] for a in c.attacks) / len(c.attacks)
+    # ASR is a share of ~2,000 images: below one image's share the ratio is bounded by it.
+    ratio = before / max(after, 0.05)
+    verdict = "holds" if ratio >= c.ratio else "partly" if ratio >= c.partly["ratio"] else "fails"
+    return verdict, f"mean ASR {before:.1f} % → {after:.2f} % ({ratio:.1f}× lower) on {', '.join(c.attacks)}"
+
+
+def _best_reduction(c: Claim, view: View) -> tuple[str, str]:
+    verdict, parts = "fails", []
+    for a in c.attacks:
+        before, v = view(a, UNDEFENDED, "high")["ASR"], view(a, c.defense, "low")
+        red = 100.0 * (before - v["ASR"]) / before if before > 0 else 0.0
+        parts.append(f"{a} {red:.1f} % ({v['cost']:+.1f})")
+        if red >= c.reduction and v["cost"] < c.cost_max:
+            verdict = "holds"
+        elif verdict == "fails" and ((red >= c.partly["reduction"] and v["cost"] < c.cost_max)
+                                     or (red >= c.reduction and v["cost"] <= c.partly["cost_max"])):
+            verdict = "partly"
+    return verdict, "relative ASR reduction (BA cost): " + ", ".join(parts)
+
+
+CHECKS: dict[str, Callable[[Claim, View], tuple[str, str]]] = {
+    "defends": _defends, "outperforms": _outperforms, "asr_ratio": _asr_ratio, "best_reduction": _best_reduction}
+
+
+def _involved(c: Claim) -> set[str]:
+    extra = {UNDEFENDED} if c.kind in ("asr_ratio", "best_reduction") else set()
+    return {c.defense, *c.rivals, *extra}
+
+
+def evaluate(claim: Claim, table: Mapping[tuple[str, str], Cell]) -> dict:
+    """One claim's verdict and evidence on ``table`` (from :func:`cells`)."""
+    check = CHECKS[claim.kind]
+
+    def view(mode: str) -> View:
+        return lambda a, d, favour: _get(table, a, d).view(mode, favour)
+
+    verdict, evidence = check(claim, view("mean"))
+    best, _ = check(claim, view("best"))
+    worst, _ = check(claim, view("worst"))
+    spread = sorted(f"{a} × {d} ({table[(a, d)].spread:.0f} points over {len(table[(a, d)].seeds)} seeds)"
+                    for a in claim.attacks for d in _involved(claim)
+                    if (a, d) in table and table[(a, d)].spread_out)
+    if best != worst:
+        verdict = "inconclusive"
+    seeds = sorted({s for a in claim.attacks for d in _involved(claim) for s in _get(table, a, d).seeds})
+    return {"id": claim.id, "source": claim.source, "claim": claim.claim, "threshold": claim.threshold(),
+            "verdict": verdict, "evidence": evidence, "spread_out": spread, "seeds": seeds,
+            "range": f"{worst} … {best}" if best != worst else verdict}
+
+
+def ledger(rows: Iterable[Mapping], claims: Sequence[Claim] = CLAIMS,
+           sources: Sequence[str] | None = None) -> list[dict]:
+    """Every claim (or those of ``sources``) evaluated on grid ``rows``."""
+    table = cells(rows)
+    chosen = [c for c in claims if sources is None or c.source in sources]
+    return [evaluate(c, table) for c in chosen]
+
+
+def spread_out_cells(rows: Iterable[Mapping]) -> list[tuple[str, str]]:
+    """The (attack, defense) cells whose seeds disagree by more than :data:`SPREAD` ASR points."""
+    return [k for k, cell in cells(rows).items() if cell.spread_out]
+
+
+def table(entries: Sequence[Mapping]):
+    """The ledger as a pandas table for a notebook (claim, bar, verdict, the numbers)."""
+    import pandas as pd
+
+    df = pd.DataFrame([{"source": e["source"], "claim": e["claim"], "bar": e["threshold"],
+                        "verdict": e["verdict"], "measured": e["evidence"],
+                        "seeds spread > 20 ASR points": "; ".join(e["spread_out"]) or "none"}
+                       for e in entries])
+    return df.style.set_properties(**{"text-align": "left", "white-space": "pre-wrap"}).hide(axis="index")
+
+
+__all__ = ["Claim", "CLAIMS", "Cell", "cells", "evaluate", "ledger", "spread_out_cells", "table",
+           "SPREAD", "VERDICTS", "ATTACKS", "RIVALS"]

@@ -1,0 +1,175 @@
+"""The comparison protocol: how every defense is set, by one rule declared in code.
+
+Each defense declares a small grid over its strength knob(s) (``Defense.tuning``, with the
+reason in its module). The grid runs on **tuning seeds that are never reported**
+(:data:`TUNING_SEEDS`) against :data:`TUNING_ATTACKS`, and :func:`select` picks, for every
+defense alike, the lowest mean ASR among the settings whose mean BA cost is at most
+:data:`MAX_BA_COST` points on every tuning attack; if no setting qualifies, the smallest such
+cost. The choice becomes the profile's setting (``bdlib.profiles``); :func:`profile_mismatches`
+says where a fresh sweep would choose otherwise.
+
+NT-ML's reading (how its NT stage reads the abstract) and ML variant are chosen first, by
+:func:`select_variant` over all six attacks on the same tuning seeds (:func:`variants`).
+
+Tuning with the attack in hand is knowledge a real defender does not have; every defense gets
+the same amount of it, so the comparison is fair, not realistic.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any, Iterable, Mapping, Sequence
+
+from bdlib import defenses, metrics
+from bdlib.config import Config, override
+
+TUNING_SEEDS = (100, 101)  # never among a profile's reported seeds (checked in tests)
+TUNING_ATTACKS = ("badnets", "blended")
+MAX_BA_COST = 3.0  # BA points a chosen setting may cost on each tuning attack
+
+
+def settings(defense: str) -> list[dict[str, Any]]:
+    """Every combination of the defense's declared grid, as ``{field: value}``."""
+    grid = defenses.get(defense).tuning
+    if not grid:
+        raise ValueError(f"defense {defense!r} declares no tuning grid")
+    names = list(grid)
+    return [dict(zip(names, values)) for values in itertools.product(*(grid[n] for n in names))]
+
+
+def label(setting: Mapping[str, Any]) -> str:
+    """A short name of a setting: ``rho=0.5``, ``betas=100``, ``reading=suppress, ml_data=clean``."""
+    def fmt(v: Any) -> str:
+        if isinstance(v, tuple) and len(set(v)) == 1:
+            v = v[0]
+        return f"{v:g}" if isinstance(v, float) else str(v)
+
+    return ", ".join(f"{k}={fmt(v)}" for k, v in setting.items())
+
+
+def _run(cfg: Config, defense: str, attack: str, seed: int, setting: Mapping[str, Any]) -> dict:
+    from bdlib import experiment as ex
+
+    c = override(ex.with_run(cfg, attack=attack, seed=seed),
+                 {f"defenses.{defense}.{k}": v for k, v in setting.items()})
+    r = ex.defend(c, defense)
+    return {"defense": defense, "setting": label(setting), "attack": attack, "seed": seed,
+            "BA_before": r.before["BA"], "ASR_before": r.before["ASR"], **r.metrics,
+            "cost": r.before["BA"] - r.metrics["BA"], "seconds": r.seconds}
+
+
+def sweep(cfg: Config, names: Sequence[str], attacks: Sequence[str] = TUNING_ATTACKS,
+          seeds: Sequence[int] = TUNING_SEEDS) -> list[dict]:
+    """One row per defense × setting × attack × seed (cached: a rerun reads the store)."""
+    return [_run(cfg, d, a, s, setting) for d in names for setting in settings(d)
+            for a in attacks for s in seeds]
+
+
+def _aggregate(rows: Iterable[Mapping]) -> dict[str, dict[str, Any]]:
+    """Per setting: mean ASR, mean DER, and the worst tuning attack's mean BA cost."""
+    out: dict[str, dict[str, Any]] = {}
+    rows = list(rows)
+    for setting in dict.fromkeys(r["setting"] for r in rows):
+        mine = [r for r in rows if r["setting"] == setting]
+        per_attack = {a: sum(r["cost"] for r in mine if r["attack"] == a)
+                      / sum(1 for r in mine if r["attack"] == a) for a in dict.fromkeys(r["attack"] for r in mine)}
+        out[setting] = {"ASR": sum(r["ASR"] for r in mine) / len(mine),
+                        "DER": sum(r["DER"] for r in mine) / len(mine),
+                        "cost": max(per_attack.values()), "cost_by_attack": per_attack}
+    return out
+
+
+def select(rows: Iterable[Mapping], max_cost: float = MAX_BA_COST) -> dict[str, dict[str, Any]]:
+    """The protocol's choice per defense, from :func:`sweep` rows.
+
+    Among the settings whose mean BA cost is at most ``max_cost`` on every attack, the lowest
+    mean ASR (ties: the smaller cost, then grid order); if none qualifies, the smallest cost.
+    Returns ``{defense: {"setting", "ASR", "cost", "qualified"}}``.
+    """
+    rows = list(rows)
+    chosen = {}
+    for d in dict.fromkeys(r["defense"] for r in rows):
+        agg = _aggregate(r for r in rows if r["defense"] == d)
+        ok = [s for s, v in agg.items() if v["cost"] <= max_cost]
+        if ok:
+            best = min(ok, key=lambda s: (agg[s]["ASR"], agg[s]["cost"]))
+        else:
+            best = min(agg, key=lambda s: agg[s]["cost"])
+        chosen[d] = {"setting": best, "ASR": agg[best]["ASR"], "cost": agg[best]["cost"], "qualified": bool(ok)}
+    return chosen
+
+
+def profile_mismatches(cfg: Config, chosen: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Where ``cfg``'s defense settings differ from the protocol's ``chosen`` ones (empty: none)."""
+    out = []
+    for d, choice in chosen.items():
+        current = label({k: getattr(cfg.defenses[d], k) for k in defenses.get(d).tuning})
+        if current != choice["setting"]:
+            out.append(f"{d}: the profile has {current}, the protocol chooses {choice['setting']}")
+    return out
+
+
+# ---- NT-ML's reading and ML variant (chosen before its strength knob is tuned) -------------
+
+VARIANT_FIELDS = ("reading", "ml_data")
+
+
+def variants() -> list[dict[str, Any]]:
+    """Every NT reading × ML variant of NT-ML, as Params fields."""
+    from bdlib.defenses import ntml
+
+    return [{"reading": r, "ml_data": m} for r, m in itertools.product(ntml.READINGS, ntml.ML_DATA)]
+
+
+def variant_sweep(cfg: Config, attacks: Sequence[str], seeds: Sequence[int] = TUNING_SEEDS,
+                  lam_zero: bool = True) -> list[dict]:
+    """NT-ML under every variant on every attack and tuning seed; with ``lam_zero`` also each
+    reading with λ = 0 (the ML stage reduced to fine-tuning the NT student: ML's contribution)."""
+    rows = []
+    for v in variants():
+        rows += [_run(cfg, "ntml", a, s, v) for a in attacks for s in seeds]
+    if lam_zero:
+        for v in variants():
+            if v["ml_data"] == "clean":
+                rows += [{**_run(cfg, "ntml", a, s, {**v, "lam": 0.0}), "lam": 0.0} for a in attacks for s in seeds]
+    return rows
+
+
+def select_variant(rows: Iterable[Mapping], max_cost: float = MAX_BA_COST) -> dict[str, Any]:
+    """The NT-ML variant with the best mean DER over the attacks among those whose mean BA cost
+    is at most ``max_cost`` on every attack; if none qualifies, the best mean DER overall.
+
+    λ = 0 rows are a diagnostic of the ML stage, never a candidate.
+    """
+    agg = _aggregate(r for r in rows if r.get("lam") is None)
+    ok = [s for s, v in agg.items() if v["cost"] <= max_cost]
+    best = max(ok or agg, key=lambda s: agg[s]["DER"])
+    return {"setting": best, **{k: agg[best][k] for k in ("ASR", "DER", "cost")}, "qualified": bool(ok)}
+
+
+def parse(setting: str) -> dict[str, str]:
+    """``"reading=suppress, ml_data=clean"`` -> ``{"reading": "suppress", "ml_data": "clean"}``."""
+    return dict(part.split("=", 1) for part in setting.split(", "))
+
+
+def spread(values: Sequence[float]) -> float:
+    """Largest minus smallest value (0 for one value): how far a cell's seeds disagree."""
+    return max(values) - min(values) if values else math.nan
+
+
+def summarize(rows: Iterable[Mapping], by: Sequence[str]) -> list[dict]:
+    """Mean ± std and spread of BA, ASR, RA, DER and BA cost over seeds, per ``by`` group."""
+    rows = list(rows)
+    out = []
+    for key in dict.fromkeys(tuple(r[k] for k in by) for r in rows):
+        mine = [r for r in rows if tuple(r[k] for k in by) == key]
+        ms = metrics.mean_std(mine, ("BA", "ASR", "RA", "DER", "cost"))
+        out.append({**dict(zip(by, key)), **{k: m for k, (m, _) in ms.items()},
+                    **{f"{k}_std": s for k, (_, s) in ms.items()},
+                    "ASR_spread": spread([r["ASR"] for r in mine]), "n_seeds": len(mine)})
+    return out
+
+
+__all__ = ["TUNING_SEEDS", "TUNING_ATTACKS", "MAX_BA_COST", "settings", "label", "sweep", "select",
+           "profile_mismatches", "variants", "variant_sweep", "select_variant", "parse", "spread",
+           "summarize"]

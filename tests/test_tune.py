@@ -1,0 +1,70 @@
+"""The comparison protocol: declared grids, the selection rules on hand-made rows, tuning seeds."""
+from __future__ import annotations
+
+import pytest
+
+from bdlib import defenses, tune
+from bdlib.config import PROFILES, profile
+
+
+def row(defense, setting, attack, seed, cost, asr, der=0.5):
+    return {"defense": defense, "setting": setting, "attack": attack, "seed": seed, "cost": cost,
+            "ASR": asr, "BA": 90.0 - cost, "DER": der}
+
+
+def test_every_defense_declares_a_grid_of_three_to_six_values():
+    for name, d in defenses.REGISTRY.items():
+        assert d.tuning, f"{name} declares no tuning grid"
+        for knob, values in d.tuning.items():
+            assert 3 <= len(values) <= 6, (name, knob)
+            assert len(set(values)) == len(values), (name, knob)
+            d.Params(**{knob: values[0]}).validate()  # each value is a valid setting of a real field
+        assert len(tune.settings(name)) >= 3
+
+
+def test_tuning_seeds_are_never_reported():
+    for p in PROFILES:
+        assert not set(tune.TUNING_SEEDS) & set(profile(p).seeds), p
+
+
+def test_select_lowest_asr_within_the_cost_bar_on_every_attack():
+    rows = []
+    for attack in ("badnets", "blended"):
+        for seed in (100, 101):
+            rows += [row("d", "weak", attack, seed, 0.5, 80.0),
+                     row("d", "good", attack, seed, 2.5, 10.0),
+                     row("d", "strong", attack, seed, 6.0, 1.0)]
+    # "edge" has the lowest ASR and a mean cost of 2.9 over both attacks, but 4.0 on blended.
+    rows += [row("d", "edge", "badnets", s, 1.8, 2.0) for s in (100, 101)]
+    rows += [row("d", "edge", "blended", s, 4.0, 2.0) for s in (100, 101)]
+    chosen = tune.select(rows)["d"]
+    assert chosen["setting"] == "good" and chosen["qualified"]
+    assert chosen["cost"] == pytest.approx(2.5) and chosen["ASR"] == pytest.approx(10.0)
+
+
+def test_select_falls_back_to_the_smallest_cost():
+    rows = [row("d", s, "badnets", 100, cost, asr) for s, cost, asr in (("a", 9.0, 1.0), ("b", 4.0, 50.0))]
+    chosen = tune.select(rows)["d"]
+    assert chosen == {"setting": "b", "ASR": 50.0, "cost": 4.0, "qualified": False}
+
+
+def test_select_variant_best_der_within_the_bar_and_never_lambda_zero():
+    rows = [row("ntml", "v1", a, 100, 1.0, 10.0, der=0.90) for a in ("badnets", "sig")]
+    rows += [row("ntml", "v2", "badnets", 100, 1.0, 1.0, der=0.99), row("ntml", "v2", "sig", 100, 3.5, 1.0, der=0.97)]
+    rows += [{**row("ntml", "v3", a, 100, 0.0, 0.0, der=1.0), "lam": 0.0} for a in ("badnets", "sig")]
+    chosen = tune.select_variant(rows)
+    assert chosen["setting"] == "v1" and chosen["qualified"]
+    assert tune.select_variant([r for r in rows if r["setting"] == "v2"])["qualified"] is False
+
+
+def test_labels_and_profile_mismatches():
+    assert tune.label({"betas": (100.0, 100.0, 100.0)}) == "betas=100"
+    assert tune.label({"reading": "suppress", "ml_data": "clean"}) == "reading=suppress, ml_data=clean"
+    assert tune.parse("reading=suppress, ml_data=clean") == {"reading": "suppress", "ml_data": "clean"}
+    cfg = profile("quick")
+    current = tune.label({"rho": cfg.defenses["none"].rho})
+    assert tune.profile_mismatches(cfg, {"none": {"setting": current}}) == []
+    assert tune.profile_mismatches(cfg, {"none": {"setting": "rho=0.001"}}) == [
+        f"none: the profile has {current}, the protocol chooses rho=0.001"]
+    with pytest.raises(ValueError, match="unknown"):
+        tune.settings("nope")
