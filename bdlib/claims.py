@@ -203,11 +203,11 @@ def evaluate(claim: Claim, table: Mapping[tuple[str, str], Cell]) -> dict:
             "range": f"{worst} … {best}" if best != worst else verdict}
 
 
-def ledger(rows: Iterable[Mapping], claims: Sequence[Claim] = CLAIMS,
-           sources: Sequence[str] | None = None) -> list[dict]:
-    """Every claim (or those of ``sources``) evaluated on grid ``rows``."""
+def ledger(rows: Iterable[Mapping], claims: Sequence[Claim] = CLAIMS, defense: str | None = None) -> list[dict]:
+    """Every claim evaluated on grid ``rows``; with ``defense``, that defense's claims that need
+    no other defense's cells (a notebook of one defense renders these; notebook 06 all)."""
     table = cells(rows)
-    chosen = [c for c in claims if sources is None or c.source in sources]
+    chosen = [c for c in claims if defense is None or (c.defense == defense and not c.rivals)]
     return [evaluate(c, table) for c in chosen]
 
 

@@ -39,6 +39,16 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class TuningConfig:
+    """The comparison protocol's scope (bdlib.tune): where every defense's grid runs, and the bar."""
+
+    seeds: tuple[int, ...] = (100, 101)  # tuning seeds: never among the reported seeds
+    attacks: tuple[str, ...] = ("badnets", "blended")  # every defense's strength knob is tuned on these
+    variant_attacks: tuple[str, ...] | None = None  # NT-ML's readings are chosen on these (None: all)
+    max_cost: float = 3.0  # BA points a chosen setting may cost on each tuning attack
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything that determines a run. Frozen: derive a new one with :func:`override`."""
 
@@ -57,6 +67,7 @@ class Config:
     seed: int = 0
     device: str = "auto"
     progress: bool = False  # tqdm progress bars
+    tuning: TuningConfig = TuningConfig()
 
     @property
     def attack_params(self) -> Any:
@@ -70,6 +81,8 @@ _PROFILE_BASE: dict[str, dict[str, Any]] = {
         dataset="fmnist", model="smallcnn", n_train=2000, n_test=500,
         train=TrainConfig(epochs=2, batch_size=128, lr=0.05, crop_pad=0),
         target=0, clean_fraction=0.05, seeds=(0,),
+        # CI-sized protocol: one tuning seed and attack, the same grids and rule.
+        tuning=TuningConfig(seeds=(100,), attacks=("badnets",), variant_attacks=("badnets",)),
     ),
     "quick": dict(
         # 8k training images: the full grid (6 attacks x 7 defenses x 3 seeds) and every other
@@ -323,6 +336,11 @@ def _check_consistency(cfg: Config) -> None:
     t = cfg.train
     if t.epochs < 1 or t.batch_size < 1 or t.lr <= 0 or t.crop_pad < 0:
         raise ConfigError(f"'train' has a non-positive value: {t}")
+    shared = sorted(set(cfg.tuning.seeds) & set(cfg.seeds))
+    if shared:
+        raise ConfigError(f"'tuning.seeds' must never be reported: seed(s) {shared} are also in 'seeds'")
+    if not cfg.tuning.seeds or not cfg.tuning.attacks:
+        raise ConfigError("'tuning.seeds' and 'tuning.attacks' must not be empty")
 
 
 def as_dict(cfg: Any) -> Any:
@@ -336,5 +354,5 @@ def as_dict(cfg: Any) -> Any:
     return cfg
 
 
-__all__ = ["Config", "TrainConfig", "ConfigError", "PROFILES", "profile", "resolve", "override",
+__all__ = ["Config", "TrainConfig", "TuningConfig", "ConfigError", "PROFILES", "profile", "resolve", "override",
            "as_dict"]

@@ -324,3 +324,75 @@ def seconds_bars(rows: Sequence[Mapping], by: str = "defense") -> plt.Figure:
     ax.tick_params(axis="x", rotation=20)
     fig.tight_layout()
     return fig
+
+
+def tradeoff(rows: Sequence[Mapping], chosen: Mapping[str, Mapping] | None = None,
+             max_cost: float | None = None) -> plt.Figure:
+    """ASR against BA cost across each defense's tuning grid, one panel per attack.
+
+    ``rows`` are ``bdlib.tune.sweep`` rows (mean over seeds is plotted); each defense is one line
+    through its grid in declared order; ``chosen`` (``tune.select``) rings the chosen setting;
+    ``max_cost`` shades the BA-cost bar. A defense that dominates lies left of and below the others.
+    """
+    import pandas as pd
+
+    df = pd.DataFrame(rows).groupby(["attack", "defense", "setting"], sort=False)[["cost", "ASR"]].mean().reset_index()
+    attacks = list(dict.fromkeys(df["attack"]))
+    names = list(dict.fromkeys(df["defense"]))
+    palette = dict(zip(names, sns.color_palette("colorblind", len(names))))
+    fig, axes = plt.subplots(1, len(attacks), figsize=(5.4 * len(attacks), 4.4), squeeze=False, sharey=True)
+    for ax, a in zip(axes[0], attacks):
+        if max_cost is not None:
+            ax.axvspan(-100, max_cost, color="0.93", zorder=0)
+            ax.axvline(max_cost, color="0.5", ls="--", lw=1)
+        for d in names:
+            g = df[(df["attack"] == a) & (df["defense"] == d)]
+            ax.plot(g["cost"], g["ASR"], marker="o", ms=4, lw=1.3, color=palette[d], label=d)
+            if chosen and d in chosen:
+                c = g[g["setting"] == chosen[d]["setting"]]
+                ax.scatter(c["cost"], c["ASR"], s=120, facecolors="none", edgecolors=palette[d], linewidths=2,
+                           zorder=5)
+        ax.set_xscale("symlog", linthresh=5)
+        ticks = [t for t in (-2, 0, 1, 2, 3, 5, 10, 20, 40, 80) if t <= max(5.0, df["cost"].max() * 1.2)]
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.minorticks_off()
+        ax.set_xlim(min(-1.0, df["cost"].min() - 0.5), max(5.0, df["cost"].max() * 1.3))
+        ax.set_ylim(-3, 103)
+        ax.set_title(a), ax.set_xlabel("BA cost (points lost; symlog axis)")
+    axes[0, 0].set_ylabel("ASR after the defense (%)")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, ncols=min(7, len(labels)), loc="upper center", bbox_to_anchor=(0.5, 0.02))
+    fig.suptitle("Every defense across its tuning grid\n", fontweight="bold")
+    fig.text(0.5, 0.93, "mean over the tuning seeds · ring: the protocol's choice · grey: within the BA-cost bar",
+             ha="center", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def target_scores(rows: Sequence[Mapping], value: str = "p_target", max_cols: int = 3) -> plt.Figure:
+    """Per attack, each model's mean target-class ``value`` on clean vs triggered non-target test
+    images (bars: mean over seeds, error bars: std)."""
+    import pandas as pd
+
+    df = pd.DataFrame(rows)
+    attacks = list(dict.fromkeys(df["attack"]))
+    order = list(dict.fromkeys(df["model"]))
+    ncols = min(max_cols, len(attacks))
+    nrows = -(-len(attacks) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.3 * nrows), squeeze=False, sharey=True)
+    for ax, a in zip(axes.flat, attacks):
+        sns.barplot(df[df["attack"] == a], x="model", y=value, hue="images", order=order,
+                    hue_order=["clean", "triggered"], palette=["0.65", METRIC_COLORS["ASR"]], errorbar="sd",
+                    capsize=0.15, err_kws={"linewidth": 1}, ax=ax)
+        ax.set_title(a), ax.set_xlabel(""), ax.tick_params(axis="x", rotation=15)
+        ax.get_legend().remove()
+    for ax in axes.flat[len(attacks):]:
+        ax.set_visible(False)
+    for row in axes:
+        row[0].set_ylabel({"p_target": "target-class probability (%)", "margin": "target logit − best other"}.get(
+            value, value))
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, [f"{lb} test images" for lb in labels], ncols=2, loc="upper center",
+               bbox_to_anchor=(0.5, 0.02))
+    fig.tight_layout()
+    return fig

@@ -247,3 +247,104 @@ def narcissus_control(cfg: Config, seeds: Sequence[int], paper_rate: float = 0.0
                  {"setting": f"paper budget ({paper_rate:.2%})", "seed": seed, **paper.metrics},
                  {"setting": "clean model, same trigger", "seed": seed, **control}]
     return rows
+
+
+def target_scores(cfg: Config, named_models: dict[str, nn.Module]) -> list[dict]:
+    """Each model's output for the target class on the non-target test images, clean and with
+    the attack's test trigger: mean probability, mean logit, and the mean margin of the target
+    logit over the largest other logit (positive: the target wins).
+
+    NT-ML's diagnosis: the NT student never gets a gradient on the target column of a poisoned
+    sample (its given label is masked), so nothing in the NT stage holds that output down.
+    """
+    run = poisoned_model(cfg)
+    d = run_data(cfg)
+    keep = d.y_test != cfg.target
+    rows = []
+    for name, model in named_models.items():
+        for images, transform in (("clean", None), ("triggered", run.test_trigger)):
+            z = logits(model, d.x_test[keep], cfg.train.eval_batch_size, transform=transform)
+            others = z.clone()
+            others[:, cfg.target] = float("-inf")
+            rows.append({"attack": cfg.attack, "seed": cfg.seed, "model": name, "images": images,
+                         "p_target": 100.0 * z.softmax(1)[:, cfg.target].mean().item(),
+                         "logit_target": z[:, cfg.target].mean().item(),
+                         "margin": (z[:, cfg.target] - others.max(1).values).mean().item()})
+    return rows
+
+
+def extra_seed_cells(rows: Sequence[dict], seeds: Sequence[int], clean_fraction: float) -> list:
+    """Grid cells that add ``seeds`` to every attack × defense cell whose seeds disagree by more
+    than ``claims.SPREAD`` ASR points (with the undefended model of those attacks and seeds),
+    so such a cell's verdict rests on more seeds; the rule is the same for every defense."""
+    from bdlib import claims, grid
+
+    spread = claims.spread_out_cells(rows)
+    have = {(r["attack"], r["defense"], r["seed"]) for r in rows}
+    out = []
+    for attack, defense in spread:
+        for d in dict.fromkeys([grid.UNDEFENDED, defense]):
+            out += [grid.Cell(attack, d, s, clean_fraction) for s in seeds if (attack, d, s) not in have]
+            have |= {(attack, d, s) for s in seeds}
+    return out
+
+
+def der_table(rows: Sequence[dict]):
+    """DER ``mean ± std`` per attack (rows) and defense (columns), from grid rows."""
+    import pandas as pd
+
+    df = pd.DataFrame([r for r in rows if r["defense"] != "undefended"])
+    der = df.groupby(["attack", "defense"], sort=False)["DER"].agg(["mean", "std"]).fillna(0.0).round(3)
+    return (der["mean"].astype(str) + " ± " + der["std"].astype(str)).unstack("defense")
+
+
+def protocol_table(chosen: dict, variant: dict | None = None):
+    """The comparison protocol's choice per defense, as a pandas table."""
+    import pandas as pd
+
+    rows = [{"defense": d, "chosen setting": c["setting"], "mean ASR (tuning seeds)": round(c["ASR"], 1),
+             "worst BA cost": round(c["cost"], 2), "within the BA bar": c["qualified"]} for d, c in chosen.items()]
+    if variant is not None:
+        rows.insert(0, {"defense": "ntml (variant)", "chosen setting": variant["setting"],
+                        "mean ASR (tuning seeds)": round(variant["ASR"], 1), "worst BA cost": round(variant["cost"], 2),
+                        "within the BA bar": variant["qualified"]})
+    return pd.DataFrame(rows).set_index("defense")
+
+
+def variant_table(rows: Sequence[dict]):
+    """NT-ML variants (rows) × attacks (columns): ``ASR (BA cost)`` means over seeds, plus each
+    variant's mean DER and worst BA cost over the attacks."""
+    import pandas as pd
+
+    df = pd.DataFrame(rows)
+    cell = df.groupby(["setting", "attack"], sort=False)[["ASR", "cost"]].mean()
+    table = (cell["ASR"].round(1).astype(str) + " (" + cell["cost"].round(1).astype(str) + ")").unstack("attack")
+    per_attack = df.groupby(["setting", "attack"], sort=False)[["cost", "DER"]].mean()
+    table["mean DER"] = per_attack["DER"].groupby(level=0, sort=False).mean().round(3)
+    table["worst BA cost"] = per_attack["cost"].groupby(level=0, sort=False).max().round(1)
+    return table
+
+
+def seed_table(summary: Sequence[dict]):
+    """``tune.summarize`` rows as ``mean ± std`` strings, with the ASR spread over seeds."""
+    import pandas as pd
+
+    out = []
+    for s in summary:
+        keys = [k for k in s if k not in ("BA", "ASR", "RA", "DER", "cost", "ASR_spread", "n_seeds")
+                and not k.endswith("_std")]
+        row = {k: s[k] for k in keys}
+        row.update({m: f"{s[m]:.1f} ± {s[m + '_std']:.1f}" for m in ("BA", "ASR", "RA", "cost")})
+        row.update({"ASR spread": round(s["ASR_spread"], 1), "seeds": s["n_seeds"]})
+        out.append(row)
+    return pd.DataFrame(out).rename(columns={"cost": "BA cost"})
+
+
+def target_table(rows: Sequence[dict]):
+    """:func:`target_scores` rows as a table: per attack and model, the target probability and
+    logit margin on clean and triggered images (means over seeds)."""
+    import pandas as pd
+
+    df = pd.DataFrame(rows)
+    t = df.groupby(["attack", "model", "images"], sort=False)[["p_target", "margin"]].mean().round(2)
+    return t.unstack("images")

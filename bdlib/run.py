@@ -3,6 +3,7 @@
     python -m bdlib run [NOTEBOOK ...] --profile quick [-p name value ...]
     python -m bdlib params NOTEBOOK
     python -m bdlib assignments [NOTEBOOK ...] [--out student/] [--repo-url URL] [--profile smoke]
+    python -m bdlib tune --profile quick [DEFENSE ...]
 
 Executed copies go to ``build/executed/`` (never over the sources); figures go to
 ``figures/`` (or ``--figures DIR``). A failing cell is reported in one paragraph — notebook,
@@ -131,8 +132,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     asg.add_argument("--out", type=Path, default=REPO / "student")
     asg.add_argument("--repo-url", help="what the Colab cell installs bdlib from (default: git remote origin)")
     asg.add_argument("--profile", default="smoke", help="the student copies' default profile (default smoke)")
+    tun = sub.add_parser("tune", help="run the comparison protocol: every defense's grid on the tuning seeds")
+    tun.add_argument("defenses", nargs="*", help="defense names (default: all)")
+    tun.add_argument("--profile", default="quick", help="smoke | quick | paper (default quick)")
+    tun.add_argument("--out", help="where the JSON of rows and choices goes (default build/tune-PROFILE.json)")
     args = parser.parse_args(argv)
     try:
+        if args.command == "tune":
+            from bdlib import tune
+
+            return tune.main(args.profile, args.defenses, args.out)
         if args.command == "assignments":
             return _assignments(args)
         if args.command == "params":

@@ -1,11 +1,11 @@
 """The comparison protocol: how every defense is set, by one rule declared in code.
 
 Each defense declares a small grid over its strength knob(s) (``Defense.tuning``, with the
-reason in its module). The grid runs on **tuning seeds that are never reported**
-(:data:`TUNING_SEEDS`) against :data:`TUNING_ATTACKS`, and :func:`select` picks, for every
+reason in its module). The grid runs on **tuning seeds that are never reported** against the
+tuning attacks (both in the profile's ``cfg.tuning``), and :func:`select` picks, for every
 defense alike, the lowest mean ASR among the settings whose mean BA cost is at most
-:data:`MAX_BA_COST` points on every tuning attack; if no setting qualifies, the smallest such
-cost. The choice becomes the profile's setting (``bdlib.profiles``); :func:`profile_mismatches`
+``cfg.tuning.max_cost`` points on every tuning attack; if no setting qualifies, the smallest
+such cost. The choice becomes the profile's setting (``bdlib.profiles``); :func:`profile_mismatches`
 says where a fresh sweep would choose otherwise.
 
 NT-ML's reading (how its NT stage reads the abstract) and ML variant are chosen first, by
@@ -21,11 +21,9 @@ import math
 from typing import Any, Iterable, Mapping, Sequence
 
 from bdlib import defenses, metrics
-from bdlib.config import Config, override
+from bdlib.config import Config, TuningConfig, override
 
-TUNING_SEEDS = (100, 101)  # never among a profile's reported seeds (checked in tests)
-TUNING_ATTACKS = ("badnets", "blended")
-MAX_BA_COST = 3.0  # BA points a chosen setting may cost on each tuning attack
+MAX_BA_COST = TuningConfig().max_cost  # the default bar, for callers without a Config
 
 
 def settings(defense: str) -> list[dict[str, Any]]:
@@ -58,11 +56,10 @@ def _run(cfg: Config, defense: str, attack: str, seed: int, setting: Mapping[str
             "cost": r.before["BA"] - r.metrics["BA"], "seconds": r.seconds}
 
 
-def sweep(cfg: Config, names: Sequence[str], attacks: Sequence[str] = TUNING_ATTACKS,
-          seeds: Sequence[int] = TUNING_SEEDS) -> list[dict]:
-    """One row per defense × setting × attack × seed (cached: a rerun reads the store)."""
+def sweep(cfg: Config, names: Sequence[str]) -> list[dict]:
+    """One row per defense × setting × tuning attack × tuning seed (cached: a rerun reads the store)."""
     return [_run(cfg, d, a, s, setting) for d in names for setting in settings(d)
-            for a in attacks for s in seeds]
+            for a in cfg.tuning.attacks for s in cfg.tuning.seeds]
 
 
 def _aggregate(rows: Iterable[Mapping]) -> dict[str, dict[str, Any]]:
@@ -121,27 +118,27 @@ def variants() -> list[dict[str, Any]]:
     return [{"reading": r, "ml_data": m} for r, m in itertools.product(ntml.READINGS, ntml.ML_DATA)]
 
 
-def variant_sweep(cfg: Config, attacks: Sequence[str], seeds: Sequence[int] = TUNING_SEEDS,
-                  lam_zero: bool = True) -> list[dict]:
-    """NT-ML under every variant on every attack and tuning seed; with ``lam_zero`` also each
-    reading with λ = 0 (the ML stage reduced to fine-tuning the NT student: ML's contribution)."""
+def variant_sweep(cfg: Config, attacks: Sequence[str]) -> list[dict]:
+    """NT-ML under every variant on ``attacks`` (narrowed to ``cfg.tuning.variant_attacks`` where
+    the profile names them) and every tuning seed; one cached NT stage per reading."""
+    chosen = cfg.tuning.variant_attacks
+    attacks = [a for a in attacks if chosen is None or a in chosen]
+    return [_run(cfg, "ntml", a, s, v) for a in attacks for s in cfg.tuning.seeds for v in variants()]
+
+
+def ml_contribution(cfg: Config, attacks: Sequence[str], seeds: Sequence[int]) -> list[dict]:
+    """The profile's NT-ML and the same with λ = 0 (the ML stage reduced to fine-tuning the NT
+    student on the clean data), per attack and seed: what mutual learning adds."""
     rows = []
-    for v in variants():
-        rows += [_run(cfg, "ntml", a, s, v) for a in attacks for s in seeds]
-    if lam_zero:
-        for v in variants():
-            if v["ml_data"] == "clean":
-                rows += [{**_run(cfg, "ntml", a, s, {**v, "lam": 0.0}), "lam": 0.0} for a in attacks for s in seeds]
+    for lam in (cfg.defenses["ntml"].lam, 0.0):
+        rows += [{**_run(cfg, "ntml", a, s, {"lam": lam}), "lam": lam} for a in attacks for s in seeds]
     return rows
 
 
 def select_variant(rows: Iterable[Mapping], max_cost: float = MAX_BA_COST) -> dict[str, Any]:
     """The NT-ML variant with the best mean DER over the attacks among those whose mean BA cost
-    is at most ``max_cost`` on every attack; if none qualifies, the best mean DER overall.
-
-    λ = 0 rows are a diagnostic of the ML stage, never a candidate.
-    """
-    agg = _aggregate(r for r in rows if r.get("lam") is None)
+    is at most ``max_cost`` on every attack; if none qualifies, the best mean DER overall."""
+    agg = _aggregate(rows)
     ok = [s for s, v in agg.items() if v["cost"] <= max_cost]
     best = max(ok or agg, key=lambda s: agg[s]["DER"])
     return {"setting": best, **{k: agg[best][k] for k in ("ASR", "DER", "cost")}, "qualified": bool(ok)}
@@ -170,6 +167,60 @@ def summarize(rows: Iterable[Mapping], by: Sequence[str]) -> list[dict]:
     return out
 
 
-__all__ = ["TUNING_SEEDS", "TUNING_ATTACKS", "MAX_BA_COST", "settings", "label", "sweep", "select",
-           "profile_mismatches", "variants", "variant_sweep", "select_variant", "parse", "spread",
+__all__ = ["MAX_BA_COST", "settings", "label", "sweep", "select",
+           "profile_mismatches", "variants", "variant_sweep", "ml_contribution", "select_variant", "parse", "spread",
            "summarize"]
+
+
+def protocol(cfg: Config, names: Sequence[str] | None = None) -> dict[str, Any]:
+    """The whole protocol on ``cfg``'s profile: NT-ML's variant over every attack, then every
+    defense's grid; the choices and where the profile departs from them."""
+    from bdlib import attacks
+
+    names = list(names or defenses.REGISTRY)
+    vrows = variant_sweep(cfg, list(attacks.REGISTRY)) if "ntml" in names else []
+    variant = select_variant(vrows, cfg.tuning.max_cost) if vrows else None
+    rows = sweep(cfg, names)
+    chosen = select(rows, cfg.tuning.max_cost)
+    mismatches = profile_mismatches(cfg, chosen)
+    if variant is not None:
+        current = label({k: getattr(cfg.defenses["ntml"], k) for k in VARIANT_FIELDS})
+        if current != variant["setting"]:
+            mismatches.insert(0, f"ntml: the profile has {current}, the protocol chooses {variant['setting']}")
+    return {"variant_rows": vrows, "variant": variant, "rows": rows, "chosen": chosen, "mismatches": mismatches}
+
+
+def main(profile_name: str, names: Sequence[str] = (), out: str | None = None) -> int:
+    """``python -m bdlib tune``: run the protocol, print the choices, write them as JSON."""
+    import json
+    from pathlib import Path
+
+    import sys
+
+    from bdlib import experiment as ex
+
+    try:
+        cfg = ex.setup(profile_name)
+        for name in names:
+            defenses.get(name)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    t = cfg.tuning
+    print(f"tuning profile {profile_name}: seeds {list(t.seeds)} (never reported), attacks "
+          f"{', '.join(t.attacks)}; rule: lowest mean ASR with BA cost <= {t.max_cost:g} on each attack",
+          flush=True)
+    result = protocol(cfg, list(names) or None)
+    if result["variant"]:
+        v = result["variant"]
+        print(f"ntml variant: {v['setting']} (mean DER {v['DER']:.3f} over every attack, worst BA cost "
+              f"{v['cost']:.1f}{'' if v['qualified'] else '; no variant meets the BA bar'})")
+    for d, c in result["chosen"].items():
+        note = "" if c["qualified"] else "  (no setting within the BA bar: smallest cost)"
+        print(f"{d:>7}: {c['setting']:<28} mean ASR {c['ASR']:5.1f}  worst BA cost {c['cost']:5.1f}{note}")
+    print("\n".join(result["mismatches"]) or f"profile {profile_name} holds the protocol's choices")
+    path = Path(out or f"build/tune-{profile_name}.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1, default=str) + "\n")
+    print(f"rows and choices: {path}")
+    return 0

@@ -101,4 +101,5 @@ def test_every_paper_claim_is_in_the_ledger_with_a_check():
     entries = claims.ledger(full)
     assert [e["id"] for e in entries] == [c.id for c in claims.CLAIMS]
     assert {e["verdict"] for e in entries} <= set(claims.VERDICTS)
-    assert claims.ledger(full, sources=["NONE"])[0]["id"] == "none-54x"
+    assert [e["id"] for e in claims.ledger(full, defense="none")] == ["none-54x", "bar-none"]
+    assert [e["id"] for e in claims.ledger(full, defense="ntml")] == ["ntml-six-attacks", "bar-ntml"]

@@ -163,19 +163,23 @@ def test_one_contrastive_step_changes_theta_and_not_frozen_copy():
     assert all(torch.equal(frozen0[k], v) for k, v in frozen.state_dict().items())
 
 
-def test_run_records_detection_and_history():
+@pytest.mark.parametrize("curve", [True, False])
+def test_run_records_detection_and_history(curve):
     torch.manual_seed(0)
     model = _tiny_cnn(0)
     x = _dark_images(20).repeat(1, 1, 4, 4)[:, :, :28, :28]
     y = torch.arange(20) % 10
     cfg = resolve("smoke", overrides={"train.batch_size": 10})
-    params = mcldef.Params(inv_steps=3, epochs=2, batch_size=10)
+    params = mcldef.Params(inv_steps=3, epochs=2, batch_size=10, curve=curve)
     calls = []
     ctx = DefenseContext(params=params, cfg=cfg, x_train=x, y_train=y, x_clean=x, y_clean=y, num_classes=10,
                          seed=0, new_model=_tiny_cnn,
                          evaluate=lambda m: calls.append(1) or {"BA": 1.0, "ASR": 2.0, "RA": 3.0})
     out = mcldef.run(model, ctx)
-    assert [r["epoch"] for r in out.history] == [0, 1, 2] and len(calls) == 3
+    if curve:  # evaluated before purification and after each epoch
+        assert [r["epoch"] for r in out.history] == [0, 1, 2] and len(calls) == 3
+    else:  # epoch losses only, the test set never touched
+        assert [r["epoch"] for r in out.history] == [1, 2] and not calls and "BA" not in out.history[0]
     assert out.tensors["mask_norms"].shape == (10,) and out.tensors["mask"].shape == (1, 28, 28)
     assert out.info["target"] == int(out.tensors["mask_norms"].argmin())
     assert out.info["true_target_known_to_defense"] is False

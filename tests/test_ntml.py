@@ -99,7 +99,7 @@ def _tiny_ctx(**params) -> DefenseContext:
 
 
 def test_one_ml_step_changes_both_models():
-    ctx = _tiny_ctx(ml_epochs=1, ml_lr=0.1)
+    ctx = _tiny_ctx(ml_epochs=1, ml_lr=0.1, ml_curve=True)
     pair = nn.ModuleDict({"student": ctx.new_model(0), "teacher": ctx.new_model(1)})
     before = {k: v.clone() for k, v in pair.state_dict().items()}
     history = ntml.ml_stage(pair, ctx)
@@ -215,7 +215,7 @@ def test_nt_cache_key_covers_every_nt_field():
     p = ntml.Params()
     changed = {"tau": 2.0, "teacher": "poisoned", "nt_epochs": 3, "nt_lr": 0.2, "init": "poisoned",
                "reading": "suppress", "isolate": 0.1, "suppress_weight": 3.0,
-               "lam": 2.0, "ml_epochs": 3, "ml_lr": 0.5, "ml_data": "clean+train"}
+               "lam": 2.0, "ml_epochs": 3, "ml_lr": 0.5, "ml_data": "clean+train", "ml_curve": True}
     assert set(changed) == {f.name for f in dataclasses.fields(p)}, "a new field needs a line here"
     for name, value in changed.items():
         differs = ntml.nt_spec(dataclasses.replace(p, **{name: value})) != ntml.nt_spec(p)

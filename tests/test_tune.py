@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from bdlib import defenses, tune
-from bdlib.config import PROFILES, profile
+from bdlib.config import PROFILES, ConfigError, profile, resolve
 
 
 def row(defense, setting, attack, seed, cost, asr, der=0.5):
@@ -24,7 +24,10 @@ def test_every_defense_declares_a_grid_of_three_to_six_values():
 
 def test_tuning_seeds_are_never_reported():
     for p in PROFILES:
-        assert not set(tune.TUNING_SEEDS) & set(profile(p).seeds), p
+        cfg = profile(p)
+        assert cfg.tuning.seeds and not set(cfg.tuning.seeds) & set(cfg.seeds), p
+    with pytest.raises(ConfigError, match=r"'tuning.seeds' must never be reported: seed\(s\) \[100\]"):
+        resolve("quick", overrides={"seeds": [0, 100]})
 
 
 def test_select_lowest_asr_within_the_cost_bar_on_every_attack():
@@ -48,10 +51,9 @@ def test_select_falls_back_to_the_smallest_cost():
     assert chosen == {"setting": "b", "ASR": 50.0, "cost": 4.0, "qualified": False}
 
 
-def test_select_variant_best_der_within_the_bar_and_never_lambda_zero():
+def test_select_variant_best_der_within_the_bar():
     rows = [row("ntml", "v1", a, 100, 1.0, 10.0, der=0.90) for a in ("badnets", "sig")]
     rows += [row("ntml", "v2", "badnets", 100, 1.0, 1.0, der=0.99), row("ntml", "v2", "sig", 100, 3.5, 1.0, der=0.97)]
-    rows += [{**row("ntml", "v3", a, 100, 0.0, 0.0, der=1.0), "lam": 0.0} for a in ("badnets", "sig")]
     chosen = tune.select_variant(rows)
     assert chosen["setting"] == "v1" and chosen["qualified"]
     assert tune.select_variant([r for r in rows if r["setting"] == "v2"])["qualified"] is False

@@ -44,6 +44,10 @@ class Params:
     batch_size: int = 64  # purification batch size (choice)
     ce_weight: float = 0.0  # weight of CE on clean images; MCLDef's code has none (choice)
     bn_eval: bool = False  # freeze BatchNorm statistics during purification; MCLDef's code trains them (choice)
+    # Record BA / ASR / RA after every purification epoch (notebook 05's curve). Instrumentation
+    # only, the purified model is the same; off where nothing plots it (grid, tuning): on quick
+    # the 20 evaluations cost more than the purification.
+    curve: bool = False
 
     def validate(self) -> None:
         if not (self.target == "detect" or (isinstance(self.target, int) and not isinstance(self.target, bool)
@@ -202,14 +206,16 @@ def run(model: nn.Module, ctx: DefenseContext) -> Defended:
     target = int(classes[pick])
     mask, pattern = masks[pick], patterns[pick]
 
-    before = ctx.evaluate(model)
+    before = ctx.evaluate(model) if p.curve else {}
     schedule = lambda epoch: _lr_factor(p, epoch)  # noqa: E731
     history = fit(model, ctx.x_clean, ctx.y_clean, ctx.cfg.train, seed=ctx.seed,
                   loss_fn=make_loss(frozen, mask.to(device), pattern.to(device), p.tau, p.ce_weight),
-                  schedule=schedule, on_epoch=lambda e, m: ctx.evaluate(m), progress=ctx.progress,
+                  schedule=schedule, on_epoch=(lambda e, m: ctx.evaluate(m)) if p.curve else None,
+                  progress=ctx.progress,
                   desc="mcldef", epochs=p.epochs, lr=p.lr, momentum=p.momentum,
                   weight_decay=p.weight_decay, batch_size=p.batch_size, bn_eval=p.bn_eval)
-    history = [{"epoch": 0, "loss": None, **before}] + history
+    if p.curve:
+        history = [{"epoch": 0, "loss": None, **before}] + history
     tensors = {"mask": mask, "pattern": pattern, "mask_norms": norms, "anomaly": anomaly,
                "trigger_success": success}
     info = {"target": target, "target_mode": "detect" if p.target == "detect" else "oracle",

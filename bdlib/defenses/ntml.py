@@ -30,7 +30,7 @@ READINGS = ("nontarget", "predicted", "suppress", "estimated")
 ML_DATA = ("clean", "clean+train")
 # Params fields that only the ML stage reads; every other field shapes the NT stage and keys
 # its cached result (``nt_spec``), so a new NT field can never share a stale NT stage.
-ML_FIELDS = frozenset({"lam", "ml_epochs", "ml_lr", "ml_data"})
+ML_FIELDS = frozenset({"lam", "ml_epochs", "ml_lr", "ml_data", "ml_curve"})
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,10 @@ class Params:
     # What ML learns on: the clean subset ("clean", methods.md), or also as many unlabelled
     # batches of the poisoned training set, KL terms only ("clean+train"; choice).
     ml_data: Literal["clean", "clean+train"] = "clean"
+    # Evaluate student and teacher after every ML epoch (notebook 03's curves). Instrumentation
+    # only, the student is the same; off where nothing plots it (grid, tuning): on quick the
+    # 20 evaluations cost several times the ML stage's training.
+    ml_curve: bool = False
 
     def validate(self) -> None:
         for name, choices in (("teacher", TEACHERS), ("init", INITS), ("reading", READINGS),
@@ -233,7 +237,7 @@ def ml_stage(pair: nn.ModuleDict, ctx: DefenseContext) -> list[dict]:
         return loss
 
     history = fit(pair, ctx.x_clean, ctx.y_clean, ctx.cfg.train, seed=ctx.seed, loss_fn=loss_fn,
-                  on_epoch=lambda e, m: _record(m, ctx), progress=ctx.progress, desc="ML",
+                  on_epoch=(lambda e, m: _record(m, ctx)) if p.ml_curve else None, progress=ctx.progress, desc="ML",
                   epochs=p.ml_epochs, lr=p.ml_lr)
     return [{"stage": "ml", **r} for r in history]
 
@@ -263,8 +267,10 @@ def run(model: nn.Module, ctx: DefenseContext) -> Defended:
     record = {f"nt_{role}.{k}": v.detach().cpu().clone() for role, m in models.items()
               for k, v in m.state_dict().items()}
     pair = nn.ModuleDict(models)
-    info = {"poisoned": ctx.evaluate(model), "nt_student": ctx.evaluate(pair["student"]),
-            "nt_teacher": ctx.evaluate(pair["teacher"]), "isolated": meta.get("isolated"),
+    poisoned = ctx.evaluate(model)
+    info = {"poisoned": poisoned, "nt_student": ctx.evaluate(pair["student"]),
+            "nt_teacher": poisoned if p.teacher == "poisoned" else ctx.evaluate(pair["teacher"]),
+            "isolated": meta.get("isolated"),
             "estimated_target": meta.get("estimated_target")}
     ml_history = ml_stage(pair, ctx)
     info["ml_teacher"] = ctx.evaluate(pair["teacher"])
