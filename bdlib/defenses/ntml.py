@@ -5,7 +5,7 @@ only over the classes other than each sample's given label, so a poisoned sample
 label is never taught; a teacher is distilled from M0 on all classes (or is M0 itself).
 ML: on the small clean subset the two learn from each other by deep mutual learning (each
 side: CE + λ·τ²·KL towards its detached partner); the purified model is the student.
-Only the abstract is public: this is methods.md's reconstruction, every gap a Params field.
+Only the abstract is public: this is docs/methods.md's reconstruction, every gap a Params field.
 """
 from __future__ import annotations
 
@@ -27,15 +27,15 @@ READINGS = ("nontarget",)
 
 @dataclass(frozen=True)
 class Params:
-    tau: float = 4.0  # distillation temperature, NT and ML (methods.md choice; 2 and 8 did worse on quick)
-    teacher: Literal["kd", "poisoned"] = "kd"  # NT teacher: self-distilled from M0, or M0 (methods.md choice)
-    lam: float = 1.0  # weight of the mutual KL term in ML (methods.md choice)
-    nt_epochs: int | None = None  # None: the profile's standard epochs (methods.md choice)
-    nt_lr: float | None = None  # None: the profile's standard learning rate (methods.md choice)
-    ml_epochs: int = 10  # "few epochs" (methods.md); 5-20 tried on quick BadNets seed 0, little effect
-    ml_lr: float = 0.01  # "a low learning rate" (methods.md); 0.005-0.05 tried on quick BadNets seed 0
-    init: Literal["scratch", "poisoned"] = "scratch"  # NT models start fresh (methods.md) or from M0
-    reading: Literal["nontarget"] = "nontarget"  # mask the given label (methods.md's main reading)
+    tau: float = 4.0  # distillation temperature, NT and ML (docs/methods.md choice; 2 and 8 did worse on quick)
+    teacher: Literal["kd", "poisoned"] = "kd"  # NT teacher: self-distilled from M0, or M0 (docs/methods.md choice)
+    lam: float = 1.0  # weight of the mutual KL term in ML (docs/methods.md choice)
+    nt_epochs: int | None = None  # None: the profile's standard epochs (docs/methods.md choice)
+    nt_lr: float | None = None  # None: the profile's standard learning rate (docs/methods.md choice)
+    ml_epochs: int = 10  # "few epochs" (docs/methods.md); 5-20 tried on quick BadNets seed 0, little effect
+    ml_lr: float = 0.01  # "a low learning rate" (docs/methods.md); 0.005-0.05 tried on quick BadNets seed 0
+    init: Literal["scratch", "poisoned"] = "scratch"  # NT models start fresh (docs/methods.md) or from M0
+    reading: Literal["nontarget"] = "nontarget"  # mask the given label (docs/methods.md's main reading)
 
     def validate(self) -> None:
         for name, choices in (("teacher", TEACHERS), ("init", INITS), ("reading", READINGS)):
