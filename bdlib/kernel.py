@@ -11,6 +11,7 @@
 
 Outside a kernel (a script, the tests) every function here does nothing.
 """
+
 from __future__ import annotations
 
 import ast
@@ -32,8 +33,10 @@ def assigned_names(source: str) -> list[str]:
         return []
     names = []
     for node in body:
-        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
-        names += [t.id for t in targets if isinstance(t, ast.Name)]
+        if isinstance(node, ast.Assign):
+            names += [t.id for t in node.targets if isinstance(t, ast.Name)]
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.append(node.target.id)
     return names
 
 
@@ -50,8 +53,10 @@ def check_injected_parameters(history: Sequence[str]) -> None:
         return
     unknown = [n for n in injected if n not in defaults]
     if unknown:
-        raise ConfigError(f"papermill set {', '.join(repr(n) for n in unknown)}, which this notebook does not take "
-                          f"(papermill only warns); its parameters are: {', '.join(defaults)}")
+        raise ConfigError(
+            f"papermill set {', '.join(repr(n) for n in unknown)}, which this notebook does not take "
+            f"(papermill only warns); its parameters are: {', '.join(defaults)}"
+        )
 
 
 class _DropNannyKill(logging.Filter):

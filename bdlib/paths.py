@@ -11,6 +11,7 @@ copies), else the working directory itself. Under it:
   runner's ``--figures`` sets it);
 * ``build/executed/`` the runner's executed copies of the notebooks.
 """
+
 from __future__ import annotations
 
 import os

@@ -13,6 +13,7 @@
 
 Nothing here imports the rest of bdlib.
 """
+
 from __future__ import annotations
 
 import json
@@ -124,8 +125,9 @@ def kernel_shell() -> Any:
 class Bar:
     """Iterate over ``iterable`` reporting ``desc · unit i/n`` (see the module docstring)."""
 
-    def __init__(self, iterable: Iterable, desc: str, *, show: bool = True, unit: str = "epoch",
-                 total: int | None = None) -> None:
+    def __init__(
+        self, iterable: Iterable, desc: str, *, show: bool = True, unit: str = "epoch", total: int | None = None
+    ) -> None:
         self.iterable, self.desc, self.show, self.unit = iterable, desc, show, unit
         self.total = total if total is not None else (len(iterable) if hasattr(iterable, "__len__") else None)
         self.postfix = ""
@@ -211,5 +213,16 @@ def _show_in_cell(shell: Any, line: str) -> None:
         _state["handle"].update({"text/plain": line}, raw=True, metadata=meta)
 
 
-__all__ = ["STATUS_ENV", "Bar", "bar", "kernel_shell", "task", "set_cell", "stage_text", "store_event", "read_stage",
-           "read_store_log", "status_dir"]
+__all__ = [
+    "STATUS_ENV",
+    "Bar",
+    "bar",
+    "kernel_shell",
+    "task",
+    "set_cell",
+    "stage_text",
+    "store_event",
+    "read_stage",
+    "read_store_log",
+    "status_dir",
+]

@@ -84,7 +84,7 @@ def test_notebook_runs_on_smoke_and_writes_its_figures(smoke_run, nb):
     manifest = json.loads((figs / "manifest.json").read_text())
     mine = {k: v for k, v in manifest.items() if v["notebook"] == nb.stem}
     assert mine, f"{nb.stem} recorded nothing in the manifest"
-    for name, entry in mine.items():
+    for entry in mine.values():
         assert entry["profile"] == "smoke" and entry["parameters"] == {"profile": "smoke"}
         for f in entry["files"]:
             assert (figs / f).stat().st_size > 0

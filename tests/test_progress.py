@@ -1,4 +1,5 @@
 """Where output goes, progress reporting and its side channel, papermill parameter checks, quiet logs."""
+
 import io
 import json
 import logging
@@ -7,7 +8,6 @@ import pytest
 
 from bdlib import kernel, paths, progress, run
 from bdlib.config import ConfigError
-
 
 # ---------------------------------------------------------------- where output goes
 
@@ -63,10 +63,11 @@ def test_bar_reports_each_epoch_and_tasks_to_the_status_directory(tmp_path, monk
     seen = []
     progress.set_cell(5)
     with progress.task("training the badnets victim, seed 1"):
-        for epoch in progress.bar(range(3), "fit", show=False):
+        for _ in progress.bar(range(3), "fit", show=False):
             seen.append(progress.read_stage(tmp_path))
     assert [s["stage"].split(" · ")[:3] for s in seen] == [
-        ["training the badnets victim, seed 1", "fit", f"epoch {i}/3"] for i in (1, 2, 3)]
+        ["training the badnets victim, seed 1", "fit", f"epoch {i}/3"] for i in (1, 2, 3)
+    ]
     assert all(s["cell"] == 5 for s in seen)
     assert progress.read_stage(tmp_path)["stage"] == ""  # the task and its step are over
 
@@ -124,19 +125,35 @@ def test_runner_live_line_on_a_terminal_and_plain_lines_otherwise(tmp_path, monk
 
 def test_last_run_time_comes_from_the_manifest(tmp_path):
     assert run.last_seconds(tmp_path, "01_poisoning", "quick") is None
-    (tmp_path / "manifest.json").write_text(json.dumps({
-        "a": {"notebook": "01_poisoning", "profile": "quick", "seconds": 100.0},
-        "b": {"notebook": "01_poisoning", "profile": "quick", "seconds": 20.5},
-        "c": {"notebook": "01_poisoning", "profile": "smoke", "seconds": 7.0},
-        "d": {"notebook": "02_nt_stage", "profile": "quick", "seconds": 9.0}}))
+    (tmp_path / "manifest.json").write_text(
+        json.dumps(
+            {
+                "a": {"notebook": "01_poisoning", "profile": "quick", "seconds": 100.0},
+                "b": {"notebook": "01_poisoning", "profile": "quick", "seconds": 20.5},
+                "c": {"notebook": "01_poisoning", "profile": "smoke", "seconds": 7.0},
+                "d": {"notebook": "02_nt_stage", "profile": "quick", "seconds": 9.0},
+            }
+        )
+    )
     assert run.last_seconds(tmp_path, "01_poisoning", "quick") == 120.5
     assert run.last_seconds(tmp_path, "01_poisoning", "paper") is None
 
 
 def test_warnings_written_by_cells_are_collected_for_the_runner():
-    nb = {"cells": [{"outputs": [{"output_type": "stream", "name": "stderr",
-                                  "text": "x.py:3: UserWarning: bdlib: few poisons\n  warnings.warn(\n"}]},
-                    {"outputs": [{"output_type": "stream", "name": "stdout", "text": "RuntimeWarning: printed\n"}]}]}
+    nb = {
+        "cells": [
+            {
+                "outputs": [
+                    {
+                        "output_type": "stream",
+                        "name": "stderr",
+                        "text": "x.py:3: UserWarning: bdlib: few poisons\n  warnings.warn(\n",
+                    }
+                ]
+            },
+            {"outputs": [{"output_type": "stream", "name": "stdout", "text": "RuntimeWarning: printed\n"}]},
+        ]
+    }
     assert run.notebook_warnings(nb) == ["cell 0: x.py:3: UserWarning: bdlib: few poisons"]
 
 
