@@ -7,13 +7,18 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.bdlib-installed
 PROFILE ?= quick
 
-.PHONY: figures test bench setup data clean-cache
+.PHONY: figures test lint bench setup data clean-cache
 
 figures: setup
 	$(BIN)/python -m bdlib run --profile $(PROFILE)
 
-test: setup
+test: setup lint
 	$(BIN)/python -m pytest -q tests
+
+# ruff (configured in pyproject.toml) over bdlib/, tests/, benchmarks/ and the notebooks.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # The benchmarks of benchmarks/README.md (cache.py runs every notebook twice: ~20 min on quick).
 bench: setup

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from bdlib import attacks, data, defenses, figures, metrics, models
+from bdlib import attacks, data, defenses, figures, kernel, metrics, models, progress
 from bdlib.attacks.base import Poisoned, Trigger, TriggerContext
 from bdlib.config import Config, as_dict, resolve
 from bdlib.defenses.base import DefenseContext
@@ -32,6 +32,7 @@ def setup(profile: str = "quick", attack: str = "badnets", seed: int = 0, device
 
     Returns the frozen Config every later call takes. ``device='auto'`` is resolved here.
     """
+    kernel.prepare()  # in a notebook: refuse unknown papermill parameters, report cells to the runner
     if progress is None:
         progress = os.environ.get("BDLIB_PROGRESS", "1") != "0"
     cfg = resolve(profile, attack=attack, seed=seed, device=device, overrides=overrides, progress=progress)
@@ -145,7 +146,8 @@ def clean_model(cfg: Config, seed: int | None = None) -> ModelRun:
 
     def compute():
         m = new_model(cfg, seed)
-        hist = fit(m, d.x_train, d.y_train, cfg.train, seed=seed, progress=cfg.progress, desc="clean model")
+        hist = fit(m, d.x_train, d.y_train, cfg.train, seed=seed, progress=cfg.progress,
+                   desc=f"training the clean model, seed {seed}")
         ev = metrics.evaluate(m, d.x_test, d.y_test, cfg.target, None, cfg.train.eval_batch_size)
         return _state(m), {"metrics": ev, "history": hist}
 
@@ -174,7 +176,8 @@ def trigger(cfg: Config) -> tuple[str, Trigger]:
                              x_aux=d.x_aux, y_aux=d.y_aux, clean_model=clean,
                              train_model=functools.partial(_train_fresh, cfg),
                              device=torch.device(cfg.device))
-        return atk.make_trigger(ctx), {}
+        with progress.task(f"making the {cfg.attack} trigger, seed {cfg.seed}"):
+            return atk.make_trigger(ctx), {}
 
     e = store().get_or_compute("trigger", spec, compute)
     return e.key, e.tensors
@@ -224,7 +227,8 @@ def poisoned_model(cfg: Config) -> PoisonRun:
 
     def compute():
         m = new_model(cfg, cfg.seed)
-        hist = fit(m, p.x, p.y, cfg.train, seed=cfg.seed, progress=cfg.progress, desc=f"{cfg.attack} victim")
+        hist = fit(m, p.x, p.y, cfg.train, seed=cfg.seed, progress=cfg.progress,
+                   desc=f"training the {cfg.attack} victim, seed {cfg.seed}")
         ev = metrics.evaluate(m, d.x_test, d.y_test, cfg.target, test_trigger, cfg.train.eval_batch_size)
         return _state(m), {"metrics": ev, "history": hist, "n_poisoned": int(p.poison_idx.sum())}
 
@@ -282,7 +286,8 @@ def defend(cfg: Config, defense: str) -> DefenseRun:
                              new_model=functools.partial(new_model, cfg),
                              evaluate=lambda m: evaluate(m), memo=memo, progress=cfg.progress)
         start = time.perf_counter()
-        out = dfn.run(_load_model(cfg, _state(victim.model)), ctx)
+        with progress.task(f"{defense} on the {cfg.attack} victim, seed {cfg.seed}"):
+            out = dfn.run(_load_model(cfg, _state(victim.model)), ctx)
         seconds = time.perf_counter() - start
         after = evaluate(out.model)
         meta = {"metrics": after, "before": victim.metrics, "DER": metrics.der(victim.metrics, after),

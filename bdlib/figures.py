@@ -1,9 +1,12 @@
 """Saving figures (PNG + PDF, no volatile metadata), metrics JSON, and ``figures/manifest.json``.
 
-The runner tells a notebook where to write through the environment (``BDLIB_FIGURES``,
-``BDLIB_NOTEBOOK``, ``BDLIB_PARAMETERS``); run by hand, a notebook writes to ``figures/``.
-Each saved figure is listed in the manifest with its notebook, profile, parameters, config key
-and the seconds spent since the previous figure (or the notebook's set-up).
+A saved figure is also shown in the notebook that saved it (the PNG just written, so the reader
+sees the file), executed copies included. Where files go is ``bdlib.paths.figures_dir``:
+``$BDLIB_FIGURES`` (the runner sets it from ``--figures``), else ``figures/`` of the user's
+project for profile ``quick`` and ``build/figures/<profile>/`` for the others. The runner also
+passes ``BDLIB_NOTEBOOK`` and ``BDLIB_PARAMETERS`` for the manifest, which lists each saved
+file with its notebook, profile, parameters, config key and the seconds spent since the
+previous figure (or the notebook's set-up).
 """
 from __future__ import annotations
 
@@ -16,15 +19,13 @@ from typing import Any
 
 from filelock import FileLock
 
+from bdlib import paths, progress
 from bdlib.config import Config, as_dict
 from bdlib.store import canonical_json
 
-REPO = Path(__file__).resolve().parent.parent
 _clock = {"last": time.perf_counter()}
-
-
-def figures_dir() -> Path:
-    return Path(os.environ.get("BDLIB_FIGURES", REPO / "figures"))
+# A saved PNG (150 dpi) is shown at the size matplotlib's inline backend (100 dpi) would give it.
+_SHOWN_SCALE = 100 / 150
 
 
 def start_clock() -> None:
@@ -51,28 +52,45 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 
 def save(fig: Any, name: str, cfg: Config) -> list[Path]:
-    """Write ``name``.png and ``name``.pdf and record them in the manifest."""
+    """Write ``name``.png and ``name``.pdf, record them in the manifest, and show the figure
+    in the notebook (in a Jupyter kernel); then close it, so it is shown once."""
     import io
 
     import matplotlib.pyplot as plt
 
-    out = figures_dir()
-    paths = []
+    out = paths.figures_dir(cfg.profile)
+    written, blobs = [], {}
     for ext, meta in (("png", {"Software": None}),
                       ("pdf", {"Creator": None, "Producer": None, "CreationDate": None})):
         buf = io.BytesIO()
         fig.savefig(buf, format=ext, dpi=150, bbox_inches="tight", metadata=meta)
+        blobs[ext] = buf.getvalue()
         path = out / f"{name}.{ext}"
-        _atomic_write(path, buf.getvalue())
-        paths.append(path)
-    _record(name, {"files": [p.name for p in paths]}, cfg)
+        _atomic_write(path, blobs[ext])
+        written.append(path)
+    _record(name, {"files": [p.name for p in written]}, cfg)
+    _show(name, blobs["png"])
     plt.close(fig)
-    return paths
+    return written
+
+
+def _show(name: str, png: bytes) -> None:
+    """Display the saved PNG in the running notebook (nothing outside a Jupyter kernel)."""
+    if progress.kernel_shell() is None:
+        return
+    import base64
+    import struct
+
+    from IPython.display import display
+
+    width = struct.unpack(">I", png[16:20])[0]  # the PNG header's IHDR width
+    bundle = {"image/png": base64.b64encode(png).decode("ascii"), "text/plain": f"<figure {name}>"}
+    display(bundle, raw=True, metadata={"image/png": {"width": round(width * _SHOWN_SCALE)}, "bdlib_figure": name})
 
 
 def save_metrics(name: str, metrics: Any, cfg: Config) -> Path:
     """Write ``name``.json (the numbers behind a notebook's figures) and record it."""
-    path = figures_dir() / f"{name}.json"
+    path = paths.figures_dir(cfg.profile) / f"{name}.json"
     body = {"profile": cfg.profile, "config_key": config_key(cfg), "metrics": metrics}
     _atomic_write(path, (json.dumps(body, indent=1, sort_keys=True) + "\n").encode())
     _record(name, {"files": [path.name]}, cfg)
@@ -88,7 +106,7 @@ def _record(name: str, entry: dict, cfg: Config) -> None:
              "parameters": json.loads(os.environ.get("BDLIB_PARAMETERS", "{}")),
              "config_key": config_key(cfg),
              "seconds": round(seconds, 2)}
-    path = figures_dir() / "manifest.json"
+    path = paths.figures_dir(cfg.profile) / "manifest.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
         manifest = json.loads(path.read_text()) if path.exists() else {}

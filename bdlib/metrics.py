@@ -1,4 +1,4 @@
-"""BA, ASR, RA, DER and poison-detection precision / recall, all as in methods.md.
+"""BA, ASR, RA, DER and poison-detection precision / recall, all as in docs/methods.md.
 
 BA is clean accuracy on every test image. ASR and RA are measured on the triggered test
 images whose true class is not the target: ASR counts those predicted as the target, RA

@@ -37,13 +37,15 @@ from filelock import FileLock, Timeout
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
 
-__all__ = ["CODE_SALT", "CORE_MODULES", "source_hash", "DEFAULT_ROOT", "Entry", "Store", "canonical_json"]
+from bdlib import progress
+from bdlib.paths import cache_dir
+
+__all__ = ["CODE_SALT", "CORE_MODULES", "source_hash", "Entry", "Store", "canonical_json"]
 
 logger = logging.getLogger(__name__)
 
 TENSORS_FILE = "tensors.safetensors"
 META_FILE = "meta.json"
-DEFAULT_ROOT = Path(__file__).resolve().parent.parent / ".bdlib-cache"
 
 _KEY_RE = re.compile(r"^[0-9a-f]{64}$")
 _SHARD_RE = re.compile(r"^[0-9a-f]{2}$")
@@ -167,9 +169,10 @@ class Store:
     root: Path
 
     def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
-        """Use ``root``, else ``$BDLIB_CACHE``, else ``<repo>/.bdlib-cache``; created on first write."""
+        """Use ``root``, else ``$BDLIB_CACHE``, else ``.bdlib-cache`` in the user's project
+        (``bdlib.paths``; never inside the installed package); created on first write."""
         if root is None:
-            root = os.environ.get("BDLIB_CACHE") or DEFAULT_ROOT
+            root = cache_dir()
         # Absolute so that worker processes with another cwd agree on the location.
         self.root = Path(os.path.abspath(os.path.expanduser(os.fspath(root))))
 
@@ -383,11 +386,13 @@ class Store:
         """Return the stored entry for ``(kind, spec)``, computing and storing it if needed.
 
         Concurrent callers for one key serialise on a file lock; only the first computes.
+        Each call is counted as ``loaded`` or ``computed`` (:func:`bdlib.progress.store_event`).
         ``meta["seconds"]`` records the wall time of ``compute`` unless it sets it itself.
         """
         key = self.key(kind, spec)
         entry = self.get(key)
         if entry is not None:
+            progress.store_event(kind, "loaded")
             return entry
         self._ensure_root()
         lock_dir = self.root / "locks"
@@ -401,6 +406,7 @@ class Store:
         try:
             entry = self.get(key)
             if entry is not None:
+                progress.store_event(kind, "loaded")
                 return entry
             t0 = time.perf_counter()
             result = compute()
@@ -410,7 +416,9 @@ class Store:
             tensors, meta = result
             meta = dict(meta)
             meta.setdefault("seconds", float(seconds))
-            return self.put(key, tensors, meta, kind=kind, spec=spec)
+            entry = self.put(key, tensors, meta, kind=kind, spec=spec)
+            progress.store_event(kind, "computed")
+            return entry
         finally:
             lock.release()
 

@@ -144,11 +144,10 @@ def _lr_factor(schedule: str | Callable[[int], float], epoch: int, step: int, to
 
 
 def _progress(it, enabled: bool, desc: str):
-    if not enabled:
-        return it
-    from tqdm.auto import tqdm
+    # Always a bdlib bar: with nothing drawn it still feeds the runner's live line (bdlib.progress).
+    from bdlib.progress import bar
 
-    return tqdm(it, desc=desc, leave=False)
+    return bar(it, desc, show=enabled)
 
 
 @torch.inference_mode()

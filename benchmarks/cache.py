@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-LINE = re.compile(r"^(\d\d_\w+): ([\d.]+) s$")
+LINE = re.compile(r"^(\d\d_\w+): ([\d.]+) s(;|$)")  # the runner's end-of-notebook line
 
 
 def run_all(profile: str, notebooks: list[str], cache: Path, out: Path) -> tuple[dict[str, float], float]:

@@ -182,7 +182,9 @@ def test_trojan_patch_stays_in_the_mask_and_raises_the_chosen_unit():
     gen = torch.Generator().manual_seed(1)
     random_patch = {"mask": mask, "pattern": torch.rand(1, 16, 16, generator=gen) * mask}
     with torch.no_grad():
-        act = lambda t: model.features(trojan.apply(x, t, ctx.params, True).float() / 255)[:, trig["units"]].mean()
+        def act(t):
+            return model.features(trojan.apply(x, t, ctx.params, True).float() / 255)[:, trig["units"]].mean()
+
         assert act(trig) > act(random_patch)
 
 

@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 
 from bdlib.config import ConfigError, PROFILES, profile, resolve
@@ -53,5 +55,5 @@ def test_bad_run_parameters_are_rejected(kwargs, words):
 
 def test_config_is_frozen():
     cfg = resolve("smoke")
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.seed = 3  # type: ignore[misc]

@@ -1,5 +1,7 @@
 """Every notebook, end to end, through the real runner on profile smoke, into a temp dir."""
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +15,7 @@ ALL = notebooks()
 
 
 def _run(tmp: Path, *args: str, cache: Path | None = None) -> subprocess.CompletedProcess:
-    env = {**__import__("os").environ, "BDLIB_CACHE": str(cache or tmp / "cache")}
+    env = {**os.environ, "BDLIB_CACHE": str(cache or tmp / "cache")}
     return subprocess.run([sys.executable, "-m", "bdlib", "run", *args, "--figures", str(tmp / "figures"),
                            "--out", str(tmp / "executed")], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=1200)
@@ -25,8 +27,55 @@ def smoke_run(tmp_path_factory):
     sources = {p: p.read_bytes() for p in ALL}
     proc = _run(tmp, "--profile", "smoke")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    (tmp / "stdout").write_text(proc.stdout)
+    (tmp / "stderr").write_text(proc.stderr)
     assert {p: p.read_bytes() for p in ALL} == sources, "the runner wrote over a source notebook"
     return tmp
+
+
+@pytest.mark.parametrize("nb", ALL, ids=[p.stem for p in ALL])
+def test_every_saved_figure_is_shown_in_the_executed_notebook(smoke_run, nb):
+    manifest = json.loads((smoke_run / "figures" / "manifest.json").read_text())
+    saved = sorted(k for k, v in manifest.items() if v["notebook"] == nb.stem and f"{k}.png" in v["files"])
+    executed = json.loads((smoke_run / "executed" / nb.name).read_text())
+    images = [o for c in executed["cells"] for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert saved, f"{nb.stem} saved no figure"
+    assert len(images) == len(saved), f"{nb.stem}: {len(saved)} figures saved, {len(images)} images shown"
+    assert sorted(o["metadata"]["bdlib_figure"] for o in images) == saved
+
+
+@pytest.mark.parametrize("nb", ALL, ids=[p.stem for p in ALL])
+def test_progress_renders_as_one_line_per_cell_without_widget_warnings(smoke_run, nb):
+    executed = json.loads((smoke_run / "executed" / nb.name).read_text())
+    shown = []
+    for cell in executed["cells"]:
+        outputs = cell.get("outputs", [])
+        text = json.dumps(outputs)
+        assert "IProgress" not in text and "TqdmWarning" not in text and "application/vnd.jupyter.widget" not in text
+        progress = [o for o in outputs if o.get("metadata", {}).get("bdlib_progress")]
+        assert len(progress) <= 1, f"{nb.stem}: {len(progress)} progress outputs in one cell"
+        shown += ["".join(o["data"]["text/plain"]) for o in progress]
+    if nb.stem.startswith("01"):  # it trains every victim on a cold store
+        assert any(re.search(r"training the \w+ victim, seed 0 · \d+ epochs in \d+ s", s) for s in shown), shown
+
+
+def test_runner_reports_start_end_and_store_counts_in_plain_lines_and_no_jupyter_noise(smoke_run):
+    out, err = (smoke_run / "stdout").read_text(), (smoke_run / "stderr").read_text()
+    for nb in ALL:
+        assert f"{nb.stem}: started on smoke" in out
+        assert re.search(rf"^{nb.stem}: [0-9.]+ s; \d+ results? computed.*, \d+ loaded from the store$", out, re.M), out
+    assert "\r" not in out and "\033[" not in out, "a live line was drawn although stdout is not a terminal"
+    assert "without encryption" not in err + out and "IPKernelApp" not in err, err[-2000:]
+    assert not re.search(r"^01_poisoning: .*; 0 results computed", out, re.M), "a cold store computed nothing"
+
+
+def test_warm_rerun_loads_everything_from_the_store_and_says_so(smoke_run):
+    nb = ALL[2]
+    proc = _run(smoke_run / "warm", nb.stem, "--profile", "smoke", cache=smoke_run / "cache")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"{nb.stem}: started on smoke" in proc.stdout
+    m = re.search(rf"^{nb.stem}: [0-9.]+ s; 0 results computed, (\d+) loaded from the store$", proc.stdout, re.M)
+    assert m and int(m.group(1)) > 0, proc.stdout
 
 
 @pytest.mark.parametrize("nb", ALL, ids=[p.stem for p in ALL])
@@ -35,7 +84,7 @@ def test_notebook_runs_on_smoke_and_writes_its_figures(smoke_run, nb):
     manifest = json.loads((figs / "manifest.json").read_text())
     mine = {k: v for k, v in manifest.items() if v["notebook"] == nb.stem}
     assert mine, f"{nb.stem} recorded nothing in the manifest"
-    for name, entry in mine.items():
+    for entry in mine.values():
         assert entry["profile"] == "smoke" and entry["parameters"] == {"profile": "smoke"}
         for f in entry["files"]:
             assert (figs / f).stat().st_size > 0
@@ -87,3 +136,41 @@ def test_unknown_notebook_lists_the_choices():
                           capture_output=True, text=True)
     assert proc.returncode == 1 and ALL[0].stem in proc.stderr
     assert NOTEBOOKS.exists()
+
+
+def _papermill(nb: Path, cwd: Path, **params) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("BDLIB_CACHE", "BDLIB_FIGURES")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    cmd = [sys.executable, "-m", "papermill", str(nb), str(cwd / "out.ipynb"), "--no-progress-bar"]
+    for k, v in params.items():
+        cmd += ["-p", k, v]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+
+
+def _tree(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+
+
+def test_plain_papermill_outside_the_repo_writes_under_the_working_directory(tmp_path):
+    repo_figures = _tree(REPO / "figures") if (REPO / "figures").exists() else {}
+    nb = next(p for p in ALL if p.stem.startswith("04"))
+    proc = _papermill(nb, tmp_path, profile="smoke", attacks='["badnets"]')
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    figs = tmp_path / "build" / "figures" / "smoke"
+    assert (figs / "manifest.json").exists() and list(figs.glob("04_*.png"))
+    assert any((tmp_path / ".bdlib-cache").glob("??/*/meta.json")), "nothing was stored under the working directory"
+    assert not (tmp_path / "figures").exists(), "a smoke run wrote where the quick figures live"
+    assert (_tree(REPO / "figures") if (REPO / "figures").exists() else {}) == repo_figures, "the repo's figures changed"
+
+
+def test_plain_papermill_refuses_a_misspelled_parameter_in_the_setup_cell(tmp_path):
+    proc = _papermill(ALL[0], tmp_path, profile="smoke", atack="badnets")
+    assert proc.returncode != 0
+    out = json.loads((tmp_path / "out.ipynb").read_text())
+    errors = [(i, o) for i, c in enumerate(out["cells"]) for o in c.get("outputs", []) if o["output_type"] == "error"]
+    assert len(errors) == 1
+    i, err = errors[0]
+    assert "bdlib.setup(" in "".join(out["cells"][i]["source"]), "the error did not come from the setup cell"
+    assert err["ename"] == "ConfigError" and "'atack'" in err["evalue"]
+    assert all(name in err["evalue"] for name in parameters(ALL[0]))
+    assert not (tmp_path / "build").exists(), "the notebook went on past its setup cell"

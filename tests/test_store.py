@@ -426,8 +426,13 @@ def test_env_var_and_default_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert (tmp_path / "envcache").is_dir()
 
     monkeypatch.delenv("BDLIB_CACHE")
-    repo = Path(store_mod.__file__).resolve().parent.parent
-    assert Store().root == repo / ".bdlib-cache"
+    project = tmp_path / "project"
+    (project / "notebooks").mkdir(parents=True)
+    (project / "pyproject.toml").write_text("")
+    monkeypatch.chdir(project / "notebooks")  # a notebook's kernel runs in notebooks/
+    assert Store().root == project / ".bdlib-cache"
+    package = Path(store_mod.__file__).resolve().parent
+    assert package not in Store().root.parents
     assert Store(tmp_path / "explicit").root == tmp_path / "explicit"
 
 

@@ -17,7 +17,7 @@ from bdlib.attacks.base import Attack, Trigger, TriggerContext, blend, check_rat
 @dataclass(frozen=True)
 class Params:
     poison_rate: float = 0.10  # of the training set (BadNets, as in NT-ML's and NONE's setups)
-    patch_size: int = 3  # 3×3 (methods.md)
+    patch_size: int = 3  # 3×3 (docs/methods.md)
     margin: int = 1  # pixels between the patch and the image border
     pattern: Literal["white", "checkerboard"] = "white"
     rate_of: Literal["train"] = "train"

@@ -16,7 +16,7 @@ from bdlib.attacks.base import Attack, Trigger, TriggerContext, blend, check_rat
 @dataclass(frozen=True)
 class Params:
     poison_rate: float = 0.10  # of the training set
-    alpha: float = 0.2  # blend ratio, train and test (methods.md)
+    alpha: float = 0.2  # blend ratio, train and test (docs/methods.md)
     noise_seed: int = 0  # the noise image is fixed: one trigger for every run seed
     rate_of: Literal["train"] = "train"
 

@@ -22,10 +22,10 @@ from bdlib.train import augment, fit, to_float
 
 @dataclass(frozen=True)
 class Params:
-    poison_rate: float = 0.0005  # of the training set: 0.05% (Narcissus paper, methods.md)
-    eps: float = 16 / 255  # L∞ budget of δ (Narcissus paper, methods.md)
-    test_scale: float = 3.0  # test trigger = test_scale·δ, clipped (Narcissus code, methods.md)
-    pood: Literal["aux", "cifar100"] = "aux"  # surrogate's extra data: held-out split or CIFAR-100 (choice, methods.md)
+    poison_rate: float = 0.0005  # of the training set: 0.05% (Narcissus paper, docs/methods.md)
+    eps: float = 16 / 255  # L∞ budget of δ (Narcissus paper, docs/methods.md)
+    test_scale: float = 3.0  # test trigger = test_scale·δ, clipped (Narcissus code, docs/methods.md)
+    pood: Literal["aux", "cifar100"] = "aux"  # surrogate's extra data: held-out split or CIFAR-100 (choice, docs/methods.md)
     pood_size: int = 10000  # extra images the surrogate trains on (choice: the prototype's 10k split)
     surrogate_epochs: int | None = None  # None: the profile's standard training (Narcissus: 200 on CIFAR)
     warmup_epochs: int = 5  # fine-tuning on the target class only (Narcissus code: warmup_round = 5)

@@ -18,10 +18,10 @@ from bdlib.attacks.base import Attack, Trigger, TriggerContext, add, check_rate
 
 @dataclass(frozen=True)
 class Params:
-    poison_rate: float = 0.80  # of the target class (methods.md)
-    delta: float = 20 / 255  # training amplitude Δ on the [0, 1] scale (SIG paper, methods.md)
-    test_delta: float = 20 / 255  # test amplitude; the same as training by default (methods.md)
-    frequency: float = 6.0  # periods across the image width, f (SIG paper, methods.md)
+    poison_rate: float = 0.80  # of the target class (docs/methods.md)
+    delta: float = 20 / 255  # training amplitude Δ on the [0, 1] scale (SIG paper, docs/methods.md)
+    test_delta: float = 20 / 255  # test amplitude; the same as training by default (docs/methods.md)
+    frequency: float = 6.0  # periods across the image width, f (SIG paper, docs/methods.md)
     rate_of: Literal["target_class"] = "target_class"
 
     def validate(self) -> None:

@@ -18,7 +18,7 @@ from bdlib.train import to_float
 
 @dataclass(frozen=True)
 class Params:
-    poison_rate: float = 0.10  # of the training set (methods.md)
+    poison_rate: float = 0.10  # of the training set (docs/methods.md)
     patch_size: int = 5  # side of the square patch in pixels (choice: ~3% of a 28×28 image)
     margin: int = 1  # pixels between the patch and the image border, as BadNets
     n_units: int = 1  # penultimate units whose activation is maximised (TrojanNN selects one)

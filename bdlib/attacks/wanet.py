@@ -20,10 +20,10 @@ from bdlib.attacks.base import Attack, Poisoned, Trigger, TriggerContext, check_
 
 @dataclass(frozen=True)
 class Params:
-    poison_rate: float = 0.10  # of the training set (methods.md; WaNet's p_a = 0.1)
-    k: int = 4  # control grid size (WaNet, methods.md)
-    strength: float = 0.5  # s, warp strength (WaNet, methods.md)
-    cross_ratio: float = 2.0  # noise-mode samples per poisoned sample (WaNet's cross_ratio, methods.md)
+    poison_rate: float = 0.10  # of the training set (docs/methods.md; WaNet's p_a = 0.1)
+    k: int = 4  # control grid size (WaNet, docs/methods.md)
+    strength: float = 0.5  # s, warp strength (WaNet, docs/methods.md)
+    cross_ratio: float = 2.0  # noise-mode samples per poisoned sample (WaNet's cross_ratio, docs/methods.md)
     grid_seed: int = 0  # the warp is fixed: one trigger for every run seed, as Blended's noise
     rate_of: Literal["train"] = "train"
 

@@ -16,8 +16,8 @@ from bdlib.train import fit
 
 @dataclass(frozen=True)
 class Params:
-    epochs: int = 10  # "~10 epochs" (methods.md, NAD's fine-tuning baseline)
-    lr: float = 0.01  # "low lr" (methods.md); cosine-annealed by the shared loop
+    epochs: int = 10  # "~10 epochs" (docs/methods.md, NAD's fine-tuning baseline)
+    lr: float = 0.01  # "low lr" (docs/methods.md); cosine-annealed by the shared loop
     bn_eval: bool = False  # freeze BatchNorm statistics; standard fine-tuning trains them (choice)
 
     def validate(self) -> None:

@@ -26,12 +26,12 @@ DISTANCES = ("l2", "mse")
 @dataclass(frozen=True)
 class Params:
     teacher_epochs: int = 10  # teacher fine-tuning epochs (NAD paper: 10)
-    teacher_lr: float = 0.01  # teacher fine-tuning lr (methods.md FT's "low lr"; NAD's code: 0.1 on CIFAR)
+    teacher_lr: float = 0.01  # teacher fine-tuning lr (docs/methods.md FT's "low lr"; NAD's code: 0.1 on CIFAR)
     epochs: int = 20  # distillation epochs (NAD paper: 20)
     lr: float = 0.01  # distillation lr (choice, same low lr as the teacher; NAD's code: 0.1)
-    betas: tuple[float, ...] = (5000.0, 5000.0, 5000.0)  # AT weight per stage of model.stages (methods.md; NAD's code: 500, 1000, 1000)
+    betas: tuple[float, ...] = (5000.0, 5000.0, 5000.0)  # AT weight per stage of model.stages (docs/methods.md; NAD's code: 500, 1000, 1000)
     p: float = 2.0  # attention power (NAD paper)
-    distance: Literal["l2", "mse"] = "l2"  # L2 distance of the maps (NAD paper, methods.md) or NAD's code's mean squared difference
+    distance: Literal["l2", "mse"] = "l2"  # L2 distance of the maps (NAD paper, docs/methods.md) or NAD's code's mean squared difference
 
     def validate(self) -> None:
         for name in ("teacher_epochs", "epochs"):

@@ -35,16 +35,16 @@ ML_FIELDS = frozenset({"lam", "ml_epochs", "ml_lr", "ml_data", "ml_curve"})
 
 @dataclass(frozen=True)
 class Params:
-    tau: float = 4.0  # distillation temperature, NT and ML (methods.md choice; 2 and 8 did worse on quick)
-    teacher: Literal["kd", "poisoned"] = "kd"  # NT teacher: self-distilled from M0, or M0 (methods.md choice)
-    lam: float = 1.0  # weight of the mutual KL term in ML (methods.md choice)
-    nt_epochs: int | None = None  # None: the profile's standard epochs (methods.md choice)
-    nt_lr: float | None = None  # None: the profile's standard learning rate (methods.md choice)
-    ml_epochs: int = 10  # "few epochs" (methods.md); 5-20 tried on quick BadNets seed 0, little effect
-    ml_lr: float = 0.01  # "a low learning rate" (methods.md); 0.005-0.05 tried on quick BadNets seed 0
-    init: Literal["scratch", "poisoned"] = "scratch"  # NT models start fresh (methods.md) or from M0
+    tau: float = 4.0  # distillation temperature, NT and ML (docs/methods.md choice; 2 and 8 did worse on quick)
+    teacher: Literal["kd", "poisoned"] = "kd"  # NT teacher: self-distilled from M0, or M0 (docs/methods.md choice)
+    lam: float = 1.0  # weight of the mutual KL term in ML (docs/methods.md choice)
+    nt_epochs: int | None = None  # None: the profile's standard epochs (docs/methods.md choice)
+    nt_lr: float | None = None  # None: the profile's standard learning rate (docs/methods.md choice)
+    ml_epochs: int = 10  # "few epochs" (docs/methods.md); 5-20 tried on quick BadNets seed 0, little effect
+    ml_lr: float = 0.01  # "a low learning rate" (docs/methods.md); 0.005-0.05 tried on quick BadNets seed 0
+    init: Literal["scratch", "poisoned"] = "scratch"  # NT models start fresh (docs/methods.md) or from M0
     # How the NT student reads "non-target label training" (see ``nt_student_loss``):
-    # "nontarget" masks the given label (methods.md's main reading); "predicted" masks M0's
+    # "nontarget" masks the given label (docs/methods.md's main reading); "predicted" masks M0's
     # predicted label; "suppress" adds an unlearning term on the given label of the samples M0
     # is most confident in; "estimated" restricts that term to an estimated target class.
     reading: Literal["nontarget", "predicted", "suppress", "estimated"] = "nontarget"
@@ -54,7 +54,7 @@ class Params:
     # β of −log(1 − p_S(given label)) on them (choice).
     isolate: float = 0.05
     suppress_weight: float = 1.0
-    # What ML learns on: the clean subset ("clean", methods.md), or also as many unlabelled
+    # What ML learns on: the clean subset ("clean", docs/methods.md), or also as many unlabelled
     # batches of the poisoned training set, KL terms only ("clean+train"; choice).
     ml_data: Literal["clean", "clean+train"] = "clean"
     # Evaluate student and teacher after every ML epoch (notebook 03's curves). Instrumentation
