@@ -138,12 +138,15 @@ def test_unknown_notebook_lists_the_choices():
     assert NOTEBOOKS.exists()
 
 
-def _papermill(nb: Path, cwd: Path, **params) -> subprocess.CompletedProcess:
+def _papermill(nb: Path, cwd: Path, *yaml: str, **params: str) -> subprocess.CompletedProcess:
+    """papermill's own CLI: ``-p NAME VALUE`` passes VALUE as a string, ``-y YAML`` anything else."""
     env = {k: v for k, v in os.environ.items() if k not in ("BDLIB_CACHE", "BDLIB_FIGURES")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     cmd = [sys.executable, "-m", "papermill", str(nb), str(cwd / "out.ipynb"), "--no-progress-bar"]
     for k, v in params.items():
         cmd += ["-p", k, v]
+    for text in yaml:
+        cmd += ["-y", text]
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
 
 
@@ -154,7 +157,7 @@ def _tree(root: Path) -> dict[str, int]:
 def test_plain_papermill_outside_the_repo_writes_under_the_working_directory(tmp_path):
     repo_figures = _tree(REPO / "figures") if (REPO / "figures").exists() else {}
     nb = next(p for p in ALL if p.stem.startswith("04"))
-    proc = _papermill(nb, tmp_path, profile="smoke", attacks='["badnets"]')
+    proc = _papermill(nb, tmp_path, "attacks: [badnets]", profile="smoke")
     assert proc.returncode == 0, proc.stderr[-3000:]
     figs = tmp_path / "build" / "figures" / "smoke"
     assert (figs / "manifest.json").exists() and list(figs.glob("04_*.png"))
