@@ -57,6 +57,9 @@ class Config:
     seed: int = 0
     device: str = "auto"
     progress: bool = False  # tqdm progress bars
+    # How kernels run (bdlib.train.configure); results' store keys never include these.
+    deterministic: bool = True  # deterministic kernels; False: cudnn.benchmark (faster on a GPU, not bit-reproducible)
+    compile: bool = False  # torch.compile the model of each training step (opt-in; worth it on a GPU)
 
     @property
     def attack_params(self) -> Any:
