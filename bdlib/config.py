@@ -150,7 +150,13 @@ _PROFILE_METHODS: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
     "paper": {"attacks": {
         # The full training set leaves no held-out split: CIFAR-100 is the surrogate's extra data.
         "narcissus": {"pood": "cifar100"},
-    }, "defenses": {}},
+    }, "defenses": {
+        # As NONE's code and README command (docs/official-code-differences.md): 20 fine-tuning
+        # epochs at a constant lr 1e-4, downsample convs read after their BN, top-1 detection.
+        "none": {"epochs2": 20, "schedule": "constant", "downsample_after_bn": True},
+        # MCLDef's code: lr 0.1 in the first purification epoch, then 0.01, 0.001 from epoch 10.
+        "mcldef": {"first_epoch_lr": 0.1},
+    }},
 }
 
 
