@@ -68,6 +68,9 @@ class Config:
     device: str = "auto"
     progress: bool = False  # tqdm progress bars
     tuning: TuningConfig = TuningConfig()
+    # How kernels run (bdlib.train.configure); results' store keys never include these.
+    deterministic: bool = True  # deterministic kernels; False: cudnn.benchmark (faster on a GPU, not bit-reproducible)
+    compile: bool = False  # torch.compile the model of each training step (opt-in; worth it on a GPU)
 
     @property
     def attack_params(self) -> Any:
@@ -160,7 +163,13 @@ _PROFILE_METHODS: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
     "paper": {"attacks": {
         # The full training set leaves no held-out split: CIFAR-100 is the surrogate's extra data.
         "narcissus": {"pood": "cifar100"},
-    }, "defenses": {}},
+    }, "defenses": {
+        # As NONE's code and README command (docs/official-code-differences.md): 20 fine-tuning
+        # epochs at a constant lr 1e-4, downsample convs read after their BN, top-1 detection.
+        "none": {"epochs2": 20, "schedule": "constant", "downsample_after_bn": True},
+        # MCLDef's code: lr 0.1 in the first purification epoch, then 0.01, 0.001 from epoch 10.
+        "mcldef": {"first_epoch_lr": 0.1},
+    }},
 }
 
 

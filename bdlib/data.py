@@ -444,13 +444,14 @@ def _not_found(name: str, looked: list[str], download_note: str) -> DataNotFound
         )
         title = "Fashion-MNIST"
     else:
-        title, folder, archive = {
-            "cifar10": ("CIFAR-10", _CIFAR10_DIR, "cifar-10-python.tar.gz"),
-            "cifar100": ("CIFAR-100", _CIFAR100_DIR, "cifar-100-python.tar.gz"),
+        title, folder, archive, files = {
+            "cifar10": ("CIFAR-10", _CIFAR10_DIR, "cifar-10-python.tar.gz", _CIFAR10_FILES),
+            "cifar100": ("CIFAR-100", _CIFAR100_DIR, "cifar-100-python.tar.gz", _CIFAR100_FILES),
         }[name]
         how = (
             f"Download the python version ({archive}) from https://www.cs.toronto.edu/~kriz/cifar.html, "
-            f"extract it so that the directory {folder}/ sits inside some directory D, and set "
+            f"extract it so that the directory {folder}/ (files {', '.join(files)}) sits inside some "
+            "directory D, and set "
             f"BDLIB_DATA=D ($BDLIB_DATA must point to the parent of {folder}/, currently {data_root()}); "
             "or allow torchvision to download it (network needed)."
         )

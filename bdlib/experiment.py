@@ -10,8 +10,9 @@ import dataclasses
 import functools
 import os
 import time
+import warnings
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -21,16 +22,20 @@ from bdlib.attacks.base import Poisoned, Trigger, TriggerContext
 from bdlib.config import Config, as_dict, resolve
 from bdlib.defenses.base import DefenseContext
 from bdlib.store import Store, source_hash
-from bdlib.train import fit, seed_everything, select_device
+from bdlib.train import configure, fit, seed_everything, select_device
 
 DATA_SEED = 0  # the train / test subsets are the same for every run seed: seeds vary the attack and training
 
 
 def setup(profile: str = "quick", attack: str = "badnets", seed: int = 0, device: str = "auto",
-          overrides: dict | None = None, progress: bool | None = None) -> Config:
-    """Validate a notebook's parameters, seed everything, and pick the device.
+          overrides: dict | None = None, progress: bool | None = None,
+          attack_names: str | Sequence[str] = "all") -> Config:
+    """Validate a notebook's parameters, check its data, seed everything, and pick the device.
 
-    Returns the frozen Config every later call takes. ``device='auto'`` is resolved here.
+    Returns the frozen Config every later call takes. ``device='auto'`` is resolved here. Every
+    dataset the profile will need for ``attack_names`` (default: all attacks) is loaded now, so a
+    missing one fails here, before any training, in one message (:func:`check_data`). On the
+    CPU, a profile that would take hours there says so (:func:`cpu_estimate`).
     """
     kernel.prepare()  # in a notebook: refuse unknown papermill parameters, report cells to the runner
     if progress is None:
@@ -38,9 +43,63 @@ def setup(profile: str = "quick", attack: str = "badnets", seed: int = 0, device
     cfg = resolve(profile, attack=attack, seed=seed, device=device, overrides=overrides, progress=progress)
     dev = select_device(cfg.device)
     cfg = dataclasses.replace(cfg, device=dev.type)
+    configure(cfg.deterministic, cfg.compile)
     seed_everything(cfg.seed)
+    check_data(cfg, attack_names)
+    note = cpu_estimate(cfg)
+    if note:
+        warnings.warn(note, stacklevel=2)
     figures.start_clock()
     return cfg
+
+
+def required_datasets(cfg: Config, attack_names: str | Sequence[str] = "all") -> list[str]:
+    """The datasets a run of these attacks on this config loads: the profile's own, and CIFAR-100
+    where Narcissus' surrogate trains on it (``pood = "cifar100"``, the paper profile)."""
+    if attack_names == "all":
+        names = list(cfg.attacks)
+    else:
+        names = [attack_names] if isinstance(attack_names, str) else list(attack_names)
+        for name in names:
+            attacks.get(name)  # raises, naming the valid attacks
+    needed = [cfg.dataset]
+    if any(getattr(cfg.attacks[n], "pood", None) == "cifar100" for n in names):
+        needed.append("cifar100")
+    return needed
+
+
+def check_data(cfg: Config, attack_names: str | Sequence[str] = "all") -> None:
+    """Load every dataset :func:`required_datasets` names; raise one ``DataNotFound`` naming each
+    missing one, its files, where to put them and ``$BDLIB_DATA``."""
+    missing = []
+    for name in required_datasets(cfg, attack_names):
+        try:
+            data.load(name)
+        except data.DataNotFound as err:
+            missing.append(f"- {err}")
+    if missing:
+        raise data.DataNotFound(
+            f"profile {cfg.profile!r} needs data that is not here (checked before any training; "
+            f"BDLIB_DATA={data.data_root()}):\n" + "\n".join(missing))
+
+
+# ResNet-18 training images per second on a 2-core x86-64 CPU: 9-10 measured on one (loaded) thread
+# with benchmarks/train_throughput.py --model resnet18 --device cpu (issue #16); 20 for both cores.
+CPU_TRAIN_RATE = {"resnet18": 20.0, "preact_resnet18": 20.0}
+
+
+def cpu_estimate(cfg: Config) -> str | None:
+    """A warning for the CPU when one standard training of this config would take over an hour."""
+    if cfg.device != "cpu" or cfg.model not in CPU_TRAIN_RATE:
+        return None
+    n = cfg.n_train or len(data.load(cfg.dataset).y_train)
+    hours = cfg.train.epochs * n / CPU_TRAIN_RATE[cfg.model] / 3600
+    if hours < 1:
+        return None
+    return (f"profile {cfg.profile!r} on the CPU: one standard training ({cfg.model}, {cfg.train.epochs} epochs "
+            f"x {n:,} images) takes about {hours:,.0f} h at ~{CPU_TRAIN_RATE[cfg.model]:.0f} images/s "
+            f"(a 2-core CPU), and each notebook trains several such models: days in all. Run it on a GPU "
+            f"(device='cuda'), or use profile 'quick'.")
 
 
 def with_run(cfg: Config, **changes: Any) -> Config:
@@ -97,10 +156,15 @@ def run_data(cfg: Config) -> RunData:
 
 
 def new_model(cfg: Config, seed: int) -> nn.Module:
-    """A freshly initialised model for this config, seeded, on the config's device."""
+    """A freshly initialised model for this config, seeded, on the config's device.
+
+    The weights are drawn from the CPU generator seeded with ``seed`` inside ``fork_rng``, so
+    building (or loading) a model leaves the global random state as it was.
+    """
     d = run_data(cfg)
-    torch.manual_seed(seed)
-    m = models.build(cfg.model, d.shape[0], d.num_classes, cfg.dataset)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        m = models.build(cfg.model, d.shape[0], d.num_classes, cfg.dataset)
     dev = torch.device(cfg.device if cfg.device != "auto" else select_device("auto"))
     # channels_last on every device: 1.4x the CPU training and ~2x the CPU inference speed of
     # the small CNN (benchmarks/README.md), and the layout CUDA's bf16 kernels want.
@@ -281,8 +345,11 @@ def defend(cfg: Config, defense: str) -> DefenseRun:
 
     def compute():
         seed_everything(cfg.seed)
-        ctx = DefenseContext(params=params, cfg=cfg, x_train=victim.poisoned.x, y_train=victim.poisoned.y,
-                             x_clean=x_clean, y_clean=y_clean, num_classes=d.num_classes, seed=cfg.seed,
+        # The defender's data go to the device once; every loop of the defense reads them there.
+        dev = torch.device(cfg.device)
+        ctx = DefenseContext(params=params, cfg=cfg, x_train=victim.poisoned.x.to(dev),
+                             y_train=victim.poisoned.y.to(dev), x_clean=x_clean.to(dev),
+                             y_clean=y_clean.to(dev), num_classes=d.num_classes, seed=cfg.seed,
                              new_model=functools.partial(new_model, cfg),
                              evaluate=lambda m: evaluate(m), memo=memo, progress=cfg.progress)
         start = time.perf_counter()

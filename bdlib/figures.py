@@ -33,10 +33,17 @@ def start_clock() -> None:
     _clock["last"] = time.perf_counter()
 
 
+# Kernel choices enter the key only when changed from these defaults, so the keys of runs that
+# leave them alone stayed what they were before the fields existed.
+_RUNTIME_DEFAULTS = {"deterministic": True, "compile": False}
+
+
 def config_key(cfg: Config) -> str:
     import hashlib
 
-    return hashlib.sha256(canonical_json(as_dict(cfg)).encode()).hexdigest()[:16]
+    fields = {k: v for k, v in as_dict(cfg).items()
+              if not (k in _RUNTIME_DEFAULTS and v == _RUNTIME_DEFAULTS[k])}
+    return hashlib.sha256(canonical_json(fields).encode()).hexdigest()[:16]
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

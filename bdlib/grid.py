@@ -49,11 +49,14 @@ def run_cell(cfg: Config, cell: Cell) -> dict[str, Any]:
 
 
 def _run_cell_remote(cfg_dict: dict, cell: Cell) -> dict[str, Any]:
-    # Workers rebuild the Config from plain data, so nothing but JSON-like values is shipped.
-    from bdlib.config import resolve
+    # Workers rebuild the Config from plain data, so nothing but JSON-like values is shipped, and
+    # set themselves up exactly as a notebook does (bdlib.setup): the same validation, data check,
+    # kernel choices (deterministic or cudnn.benchmark, torch.compile) and seeds.
+    from bdlib.experiment import setup
 
-    cfg = resolve(cfg_dict["profile"], attack=cfg_dict["attack"], seed=cfg_dict["seed"],
-                  device=cfg_dict["device"], overrides=cfg_dict["overrides"])
+    cfg = setup(cfg_dict["profile"], attack=cfg_dict["attack"], seed=cfg_dict["seed"],
+                device=cfg_dict["device"], overrides=cfg_dict["overrides"], progress=False,
+                attack_names=[cell.attack])
     return run_cell(cfg, cell)
 
 

@@ -10,6 +10,8 @@ import torch
 from matplotlib.ticker import MaxNLocator
 
 METRIC_COLORS = {"BA": "#0072B2", "ASR": "#D55E00", "RA": "#009E73"}
+# The widest a figure grows (inches) before its panels wrap into rows: a landscape page.
+PAGE_WIDTH = 14.0
 
 
 def style() -> None:
@@ -20,6 +22,33 @@ def style() -> None:
 
 
 style()
+
+
+def _grid(n: int, max_cols: int = 4) -> tuple[int, int]:
+    """(rows, columns) for ``n`` panels, at most ``max_cols`` to a row: one row while they fit."""
+    cols = max(1, min(n, max_cols))
+    return -(-n // cols), cols
+
+
+def _panels(n: int, max_cols: int, panel_w: float, panel_h: float,
+            **kwargs) -> tuple[plt.Figure, list, int]:
+    """A figure of ``n`` panels wrapped into rows (:func:`_grid`); unused cells are hidden.
+
+    Returns the figure, the ``n`` axes in reading order and the number of rows. ``max_cols`` is
+    lowered so that a row stays within :data:`PAGE_WIDTH`.
+    """
+    fit = max(1, int(PAGE_WIDTH // panel_w))
+    rows, cols = _grid(n, min(max_cols, fit))
+    fig, axes = plt.subplots(rows, cols, figsize=(panel_w * cols, panel_h * rows), squeeze=False, **kwargs)
+    flat = list(axes.flat)
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    return fig, flat[:n], rows
+
+
+def _below(rows: int, offset: float) -> float:
+    """A figure legend's y anchor ``offset`` below a one-row figure, scaled for ``rows`` rows."""
+    return offset / rows
 
 
 def _img(x: torch.Tensor) -> np.ndarray:
@@ -125,11 +154,16 @@ def embedding(points: np.ndarray, labels: np.ndarray, poisoned: np.ndarray, clas
 
 
 def embeddings(panels: Sequence[Mapping], classes: Sequence[str]) -> plt.Figure:
-    """Several embeddings side by side (``{"title", "points", "labels", "poisoned"}`` each)."""
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels) + 1.4, 4.2), squeeze=False)
-    for ax, p in zip(axes[0], panels):
+    """Several embeddings side by side (``{"title", "points", "labels", "poisoned"}`` each),
+    three to a row; the class legend hangs beside the last panel of the first row."""
+    rows, cols = _grid(len(panels), 3)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols + 1.4, 4.2 * rows), squeeze=False)
+    flat = list(axes.flat)
+    for ax in flat[len(panels):]:
+        ax.set_visible(False)
+    for i, (ax, p) in enumerate(zip(flat, panels)):
         embedding(p["points"], p["labels"], p["poisoned"], classes, p["title"], ax=ax)
-        if ax is not axes[0, -1]:
+        if i != cols - 1:
             ax.get_legend().remove()
     fig.tight_layout()
     return fig
@@ -137,24 +171,26 @@ def embeddings(panels: Sequence[Mapping], classes: Sequence[str]) -> plt.Figure:
 
 def metric_panels(records: Sequence[Mapping], by: str, facet: str,
                   metrics: Sequence[str] = ("BA", "ASR", "RA"), title: str = "") -> plt.Figure:
-    """One :func:`metric_bars`-style panel per value of ``facet`` (e.g. per attack)."""
+    """One :func:`metric_bars`-style panel per value of ``facet`` (e.g. per attack), wrapped into
+    rows of at most four that fit :data:`PAGE_WIDTH`."""
     import pandas as pd
 
     facets = list(dict.fromkeys(r[facet] for r in records))
     order = list(dict.fromkeys(r[by] for r in records))
     long = pd.DataFrame([{facet: r[facet], by: r[by], "metric": m, "value": r[m]}
                          for r in records for m in metrics if m in r])
-    fig, axes = plt.subplots(1, len(facets), figsize=(max(3.2, 0.9 * len(order) + 1.2) * len(facets), 3.4),
-                             squeeze=False, sharey=True)
-    for ax, f in zip(axes[0], facets):
+    per_bar = 0.9 if len(facets) <= 4 else 0.6  # narrower groups once the panels wrap into rows
+    fig, axes, rows = _panels(len(facets), 4, max(3.2, per_bar * len(order) + 1.2), 3.4, sharey=True)
+    for ax, f in zip(axes, facets):
         sns.barplot(long[long[facet] == f], x=by, y="value", hue="metric", order=order, hue_order=list(metrics),
                     palette=METRIC_COLORS, errorbar="sd", capsize=0.15, err_kws={"linewidth": 1}, ax=ax)
         ax.set_title(str(f)), ax.set_xlabel(""), ax.set_ylim(0, 105)
-        ax.tick_params(axis="x", rotation=20)
+        ax.tick_params(axis="x", rotation=20 if rows == 1 else 35)
         ax.get_legend().remove()
-    axes[0, 0].set_ylabel("percent of test images")
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, ncols=len(metrics), loc="lower center", bbox_to_anchor=(0.5, -0.06))
+        if ax.get_subplotspec().colspan.start == 0:
+            ax.set_ylabel("percent of test images")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, ncols=len(metrics), loc="lower center", bbox_to_anchor=(0.5, _below(rows, -0.06)))
     if title:
         fig.suptitle(title, fontweight="bold")
     fig.tight_layout()
@@ -235,10 +271,11 @@ def confidence_histograms(conf: Mapping[str, Mapping[str, Mapping[str, np.ndarra
 
 
 def channel_scores(scores: Mapping[str, torch.Tensor], selected: Mapping[str, torch.Tensor]) -> plt.Figure:
-    """Per monitored layer: the distribution of channel scores, selected channels in red."""
+    """Per monitored layer: the distribution of channel scores, selected channels in red; five
+    layers to a row (ResNet-18's 15 monitored convs: three rows)."""
     layers = list(scores)
-    fig, axes = plt.subplots(1, len(layers), figsize=(2.8 * len(layers), 3.0), squeeze=False)
-    for ax, name in zip(axes[0], layers):
+    fig, axes, rows = _panels(len(layers), 5, 2.8, 3.0)
+    for ax, name in zip(axes, layers):
         s = scores[name].float().numpy()
         finite = np.isfinite(s)
         sel = np.zeros(len(s), dtype=bool)
@@ -247,9 +284,10 @@ def channel_scores(scores: Mapping[str, torch.Tensor], selected: Mapping[str, to
         ax.scatter(jitter[finite & ~sel], s[finite & ~sel], s=8, color="0.55", label="kept")
         ax.scatter(jitter[finite & sel], s[finite & sel], s=16, color=METRIC_COLORS["ASR"], label="reset")
         ax.set_xticks([]), ax.set_title(name, fontsize=9), ax.set_xlim(-0.6, 0.6)
-    axes[0, 0].set_ylabel("channel score d_j")
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, ncols=2, loc="lower center", bbox_to_anchor=(0.5, -0.06))
+        if ax.get_subplotspec().colspan.start == 0:
+            ax.set_ylabel("channel score d_j")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, ncols=2, loc="lower center", bbox_to_anchor=(0.5, _below(rows, -0.06)))
     fig.tight_layout()
     return fig
 

@@ -16,16 +16,24 @@ from bdlib import attacks, defenses, metrics
 from bdlib.config import Config, as_dict, override
 from bdlib.experiment import (DefenseRun, _module_hash, _state, clean_model, defend, poisoned_model,
                               run_data, store, trigger, with_run)
-from bdlib.train import features, logits
+from bdlib.train import amp_dtype, features, logits
 
 
-def describe(cfg: Config, methods: Sequence[str] = ()) -> str:
-    """The profile's values a notebook prints, so that nothing it ran with is silent."""
+def describe(cfg: Config, methods: Sequence[str] = (), seeds: Sequence[int] | None = None) -> str:
+    """The profile's values a notebook prints, so that nothing it ran with is silent.
+
+    ``seeds`` are the seeds the notebook runs (:func:`seed_list` of its ``seeds`` parameter);
+    None prints the profile's.
+    """
+    dtype = amp_dtype(torch.device(cfg.device))
+    kernels = (f"{'bf16 autocast' if dtype is not None else 'float32'}, "
+               f"{'deterministic kernels' if cfg.deterministic else 'cudnn.benchmark'}"
+               f"{', torch.compile' if cfg.compile else ''}")
     lines = [f"profile {cfg.profile}: {cfg.dataset}, {cfg.model}, "
-             f"train n={cfg.n_train or 'all'}, test n={cfg.n_test or 'all'}, device {cfg.device}",
+             f"train n={cfg.n_train or 'all'}, test n={cfg.n_test or 'all'}, device {cfg.device} ({kernels})",
              f"training: {as_dict(cfg.train)}",
              f"target class {cfg.target}, clean data {cfg.clean_fraction:.1%} of the training set, "
-             f"seeds {list(cfg.seeds)}"]
+             f"seeds {seed_list(cfg, seeds)}"]
     for name in methods:
         group = cfg.attacks if name in cfg.attacks else cfg.defenses
         lines.append(f"{name}: {as_dict(group[name])}")

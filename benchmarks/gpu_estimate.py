@@ -1,17 +1,18 @@
-"""An estimate (not a measurement) of the GPU cost of the `paper` grid, from counted work.
+"""An estimate of the GPU cost of the `paper` grid, from counted work and a measured rate.
 
-No GPU is available where this was written, so the estimate rests on two things only:
+The estimate rests on two things:
 1. work counted from the `paper` profile's own settings: how many images each step of the
    grid pushes through ResNet-18 forward only (evaluation, frozen models) or forward and
    backward (training, trigger and mask optimisation), per cell;
 2. FLOPs per image of CIFAR ResNet-18, counted here with torch's FlopCounterMode, divided by
-   an assumed sustained throughput (``--tflops``, default 100 TFLOP/s: about a third of an
-   A100's 312 TFLOP/s dense bf16 peak, what small 32×32 convolutions with bf16 and
-   channels_last typically sustain; change it for your GPU).
+   a sustained throughput: ``--rate`` images/s of standard training as measured on a GPU
+   (default 6,500: an NVIDIA H100 80GB HBM3 training ResNet-18 in notebook 01 on `paper`,
+   batch 128, bf16, deterministic kernels, evaluation included; benchmarks/README.md), i.e.
+   rate × the forward+backward FLOPs of one image; or an assumed ``--tflops``.
 Data loading is not a cost here (bdlib keeps the data on the device), kernel-launch overhead
 is ignored, so read the result as a lower bound within a factor of ~2.
 
-    PYTHONPATH=. python benchmarks/gpu_estimate.py [--tflops 100] [--budget-seeds 1]
+    PYTHONPATH=. python benchmarks/gpu_estimate.py [--rate 6500 | --tflops 100] [--budget-seeds 1]
 """
 from __future__ import annotations
 
@@ -73,16 +74,20 @@ def work(clean_fraction: float) -> dict[str, tuple[float, float]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--tflops", type=float, default=100.0, help="sustained bf16 TFLOP/s of the GPU")
+    ap.add_argument("--rate", type=float, default=6500.0,
+                    help="measured images/s of standard ResNet-18 training (H100, notebook 01 on paper: 6,500)")
+    ap.add_argument("--tflops", type=float, default=None, help="an assumed sustained TFLOP/s instead of --rate")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--attacks", type=int, default=6)
     ap.add_argument("--budget-seeds", type=int, default=1, help="seeds of the clean-budget sweep")
     args = ap.parse_args()
     f_fwd, f_train = flops_per_image()
-    rate = args.tflops * 1e12
+    source = f"assumed {args.tflops:g} TFLOP/s" if args.tflops else f"measured {args.rate:,.0f} training images/s"
+    rate = args.tflops * 1e12 if args.tflops else args.rate * f_train
+    tflops = rate / 1e12
     cells = args.attacks * args.seeds
     print(f"ResNet-18 (CIFAR): {f_fwd / 1e9:.2f} GFLOP forward, {f_train / 1e9:.2f} GFLOP forward+backward "
-          f"per image; assumed {args.tflops:g} TFLOP/s sustained")
+          f"per image; {tflops:.1f} TFLOP/s sustained ({source})")
     print("per cell = per attack x seed; the clean model and the triggers, made once per seed, are "
           "spread over the six attacks")
     print(f"{'piece':20s} {'per cell':>10s} {'cells':>6s} {'GPU-hours':>10s}")
@@ -105,7 +110,7 @@ def main() -> None:
     sweep *= args.attacks * args.budget_seeds
     total += sweep
     print(f"{'clean-budget sweep':20s} {'':>10s} {args.attacks * args.budget_seeds * 3:6d} {sweep / 3600:10.2f}")
-    print(f"total: {total / 3600:.1f} GPU-hours at {args.tflops:g} TFLOP/s")
+    print(f"total: {total / 3600:.1f} GPU-hours at {tflops:.1f} TFLOP/s ({source})")
 
 
 if __name__ == "__main__":

@@ -95,8 +95,8 @@ def dump(path: Path, obj, protocol=pickle.HIGHEST_PROTOCOL) -> None:
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
-def make_cifar10(d: Path, n_per_batch=4, n_test=3, protocol=pickle.HIGHEST_PROTOCOL):
-    rng = np.random.default_rng(1)
+def make_cifar10(d: Path, n_per_batch=4, n_test=3, protocol=pickle.HIGHEST_PROTOCOL, seed=1):
+    rng = np.random.default_rng(seed)
     d.mkdir(parents=True, exist_ok=True)
     batches = [cifar_batch(n_per_batch, rng, b"labels", 10) for _ in range(5)]
     # Image 0 of batch 1 is pure red: R plane 255, G and B planes 0.
@@ -239,19 +239,25 @@ def test_load_cifar10(protocol):
     assert Path(ds.source).resolve() == d.resolve()
 
 
-def test_load_cifar100_fine_labels():
-    d = data.data_root() / "cifar-100-python"
-    d.mkdir(parents=True)
-    rng = np.random.default_rng(2)
-    train = cifar_batch(6, rng, b"fine_labels", 100)
-    train[b"coarse_labels"] = [0] * 6
+def make_cifar100(d: Path, n_train=6, n_test=4, protocol=pickle.HIGHEST_PROTOCOL, seed=2):
+    """CIFAR-100's python pickles (train, test, meta) with random images; train image 0 pure blue."""
+    rng = np.random.default_rng(seed)
+    d.mkdir(parents=True, exist_ok=True)
+    train = cifar_batch(n_train, rng, b"fine_labels", 100)
+    train[b"coarse_labels"] = [0] * n_train
     train[b"data"][0] = np.concatenate([np.zeros(2048), np.full(1024, 255)]).astype(np.uint8)  # pure blue
-    test = cifar_batch(4, rng, b"fine_labels", 100)
-    test[b"coarse_labels"] = [1] * 4
-    dump(d / "train", train)
-    dump(d / "test", test)
+    test = cifar_batch(n_test, rng, b"fine_labels", 100)
+    test[b"coarse_labels"] = [1] * n_test
+    dump(d / "train", train, protocol)
+    dump(d / "test", test, protocol)
     names = [f"class{i:03d}" for i in range(100)]
-    dump(d / "meta", {b"fine_label_names": [s.encode() for s in names], b"coarse_label_names": [b"c"] * 20})
+    dump(d / "meta", {b"fine_label_names": [s.encode() for s in names], b"coarse_label_names": [b"c"] * 20},
+         protocol)
+    return train, test
+
+
+def test_load_cifar100_fine_labels():
+    train, test = make_cifar100(data.data_root() / "cifar-100-python")
     ds = load("cifar100")
     assert ds.x_train.shape == (6, 3, 32, 32) and ds.x_test.shape == (4, 3, 32, 32)
     assert bool((ds.x_train[0, 2] == 255).all()) and bool((ds.x_train[0, :2] == 0).all())

@@ -61,3 +61,21 @@ def test_close_dask_stops_a_local_cluster_and_accepts_none():
     client = distributed.Client(cluster)
     close_dask(client)
     assert client.status == "closed" and cluster.status.name == "closed"
+
+
+def test_a_worker_sets_itself_up_like_a_notebook(monkeypatch):
+    from bdlib.train import RUNTIME, configure
+
+    seen = {}
+    monkeypatch.setattr(grid, "run_cell", lambda cfg, cell: seen.update(cfg=cfg) or {})
+    torch.manual_seed(999)
+    payload = {"profile": "smoke", "attack": "badnets", "seed": 7, "device": "cpu",
+               "overrides": {"deterministic": False, "train.epochs": 1}}
+    try:
+        grid._run_cell_remote(payload, grid.Cell("badnets", "ft", 7, 0.05))
+        assert torch.initial_seed() == 7  # seeded by bdlib.setup, as a notebook is
+        assert torch.backends.cudnn.benchmark and not torch.are_deterministic_algorithms_enabled()
+        assert not RUNTIME.deterministic and seen["cfg"].train.epochs == 1 and seen["cfg"].device == "cpu"
+    finally:
+        configure(deterministic=True, compile=False)
+    assert torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.benchmark

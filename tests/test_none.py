@@ -212,3 +212,33 @@ def test_flagged_samples_accumulate_over_rounds(monkeypatch):
     assert second["flagged"] >= second["flagged_this_round"]
     assert int(out.tensors["flagged"].sum()) == second["flagged"]
     assert seen == [240 - first["flagged"], 240 - second["flagged"]]
+
+
+def test_downsample_convs_can_be_read_after_their_batchnorm_as_nones_code():
+    from bdlib.defenses.none import activations, monitored_convs, read_points
+    from bdlib.models import ResNet18
+
+    torch.manual_seed(0)
+    model = ResNet18().eval()
+    with torch.no_grad():  # a fresh BN is the identity in eval mode: give it statistics
+        for i in (2, 3, 4):
+            bn = getattr(model, f"layer{i}")[0].shortcut[1]
+            bn.running_var.fill_(4.0), bn.bias.fill_(0.5)
+    layers = monitored_convs(model)
+    assert len(layers) == 15
+    plain, after = read_points(model, layers, False), read_points(model, layers, True)
+    assert plain == {n: n for n in layers}
+    moved = {n: m for n, m in after.items() if m != n}
+    assert moved == {f"layer{i}.0.shortcut.0": f"layer{i}.0.shortcut.1" for i in (2, 3, 4)}
+    x = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    raw, _ = activations(model, x, layers, 4)
+    bn, _ = activations(model, x, layers, 4, after)
+    name = "layer3.0.shortcut.0"
+    with torch.no_grad():
+        out = {}
+        h = model.layer3[0].shortcut[1].register_forward_hook(lambda m, i, o: out.setdefault("bn", o))
+        model(x.float() / 255)
+        h.remove()
+    assert torch.allclose(bn[name], out["bn"].amax((2, 3)), atol=1e-5)
+    assert not torch.allclose(raw[name], bn[name])
+    assert torch.equal(raw["layer3.0.conv1"], bn["layer3.0.conv1"])

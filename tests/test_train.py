@@ -67,3 +67,50 @@ def test_models_shapes_features_and_conv_hooks():
         assert m(x).shape == (2, 10)
         assert m.fc(m.features(x)).allclose(m(x))
         assert len(m.stages) == 3 and len(models.conv_layers(m)) >= 3
+
+
+def _count_host_reads(monkeypatch) -> list[str]:
+    """Record every tensor -> Python value conversion (each a host sync on a GPU)."""
+    reads: list[str] = []
+    for name in ("__float__", "__int__", "__bool__", "item", "tolist"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _name=name, _original=original, **kwargs):
+            reads.append(_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    return reads
+
+
+def test_fit_reads_the_loss_once_per_epoch_not_per_step(monkeypatch):
+    x, y = _toy(64)
+    m = models.SmallCNN(1, 2, width=4, pool=1)
+    reads = _count_host_reads(monkeypatch)
+    hist = fit(m, x, y, TrainConfig(epochs=3, batch_size=8, crop_pad=1, flip=True), seed=0)  # 8 steps per epoch
+    assert len(hist) == 3 and all(h["loss"] > 0 for h in hist)
+    assert reads == ["__float__"] * 3, reads
+
+
+def test_epoch_loss_is_the_sample_weighted_mean_of_the_step_losses():
+    x, y = _toy(20)  # batches of 8, 8, 4
+    losses = []
+
+    def loss_fn(model, xb, yb, idx):
+        loss = torch.nn.functional.cross_entropy(model(xb), yb)
+        losses.append((float(loss.detach()), len(idx)))
+        return loss
+
+    m = models.SmallCNN(1, 2, width=4, pool=1)
+    hist = fit(m, x, y, TrainConfig(epochs=1, batch_size=8, crop_pad=0, flip=False), seed=0, loss_fn=loss_fn)
+    assert hist[0]["loss"] == sum(v * n for v, n in losses) / 20
+
+
+def test_augment_draws_on_the_generators_device_and_fit_is_reproducible_per_seed():
+    from bdlib.train import amp_dtype, generator
+
+    x = torch.rand(6, 3, 8, 8)
+    a = augment(x, 2, True, generator("cpu", 4))
+    b = augment(x, 2, True, torch.Generator().manual_seed(4))  # the CPU generator bdlib always used
+    assert torch.equal(a, b)
+    assert amp_dtype(torch.device("cpu")) is None

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from bdlib.attacks.base import Attack, Trigger, TriggerContext, add, check_rate, choose
 from bdlib.config import TrainConfig
-from bdlib.train import augment, fit, to_float
+from bdlib.train import augment, fit, generator, to_float
 
 
 @dataclass(frozen=True)
@@ -97,11 +97,11 @@ def make_trigger(ctx: TriggerContext) -> Trigger:
     device = next(model.parameters()).device
     x = to_float(x_tgt.to(device))
     y = y_tgt.to(device)
-    gen = torch.Generator().manual_seed(ctx.seed)
+    gen = generator(device, ctx.seed)  # crops, flips and order drawn on the device
     delta = torch.zeros(ctx.shape, device=device, requires_grad=True)
     opt = torch.optim.RAdam([delta], lr=p.synth_lr)
     for _ in range(p.synth_epochs):
-        order = torch.randperm(len(x), generator=gen).to(device)
+        order = torch.randperm(len(x), generator=gen, device=device)
         for start in range(0, len(x), p.synth_batch):
             idx = order[start:start + p.synth_batch]
             xb = augment(x[idx], p.aug_crop_pad, True, gen)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bdlib.defenses.base import Defense, DefenseContext, Defended
-from bdlib.train import augment, to_float
+from bdlib.train import augment, generator, to_float
 
 
 @dataclass(frozen=True)
@@ -94,12 +94,16 @@ class Masking:
 
 
 def anp_step(model: nn.Module, masking: Masking, mask_opt: torch.optim.Optimizer, x: torch.Tensor,
-             y: torch.Tensor, p: Params, gen: torch.Generator) -> float:
-    """One ANP step (hooks attached): random δ in [−ε, ε], signed ascent on δ, descent on the masks."""
+             y: torch.Tensor, p: Params, gen: torch.Generator) -> torch.Tensor:
+    """One ANP step (hooks attached): random δ in [−ε, ε], signed ascent on δ, descent on the masks.
+
+    δ is drawn on ``gen``'s device (give one on the model's); returns the loss, detached, on the
+    device, so a loop of steps never waits for the host.
+    """
     if p.eps > 0:
         with torch.no_grad():
             for d in masking.noise:
-                d.copy_((torch.rand(d.shape, generator=gen) * 2 - 1).to(d.device) * p.eps)
+                d.copy_((torch.rand(d.shape, generator=gen, device=gen.device) * 2 - 1) * p.eps)
         masking.perturb = True
         for _ in range(p.ascent_steps):
             grads = torch.autograd.grad(F.cross_entropy(model(x), y), masking.noise)
@@ -117,7 +121,7 @@ def anp_step(model: nn.Module, masking: Masking, mask_opt: torch.optim.Optimizer
     with torch.no_grad():
         for m in masking.masks:
             m.clamp_(0, 1)
-    return float(loss.detach())
+    return loss.detach()
 
 
 def optimize_masks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, p: Params, crop_pad: int, flip: bool,
@@ -133,20 +137,21 @@ def optimize_masks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, p: Params
     x, y = x.to(device), y.to(device)
     masking = Masking([bn for _, bn in named])
     mask_opt = torch.optim.SGD(masking.masks, lr=p.mask_lr, momentum=p.mask_momentum)
-    gen = torch.Generator().manual_seed(seed)
-    losses: list[float] = []
-    order, start = torch.randperm(len(x), generator=gen), 0
+    gen = generator(device, seed)
+    losses: list[torch.Tensor] = []
+    order, start = torch.randperm(len(x), generator=gen, device=device), 0
     with masking.attached():
         for _ in range(p.steps):
             if start >= len(x):
-                order, start = torch.randperm(len(x), generator=gen), 0
-            idx = order[start:start + p.batch_size].to(device)
+                order, start = torch.randperm(len(x), generator=gen, device=device), 0
+            idx = order[start:start + p.batch_size]
             start += p.batch_size
             xb = to_float(x[idx])
             if p.augment:
                 xb = augment(xb, crop_pad, flip, gen)
             losses.append(anp_step(model, masking, mask_opt, xb, y[idx], p, gen))
-    return [n for n, _ in named], [m.detach() for m in masking.masks], losses
+    # One copy to the host for all steps' losses.
+    return [n for n, _ in named], [m.detach() for m in masking.masks], torch.stack(losses).tolist()
 
 
 @torch.no_grad()

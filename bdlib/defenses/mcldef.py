@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bdlib.defenses.base import Defense, DefenseContext, Defended
-from bdlib.train import fit, to_float
+from bdlib.train import fit, generator, to_float
 
 MAD_SCALE = 1.4826  # makes the median absolute deviation a consistent estimate of a normal's std
 
@@ -117,10 +117,13 @@ def invert(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, classes: t
     device = next(frozen.parameters()).device
     classes = torch.as_tensor(classes, dtype=torch.long, device=device)
     k, (c, h, w) = len(classes), x.shape[1:]
-    gen = torch.Generator().manual_seed(seed)
+    # The clean images (and the random draws) on the model's device once: no copy per step.
+    x = x.to(device)
+    y = None if y is None else y.to(device)
+    gen = generator(device, seed)
     # Parametrised through tanh so mask and pattern stay in [0, 1]; random start as Neural Cleanse.
-    mask_p = (torch.rand(k, 1, h, w, generator=gen) * 2 - 1).to(device).requires_grad_()
-    pattern_p = (torch.rand(k, c, h, w, generator=gen) * 2 - 1).to(device).requires_grad_()
+    mask_p = (torch.rand(k, 1, h, w, generator=gen, device=device) * 2 - 1).requires_grad_()
+    pattern_p = (torch.rand(k, c, h, w, generator=gen, device=device) * 2 - 1).requires_grad_()
     opt = torch.optim.Adam([mask_p, pattern_p], lr=params.inv_lr, betas=(0.5, 0.9))
     squash = lambda p: (torch.tanh(p) + 1) / 2  # noqa: E731
 
@@ -128,15 +131,15 @@ def invert(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, classes: t
     best = torch.full((k,), float("inf"), device=device)
     best_mask, best_pattern = squash(mask_p).detach().clone(), squash(pattern_p).detach().clone()
     pass_loss, pass_count, stale, step, start = torch.zeros(k, device=device), 0, 0, 0, 0
-    order = torch.randperm(n, generator=gen)
+    order = torch.randperm(n, generator=gen, device=device)
     while step < params.inv_steps and stale < params.inv_patience:
         idx = order[start:start + params.inv_batch_size]
         start += params.inv_batch_size
-        xb = to_float(x[idx].to(device))
+        xb = to_float(x[idx])
         mask, pattern = squash(mask_p), squash(pattern_p)
         xs = stamp(xb[None], mask[:, None], pattern[:, None]).flatten(0, 1)  # [K·B, C, H, W]
         ce = F.cross_entropy(frozen(xs), classes.repeat_interleave(len(idx)), reduction="none").view(k, -1)
-        weight = torch.ones_like(ce) if y is None else (y[idx].to(device)[None] != classes[:, None]).float()
+        weight = torch.ones_like(ce) if y is None else (y[idx][None] != classes[:, None]).float()
         loss_k = (ce * weight).sum(1) / weight.sum(1).clamp_min(1) + params.lam * mask.flatten(1).sum(1)
         opt.zero_grad(set_to_none=True)
         loss_k.sum().backward()
@@ -151,9 +154,9 @@ def invert(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, classes: t
             mask, pattern = squash(mask_p).detach(), squash(pattern_p).detach()
             best_mask = torch.where(improved[:, None, None, None], mask, best_mask)
             best_pattern = torch.where(improved[:, None, None, None], pattern, best_pattern)
-            stale = 0 if improved.any() else stale + 1
+            stale = 0 if improved.any() else stale + 1  # the one host sync: once per pass
             pass_loss, pass_count, start = torch.zeros_like(pass_loss), 0, 0
-            order = torch.randperm(n, generator=gen)
+            order = torch.randperm(n, generator=gen, device=device)
     return best_mask, best_pattern, best_mask.flatten(1).sum(1)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import operator
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +36,12 @@ class Params:
     # channels; NONE sums each layer's top-1 (choice: more channels catch poisons whose trigger
     # lights up the top channel only weakly, e.g. a white patch on an already bright corner).
     detect_top: int = 1
+    # Fine-tuning lr schedule: NONE's code keeps none_lr constant for its 20 epochs (its step decay
+    # every 80 epochs never fires); "cosine" anneals it as bdlib's standard training (choice).
+    schedule: Literal["cosine", "constant"] = "cosine"
+    # NONE's code reads a ResNet downsample (1x1 conv) through its BatchNorm: True does the same;
+    # False reads the raw conv output as for every other conv (choice: methods.md's "before BN").
+    downsample_after_bn: bool = False
 
     def validate(self) -> None:
         if not 0 < self.rho <= 1:
@@ -49,6 +56,8 @@ class Params:
             raise ValueError(f"need 0 < weak < strong < 1, got weak={self.weak}, strong={self.strong}")
         if self.std_k < 0:
             raise ValueError(f"std_k must be >= 0, got {self.std_k}")
+        if self.schedule not in ("cosine", "constant"):
+            raise ValueError(f"schedule {self.schedule!r} is unknown; choose one of: cosine, constant")
         if self.detect_top < 1:
             raise ValueError(f"detect_top must be >= 1 (channels per layer summed for detection), "
                              f"got {self.detect_top}")
@@ -219,15 +228,32 @@ def monitored_convs(model: nn.Module) -> list[str]:
     return names[1:]
 
 
+def read_points(model: nn.Module, layers: list[str], downsample_after_bn: bool) -> dict[str, str]:
+    """Which module's output stands for each monitored conv: the conv itself, or (NONE's code, for
+    ResNet downsample convs) the BatchNorm right after it in its ``shortcut``."""
+    modules = dict(model.named_modules())
+    out = {}
+    for name in layers:
+        after = name[:-1] + "1" if name.endswith("shortcut.0") else None
+        use_bn = downsample_after_bn and after is not None and isinstance(
+            modules.get(after), nn.modules.batchnorm._BatchNorm)
+        out[name] = after if use_bn else name
+    return out
+
+
 @torch.inference_mode()
 def activations(model: nn.Module, x: torch.Tensor, layers: list[str],
-                batch_size: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """One eval pass: per layer the spatial max of each raw conv output [N, C], and softmax [N, K]."""
+                batch_size: int, read_at: dict[str, str] | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """One eval pass: per layer the spatial max of each raw conv output [N, C], and softmax [N, K].
+
+    ``read_at`` maps a layer to the module whose output is read instead (:func:`read_points`).
+    """
     model.eval()
+    read_at = read_at or {}
     modules = dict(model.named_modules())
     device = next(model.parameters()).device
     acts: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
-    hooks = [modules[n].register_forward_hook(
+    hooks = [modules[read_at.get(n, n)].register_forward_hook(
         lambda _m, _i, o, n=n: acts[n].append(o.float().amax((2, 3)).cpu())) for n in layers]
     probs = []
     try:
@@ -249,7 +275,8 @@ def run(model: nn.Module, ctx: DefenseContext) -> Defended:
     # Flagged samples stay out of the training set in later rounds (NONE drops them for good).
     removed = torch.zeros(len(ctx.x_train), dtype=torch.bool)
     for rnd in range(p.rounds):
-        acts, probs = activations(model, ctx.x_train, layers, ctx.cfg.train.eval_batch_size)
+        acts, probs = activations(model, ctx.x_train, layers, ctx.cfg.train.eval_batch_size,
+                                  read_points(model, layers, p.downsample_after_bn))
         scores = {name: channel_scores(acts[name], probs, p.strong, p.weak, p.std_k) for name in layers}
         selection = {}
         for name, score in scores.items():
@@ -263,7 +290,7 @@ def run(model: nn.Module, ctx: DefenseContext) -> Defended:
         removed |= flagged
         keep = ~removed
         fit(model, ctx.x_train[keep], ctx.y_train[keep], ctx.cfg.train, seed=ctx.seed + rnd,
-            lr=p.none_lr, epochs=p.epochs2, bn_eval=True, progress=ctx.progress,
+            lr=p.none_lr, epochs=p.epochs2, bn_eval=True, progress=ctx.progress, schedule=p.schedule,
             desc=f"NONE round {rnd + 1}")
         tensors["flagged"] = removed.clone()
         history.append({"round": rnd + 1, "flagged": int(removed.sum()), "flagged_this_round": int(flagged.sum()),

@@ -1,0 +1,239 @@
+"""The `paper` profile's code path, kept working on a CPU.
+
+Every notebook runs through the real runner on `--profile paper` (CIFAR-10, ResNet-18, 3-channel
+triggers, Narcissus' CIFAR-100 surrogate, NONE on the ResNet convs, ANP on its BN channels...),
+on tiny CIFAR-10 / CIFAR-100 files in the real python-pickle formats (written by
+tests/test_data.py's writers) under a temporary ``$BDLIB_DATA``, with every budget shrunk by
+overrides so the whole module takes a few minutes on a 2-core CPU. Only sizes change; no
+method's code path is switched off. Then: every attack and defense ran on ResNet-18 with
+3×32×32 inputs (read from the store), each attack's trigger changes the images, and a missing
+dataset fails in the setup cell before any training.
+"""
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from test_data import make_cifar10, make_cifar100
+
+from bdlib import attacks, data, defenses
+from bdlib.run import notebooks
+
+REPO = Path(__file__).resolve().parent.parent
+SEEDS = [0]
+
+# The paper profile with every size shrunk; the method code paths are the paper profile's own.
+OVERRIDES = {
+    "n_train": 40, "n_test": 20, "train.epochs": 1, "train.batch_size": 64, "train.eval_batch_size": 256,
+    "attacks.trojan.steps": 2, "attacks.trojan.n_background": 8,
+    # 2 poisons among 4 target-class images; the surrogate sees 16 CIFAR-100 images. δ must move
+    # the uint8 pixels after one RAdam step (whose size is lr·gradient), hence the large synth_lr.
+    "attacks.narcissus.poison_rate": 0.05, "attacks.narcissus.pood_size": 16,
+    "attacks.narcissus.surrogate_epochs": 1, "attacks.narcissus.warmup_epochs": 1,
+    "attacks.narcissus.synth_epochs": 1, "attacks.narcissus.synth_batch": 32, "attacks.narcissus.synth_lr": 50.0,
+    "defenses.ntml.ml_epochs": 1,
+    "defenses.none.epochs2": 1,
+    "defenses.mcldef.inv_steps": 1, "defenses.mcldef.inv_batch_size": 1, "defenses.mcldef.epochs": 1,
+    "defenses.nad.epochs": 1, "defenses.nad.teacher_epochs": 1,
+    "defenses.anp.steps": 2, "defenses.anp.batch_size": 10,
+    "defenses.ibau.rounds": 1, "defenses.ibau.inner_steps": 1, "defenses.ibau.fp_iters": 1,
+    "defenses.ibau.batch_size": 10,
+    "defenses.ft.epochs": 1,
+}
+# Runner calls (each notebook takes only its own parameters): 01 trains a victim for every attack;
+# 06 runs every defense on BadNets; 02-05 run on BadNets with one τ / one clean budget.
+BADNETS = ["-p", "attacks", '["badnets"]']
+CALLS = [
+    (["01"], []),
+    (["04", "05"], BADNETS),
+    (["06"], [*BADNETS, "-p", "budgets", "[0.05]", "-p", "budget_attacks", '["badnets"]']),
+    (["02"], [*BADNETS, "-p", "taus", "[4.0]"]),
+    (["03"], [*BADNETS, "-p", "budgets", "[0.05]"]),
+]
+
+
+def write_data(root: Path, cifar100: bool = True) -> None:
+    make_cifar10(root / "cifar-10-batches-py", n_per_batch=40, n_test=60, seed=11)
+    if cifar100:
+        make_cifar100(root / "cifar-100-python", n_train=100, n_test=10, seed=12)
+
+
+def _runner(tmp: Path, stems: list[str], extra: list[str], data_root: Path, cache: Path):
+    env = {**os.environ, "BDLIB_DATA": str(data_root), "BDLIB_CACHE": str(cache)}
+    cmd = [sys.executable, "-m", "bdlib", "run", *stems, "--profile", "paper", "-p", "device", '"cpu"',
+           "-p", "seeds", json.dumps(SEEDS), "-p", "overrides", json.dumps(OVERRIDES), *extra,
+           "--figures", str(tmp / "figures"), "--out", str(tmp / "executed")]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def paper_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("paper")
+    write_data(tmp / "data")
+    start = time.perf_counter()
+    for stems, extra in CALLS:
+        proc = _runner(tmp, stems, extra, tmp / "data", tmp / "cache")
+        assert proc.returncode == 0, proc.stderr[-4000:]
+    print(f"paper path: all notebooks in {time.perf_counter() - start:.0f} s")
+    return tmp
+
+
+def _entries(cache: Path, kind: str) -> list[dict]:
+    metas = [json.loads(p.read_text()) for p in cache.glob("*/*/meta.json")]
+    return [m for m in metas if m["kind"] == kind]
+
+
+def test_every_notebook_runs_on_the_paper_path(paper_run):
+    manifest = json.loads((paper_run / "figures" / "manifest.json").read_text())
+    for nb in notebooks():
+        mine = {k: v for k, v in manifest.items() if v["notebook"] == nb.stem}
+        assert mine, f"{nb.stem} saved nothing"
+        assert all(v["profile"] == "paper" for v in mine.values())
+        assert all((paper_run / "figures" / f).stat().st_size > 0 for v in mine.values() for f in v["files"])
+    body = json.loads((paper_run / "figures" / "06_comparisons.json").read_text())
+    ran = {(r["attack"], r["defense"]) for r in body["metrics"]["grid"]}
+    assert ran == {("badnets", d) for d in ["undefended", *defenses.REGISTRY]}
+
+
+def test_every_attack_and_defense_ran_on_resnet18_with_3x32x32_inputs(paper_run):
+    cache = paper_run / "cache"
+    victims = _entries(cache, "poisoned_model")
+    assert {v["spec"]["attack"] for v in victims} == set(attacks.REGISTRY)
+    assert all(v["spec"]["model"] == "resnet18" and v["spec"]["dataset"] == "cifar10" for v in victims)
+    triggers = _entries(cache, "trigger")
+    assert {t["spec"]["attack"] for t in triggers} == set(attacks.REGISTRY)
+    assert all(t["spec"]["shape"] == [3, 32, 32] for t in triggers)
+    narcissus = [t for t in triggers if t["spec"]["attack"] == "narcissus"]
+    assert narcissus and all(t["spec"]["params"]["pood"] == "cifar100" for t in narcissus)
+    defended = _entries(cache, "defended_model")
+    assert {d["spec"]["defense"] for d in defended} == set(defenses.REGISTRY)
+    victim_keys = {v["key"] for v in victims}
+    assert all(d["spec"]["victim"] in victim_keys for d in defended)
+    # ResNet-18 really ran: NONE monitored its 15 convs of layer2-layer4.
+    none = [d for d in defended if d["spec"]["defense"] == "none"]
+    assert all(len(d["info"]["monitored"]) == 15 for d in none)
+    anp = [d for d in defended if d["spec"]["defense"] == "anp"]
+    assert all(d["info"]["channels"] == 4800 for d in anp)  # BN channels of ResNet-18 (stem included)
+
+
+def test_each_attacks_trigger_changes_the_images(paper_run, monkeypatch):
+    from bdlib import experiment as ex
+
+    monkeypatch.setenv("BDLIB_DATA", str(paper_run / "data"))
+    monkeypatch.setenv("BDLIB_CACHE", str(paper_run / "cache"))
+    data.clear_cache()
+    ex.store.cache_clear()
+    ex._run_data.cache_clear()
+    stored = len(list((paper_run / "cache").glob("*/*/meta.json")))
+    try:
+        cfg = ex.setup("paper", device="cpu", overrides=OVERRIDES, progress=False)
+        d = ex.run_data(cfg)
+        assert d.shape == (3, 32, 32)
+        x_test = d.x_test[d.y_test != cfg.target]
+        for name in attacks.REGISTRY:
+            c = ex.with_run(cfg, attack=name)
+            _, poisoned, trig = ex.poisoned_data(c)
+            triggered = attacks.get(name).test_transform(trig, c.attack_params)(x_test)
+            changed = (triggered != x_test).flatten(1).any(1)
+            assert changed.all(), f"{name}: the test trigger left {int((~changed).sum())} test images unchanged"
+            idx = poisoned.poison_idx
+            assert idx.any(), f"{name} poisoned no training image"
+            stamped = (poisoned.x[idx] != d.x_train[idx]).flatten(1).any(1)
+            assert stamped.all(), f"{name}: {int((~stamped).sum())} poisoned training images are unchanged"
+            untouched = ~idx & ~poisoned.extra.get("noise_idx", torch.zeros_like(idx))
+            assert torch.equal(poisoned.x[untouched], d.x_train[untouched]), f"{name} changed unpoisoned images"
+            if attacks.get(name).clean_label:
+                assert torch.equal(poisoned.y, d.y_train), f"{name} is clean-label but changed labels"
+            else:
+                assert (poisoned.y[idx] == cfg.target).all()
+        # Every trigger came from the store the notebooks filled: nothing was recomputed here.
+        assert len(list((paper_run / "cache").glob("*/*/meta.json"))) == stored
+    finally:
+        data.clear_cache()
+        ex.store.cache_clear()
+        ex._run_data.cache_clear()
+
+
+def test_missing_cifar100_fails_in_the_setup_cell_before_any_training(tmp_path):
+    write_data(tmp_path / "data", cifar100=False)
+    proc = _runner(tmp_path, ["01"], [], tmp_path / "data", tmp_path / "cache")
+    assert proc.returncode == 1
+    err = proc.stderr
+    assert "01_poisoning.ipynb failed in cell" in err and "DataNotFound" in err
+    assert "bdlib.setup(" in err  # the failing cell is the setup cell
+    assert "CIFAR-100" in err and "cifar-100-python/" in err and "BDLIB_DATA" in err
+    assert not list((tmp_path / "cache").glob("*/*/meta.json")), "something was trained before the data check"
+
+
+@pytest.fixture
+def tiny_data(tmp_path, monkeypatch):
+    """The tiny CIFAR files under $BDLIB_DATA, a refusing download, fresh caches."""
+    from bdlib import experiment as ex
+
+    def refuse(name, root):
+        raise OSError("network disabled in tests")
+
+    monkeypatch.setattr(data, "_download", refuse)
+    monkeypatch.setenv("BDLIB_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("BDLIB_CACHE", str(tmp_path / "cache"))
+    for clear in (data.clear_cache, ex.store.cache_clear, ex._run_data.cache_clear):
+        clear()
+    yield tmp_path / "data"
+    for clear in (data.clear_cache, ex.store.cache_clear, ex._run_data.cache_clear):
+        clear()
+
+
+def test_setup_names_every_missing_dataset_in_one_message(tiny_data):
+    from bdlib import experiment as ex
+
+    tiny_data.mkdir()
+    with pytest.raises(data.DataNotFound) as err:
+        ex.setup("paper", device="cpu", overrides=OVERRIDES)
+    msg = str(err.value)
+    assert msg.startswith("profile 'paper' needs data that is not here") and f"BDLIB_DATA={tiny_data}" in msg
+    for title, folder, files in (("CIFAR-10", "cifar-10-batches-py", "data_batch_1"),
+                                 ("CIFAR-100", "cifar-100-python", "meta")):
+        assert f"{title} not found" in msg and f"{folder}/" in msg and files in msg
+    write_data(tiny_data, cifar100=False)
+    data.clear_cache()
+    # BadNets alone does not need CIFAR-100; every attack (Narcissus' surrogate) does.
+    cfg = ex.setup("paper", device="cpu", overrides=OVERRIDES, attack_names=["badnets"])
+    assert ex.required_datasets(cfg, ["badnets"]) == ["cifar10"]
+    assert ex.required_datasets(cfg) == ["cifar10", "cifar100"]
+    with pytest.raises(data.DataNotFound, match="CIFAR-100 not found"):
+        ex.setup("paper", device="cpu", overrides=OVERRIDES)
+    with pytest.raises(ValueError, match="badnet.*choose one of"):
+        ex.setup("paper", device="cpu", overrides=OVERRIDES, attack_names=["badnet"])
+
+
+def test_paper_on_the_cpu_warns_with_an_estimate(tiny_data):
+    from bdlib import experiment as ex
+
+    write_data(tiny_data)
+    with pytest.warns(UserWarning, match=r"profile 'paper' on the CPU: .* 100 epochs x 50,000 images\) takes about \d+ h"):
+        ex.setup("paper", device="cpu", overrides={"n_train": 50000})
+    cfg = ex.setup("paper", device="cpu", overrides=OVERRIDES)  # shrunk: no warning needed
+    assert ex.cpu_estimate(cfg) is None
+
+
+def test_describe_prints_the_seeds_used_and_new_model_keeps_the_global_rng(tiny_data):
+    from bdlib import experiment as ex
+    from bdlib.report import describe, seed_list
+
+    write_data(tiny_data)
+    cfg = ex.setup("paper", device="cpu", overrides=OVERRIDES)
+    assert "seeds [0, 1, 2]" in describe(cfg)
+    text = describe(cfg, ["none"], seed_list(cfg, [7, 3]))
+    assert "seeds [7, 3]" in text and "seeds [0, 1, 2]" not in text
+    assert "float32, deterministic kernels" in text
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    a = ex.new_model(cfg, 5)
+    assert torch.equal(torch.rand(3), expected), "building a model moved the global random state"
+    b = ex.new_model(cfg, 5)
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
