@@ -1,4 +1,5 @@
 """bdlib — the helper library of the NT-ML / NONE / MCLDef companion notebooks."""
+
 from __future__ import annotations
 
 __version__ = "0.1.0"

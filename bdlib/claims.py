@@ -11,6 +11,7 @@ verdict is computed three times: on the seed means, with every spread-out cell a
 most favourable to the claim, and at its least favourable; if the last two differ, the claim
 is ``inconclusive`` (the seeds decide it, not the method), else the verdict on the means.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -44,29 +45,67 @@ class Claim:
         if self.kind == "outperforms":
             return f"highest mean DER on each attack, against {', '.join(self.rivals)}"
         if self.kind == "asr_ratio":
-            return (f"mean ASR undefended / defended ≥ {self.ratio:g}× "
-                    f"(partly: ≥ {self.partly['ratio']:g}×)")
-        return (f"relative ASR reduction ≥ {self.reduction:g} % with BA cost < {self.cost_max:g} on some "
-                f"attack (partly: ≥ {self.partly['reduction']:g} % at cost < {self.cost_max:g}, or the "
-                f"reduction at cost ≤ {self.partly['cost_max']:g})")
+            return f"mean ASR undefended / defended ≥ {self.ratio:g}× (partly: ≥ {self.partly['ratio']:g}×)"
+        return (
+            f"relative ASR reduction ≥ {self.reduction:g} % with BA cost < {self.cost_max:g} on some "
+            f"attack (partly: ≥ {self.partly['reduction']:g} % at cost < {self.cost_max:g}, or the "
+            f"reduction at cost ≤ {self.partly['cost_max']:g})"
+        )
 
 
 RIVALS = ("none", "mcldef", "nad", "anp", "ibau")
 BAR_ASR, BAR_COST = 5.0, 3.0  # the companion's bar for "defended": ASR ≤ 5 % at ≤ 3 BA points
 
 CLAIMS: tuple[Claim, ...] = (
-    Claim("ntml-six-attacks", "NT-ML", "defends six attacks, Narcissus among them, with a small number "
-          "of clean samples", "defends", "ntml", asr_max=10.0, cost_max=3.0),
-    Claim("ntml-beats-five", "NT-ML", "outperforms five state-of-the-art backdoor defenses",
-          "outperforms", "ntml", rivals=RIVALS),
-    Claim("none-54x", "NONE", "ASR 54.83× lower than undefended under standard poisoning",
-          "asr_ratio", "none", attacks=("badnets", "blended", "trojan"), ratio=54.83, partly={"ratio": 10.0}),
-    Claim("mcldef-95", "MCLDef", "with 5 % clean data, up to 95.79 % ASR reduction, BA loss mostly "
-          "under 2 %", "best_reduction", "mcldef", reduction=95.79, cost_max=2.0,
-          partly={"reduction": 80.0, "cost_max": 3.0}),
-    *(Claim(f"bar-{d}", "companion", f"{d} defends every attack: ASR ≤ {BAR_ASR:g} % at ≤ {BAR_COST:g} "
-            "BA points", "defends", d, asr_max=BAR_ASR, cost_max=BAR_COST)
-      for d in ("ntml", "none", "mcldef", "ft", "nad", "anp", "ibau")),
+    Claim(
+        "ntml-six-attacks",
+        "NT-ML",
+        "defends six attacks, Narcissus among them, with a small number of clean samples",
+        "defends",
+        "ntml",
+        asr_max=10.0,
+        cost_max=3.0,
+    ),
+    Claim(
+        "ntml-beats-five",
+        "NT-ML",
+        "outperforms five state-of-the-art backdoor defenses",
+        "outperforms",
+        "ntml",
+        rivals=RIVALS,
+    ),
+    Claim(
+        "none-54x",
+        "NONE",
+        "ASR 54.83× lower than undefended under standard poisoning",
+        "asr_ratio",
+        "none",
+        attacks=("badnets", "blended", "trojan"),
+        ratio=54.83,
+        partly={"ratio": 10.0},
+    ),
+    Claim(
+        "mcldef-95",
+        "MCLDef",
+        "with 5 % clean data, up to 95.79 % ASR reduction, BA loss mostly under 2 %",
+        "best_reduction",
+        "mcldef",
+        reduction=95.79,
+        cost_max=2.0,
+        partly={"reduction": 80.0, "cost_max": 3.0},
+    ),
+    *(
+        Claim(
+            f"bar-{d}",
+            "companion",
+            f"{d} defends every attack: ASR ≤ {BAR_ASR:g} % at ≤ {BAR_COST:g} BA points",
+            "defends",
+            d,
+            asr_max=BAR_ASR,
+            cost_max=BAR_COST,
+        )
+        for d in ("ntml", "none", "mcldef", "ft", "nad", "anp", "ibau")
+    ),
 )
 
 
@@ -113,8 +152,9 @@ def cells(rows: Iterable[Mapping]) -> dict[tuple[str, str], Cell]:
             raise ValueError(f"no undefended row for {a}, seed(s) {missing}: the BA cost needs one per seed")
         cost = tuple(base[(a, r["seed"])]["BA"] - r["BA"] for r in mine)
         der = tuple(r.get("DER", 0.5) for r in mine)
-        out[(a, d)] = Cell(a, d, tuple(r["seed"] for r in mine), tuple(r["ASR"] for r in mine),
-                           tuple(r["BA"] for r in mine), cost, der)
+        out[(a, d)] = Cell(
+            a, d, tuple(r["seed"] for r in mine), tuple(r["ASR"] for r in mine), tuple(r["BA"] for r in mine), cost, der
+        )
     return out
 
 
@@ -167,14 +207,20 @@ def _best_reduction(c: Claim, view: View) -> tuple[str, str]:
         parts.append(f"{a} {red:.1f} % ({v['cost']:+.1f})")
         if red >= c.reduction and v["cost"] < c.cost_max:
             verdict = "holds"
-        elif verdict == "fails" and ((red >= c.partly["reduction"] and v["cost"] < c.cost_max)
-                                     or (red >= c.reduction and v["cost"] <= c.partly["cost_max"])):
+        elif verdict == "fails" and (
+            (red >= c.partly["reduction"] and v["cost"] < c.cost_max)
+            or (red >= c.reduction and v["cost"] <= c.partly["cost_max"])
+        ):
             verdict = "partly"
     return verdict, "relative ASR reduction (BA cost): " + ", ".join(parts)
 
 
 CHECKS: dict[str, Callable[[Claim, View], tuple[str, str]]] = {
-    "defends": _defends, "outperforms": _outperforms, "asr_ratio": _asr_ratio, "best_reduction": _best_reduction}
+    "defends": _defends,
+    "outperforms": _outperforms,
+    "asr_ratio": _asr_ratio,
+    "best_reduction": _best_reduction,
+}
 
 
 def _involved(c: Claim) -> set[str]:
@@ -192,15 +238,26 @@ def evaluate(claim: Claim, table: Mapping[tuple[str, str], Cell]) -> dict:
     verdict, evidence = check(claim, view("mean"))
     best, _ = check(claim, view("best"))
     worst, _ = check(claim, view("worst"))
-    spread = sorted(f"{a} × {d} ({table[(a, d)].spread:.0f} points over {len(table[(a, d)].seeds)} seeds)"
-                    for a in claim.attacks for d in _involved(claim)
-                    if (a, d) in table and table[(a, d)].spread_out)
+    spread = sorted(
+        f"{a} × {d} ({table[(a, d)].spread:.0f} points over {len(table[(a, d)].seeds)} seeds)"
+        for a in claim.attacks
+        for d in _involved(claim)
+        if (a, d) in table and table[(a, d)].spread_out
+    )
     if best != worst:
         verdict = "inconclusive"
     seeds = sorted({s for a in claim.attacks for d in _involved(claim) for s in _get(table, a, d).seeds})
-    return {"id": claim.id, "source": claim.source, "claim": claim.claim, "threshold": claim.threshold(),
-            "verdict": verdict, "evidence": evidence, "spread_out": spread, "seeds": seeds,
-            "range": f"{worst} … {best}" if best != worst else verdict}
+    return {
+        "id": claim.id,
+        "source": claim.source,
+        "claim": claim.claim,
+        "threshold": claim.threshold(),
+        "verdict": verdict,
+        "evidence": evidence,
+        "spread_out": spread,
+        "seeds": seeds,
+        "range": f"{worst} … {best}" if best != worst else verdict,
+    }
 
 
 def ledger(rows: Iterable[Mapping], claims: Sequence[Claim] = CLAIMS, defense: str | None = None) -> list[dict]:
@@ -220,12 +277,33 @@ def table(entries: Sequence[Mapping]):
     """The ledger as a pandas table for a notebook (claim, bar, verdict, the numbers)."""
     import pandas as pd
 
-    df = pd.DataFrame([{"source": e["source"], "claim": e["claim"], "bar": e["threshold"],
-                        "verdict": e["verdict"], "measured": e["evidence"],
-                        "seeds spread > 20 ASR points": "; ".join(e["spread_out"]) or "none"}
-                       for e in entries])
+    df = pd.DataFrame(
+        [
+            {
+                "source": e["source"],
+                "claim": e["claim"],
+                "bar": e["threshold"],
+                "verdict": e["verdict"],
+                "measured": e["evidence"],
+                "seeds spread > 20 ASR points": "; ".join(e["spread_out"]) or "none",
+            }
+            for e in entries
+        ]
+    )
     return df.style.set_properties(**{"text-align": "left", "white-space": "pre-wrap"}).hide(axis="index")
 
 
-__all__ = ["Claim", "CLAIMS", "Cell", "cells", "evaluate", "ledger", "spread_out_cells", "table",
-           "SPREAD", "VERDICTS", "ATTACKS", "RIVALS"]
+__all__ = [
+    "Claim",
+    "CLAIMS",
+    "Cell",
+    "cells",
+    "evaluate",
+    "ledger",
+    "spread_out_cells",
+    "table",
+    "SPREAD",
+    "VERDICTS",
+    "ATTACKS",
+    "RIVALS",
+]

@@ -8,6 +8,7 @@ are removed (with their cell if nothing else is left), outputs are stripped, and
 added after the title: instructions, and a cell that installs bdlib and Fashion-MNIST on Colab
 and does nothing elsewhere.
 """
+
 from __future__ import annotations
 
 import copy
@@ -48,7 +49,9 @@ def _regions(lines: list[str], begin: str, end: str, where: str) -> list[tuple[i
         mark = line.strip()
         if mark == begin:
             if start is not None:
-                raise AssignmentError(f"{where}: {begin!r} on line {i + 1} inside the region opened on line {start + 1}")
+                raise AssignmentError(
+                    f"{where}: {begin!r} on line {i + 1} inside the region opened on line {start + 1}"
+                )
             start = i
         elif mark == end:
             if start is None:
@@ -78,8 +81,10 @@ def clear_solutions(source: str, where: str, markdown: bool = False) -> str:
         else:
             defs = [m.group(1) for line in lines[:start] if (m := re.match(r"\s*def\s+(\w+)", line))]
             what = f"{defs[-1]} is not written yet" if defs else "this exercise is not done yet"
-            out += [f"{indent}# YOUR CODE HERE\n",
-                    f'{indent}raise NotImplementedError("{what}: replace these two lines with your code")\n']
+            out += [
+                f"{indent}# YOUR CODE HERE\n",
+                f'{indent}raise NotImplementedError("{what}: replace these two lines with your code")\n',
+            ]
         done = stop + 1
     return "".join(out + lines[done:]).rstrip("\n")
 
@@ -89,7 +94,7 @@ def remove_hidden_tests(source: str, where: str) -> str:
     lines = _lines(source)
     keep = [True] * len(lines)
     for start, stop in _regions(lines, BEGIN_HIDDEN, END_HIDDEN, where):
-        keep[start:stop + 1] = [False] * (stop + 1 - start)
+        keep[start : stop + 1] = [False] * (stop + 1 - start)
     return "".join(line for line, k in zip(lines, keep) if k).rstrip("\n")
 
 
@@ -128,8 +133,13 @@ def _markdown(text: str) -> dict:
 
 
 def _code(text: str) -> dict:
-    return {"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [],
-            "source": _lines(text.strip("\n"))}
+    return {
+        "cell_type": "code",
+        "execution_count": None,
+        "metadata": {},
+        "outputs": [],
+        "source": _lines(text.strip("\n")),
+    }
 
 
 def instructions_cell(name: str, titles: Sequence[str], profile: str) -> dict:
@@ -228,8 +238,13 @@ def student_notebook(nb: Notebook, name: str, repo_url: str, profile: str = "smo
 def default_repo_url() -> str:
     """``origin``'s URL as Colab can install from it (SSH → HTTPS), else :data:`PLACEHOLDER_URL`."""
     try:
-        proc = subprocess.run(["git", "-C", str(REPO), "remote", "get-url", "origin"],
-                              capture_output=True, text=True, timeout=10, check=False)
+        proc = subprocess.run(
+            ["git", "-C", str(REPO), "remote", "get-url", "origin"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
     except (OSError, subprocess.SubprocessError):
         return PLACEHOLDER_URL
     url = proc.stdout.strip()
@@ -241,8 +256,9 @@ def default_repo_url() -> str:
     return url if proc.returncode == 0 and re.match(r"https?://", url) else PLACEHOLDER_URL
 
 
-def write_assignments(paths: Sequence[Path], out: Path, repo_url: str, profile: str = "smoke",
-                      chosen: bool = False) -> list[Path]:
+def write_assignments(
+    paths: Sequence[Path], out: Path, repo_url: str, profile: str = "smoke", chosen: bool = False
+) -> list[Path]:
     """Write the student copy of each notebook in ``paths`` to ``out``; return the written files.
 
     Notebooks without exercises are skipped, unless they were ``chosen`` by name: then it is an error.
@@ -252,8 +268,9 @@ def write_assignments(paths: Sequence[Path], out: Path, repo_url: str, profile: 
     if chosen and len(with_exercises) < len(paths):
         missing = [p.stem for p in paths if p not in with_exercises]
         available = [p.stem for p in notebooks() if has_exercises(json.loads(p.read_text(encoding="utf-8")))]
-        raise AssignmentError(f"{', '.join(missing)}: no exercises; the notebooks with exercises are: "
-                              f"{', '.join(available) or 'none'}")
+        raise AssignmentError(
+            f"{', '.join(missing)}: no exercises; the notebooks with exercises are: {', '.join(available) or 'none'}"
+        )
     copies = {p: student_notebook(loaded[p], p.stem, repo_url, profile) for p in with_exercises}
     out.mkdir(parents=True, exist_ok=True)
     written = []

@@ -5,6 +5,7 @@ into one frozen :class:`Config` or raises a :class:`ConfigError` that names the 
 and lists what would have been valid. Attack and defense hyperparameters live in each method's
 own ``Params`` dataclass (paper defaults there); a profile only states where it departs.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -81,95 +82,131 @@ class Config:
 # are field overrides of that method's Params. Sources of the numbers are in the Params classes.
 _PROFILE_BASE: dict[str, dict[str, Any]] = {
     "smoke": dict(
-        dataset="fmnist", model="smallcnn", n_train=2000, n_test=500,
+        dataset="fmnist",
+        model="smallcnn",
+        n_train=2000,
+        n_test=500,
         train=TrainConfig(epochs=2, batch_size=128, lr=0.05, crop_pad=0),
-        target=0, clean_fraction=0.05, seeds=(0,),
+        target=0,
+        clean_fraction=0.05,
+        seeds=(0,),
         # CI-sized protocol: one tuning seed and attack, the same grids and rule.
         tuning=TuningConfig(seeds=(100,), attacks=("badnets",), variant_attacks=("badnets",)),
     ),
     "quick": dict(
         # 8k training images: the full grid (6 attacks x 7 defenses x 3 seeds) and every other
         # figure fit in 20 min cold on a 2-core CPU (benchmarks/README.md); 12k took twice that.
-        dataset="fmnist", model="smallcnn", n_train=8000, n_test=2000,
+        dataset="fmnist",
+        model="smallcnn",
+        n_train=8000,
+        n_test=2000,
         # No random crop on Fashion-MNIST: at 6 epochs it costs ~2 BA points and buys nothing.
         train=TrainConfig(epochs=6, batch_size=128, lr=0.05, crop_pad=0),
-        target=0, clean_fraction=0.05, seeds=(0, 1, 2),
+        target=0,
+        clean_fraction=0.05,
+        seeds=(0, 1, 2),
     ),
     "paper": dict(
-        dataset="cifar10", model="resnet18", n_train=None, n_test=None,
+        dataset="cifar10",
+        model="resnet18",
+        n_train=None,
+        n_test=None,
         train=TrainConfig(epochs=100, batch_size=128, lr=0.1, crop_pad=4, eval_batch_size=1024),
-        target=0, clean_fraction=0.05, seeds=(0, 1, 2),
+        target=0,
+        clean_fraction=0.05,
+        seeds=(0, 1, 2),
     ),
 }
 _PROFILE_METHODS: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
-    "smoke": {"attacks": {
-        # Seconds per trigger: tiny budgets; attacks need not succeed at 2 epochs on 2k images.
-        "trojan": {"steps": 30, "n_background": 64},
-        "narcissus": {"poison_rate": 0.05, "pood_size": 2000, "surrogate_epochs": 1,
-                      "warmup_epochs": 1, "synth_epochs": 5, "synth_batch": 128, "aug_crop_pad": 2},
-    }, "defenses": {
-        "mcldef": {"ce_weight": 0.1, "bn_eval": True, "inv_steps": 150, "inv_batch_size": 16, "epochs": 5},
-        "none": {"rho": 0.5, "none_lr": 0.01, "epochs2": 2, "detect_top": 8},
-        "nad": {"epochs": 2, "teacher_epochs": 2, "betas": (200.0, 200.0, 200.0)},
-        "anp": {"eps": 0.3, "steps": 30},
-        "ibau": {"eps": 1.5, "rounds": 2},
-        "ft": {"epochs": 2},
-        "ntml": {"teacher": "poisoned"},  # as quick
-    }},
-    "quick": {"attacks": {
-        # Narcissus: 640 poisons (80% of the target class; the paper's 0.05% gives 4, see notebook).
-        # With 12k images, 5% gave ASR 86/77/72 on seeds 0-2, 8% gave 98/94/90 (a clean model: 54/34/38);
-        # with 8k, 8% gives 82/98/76 (a clean model: 41/33/19);
-        # a gentle warm-up, since lr 0.1 on one class collapses the small surrogate to "always target".
-        "narcissus": {"poison_rate": 0.08, "warmup_lr": 0.0005, "synth_epochs": 100, "aug_crop_pad": 2},
-        # SIG at Δ = 20/255 trains in (BA −1.6) but its test trigger at 20/255 reached only 22% ASR
-        # after 6 epochs; a stronger test sinusoid (as SIG's own evaluation allows) reaches 91%.
-        "sig": {"test_delta": 50 / 255},
-        # WaNet at s = 0.5, 10% (+ 2x noise mode) costs ~3 BA points on the 28x28 SmallCNN
-        # (ASR ~90); a stronger warp at half the rate keeps BA within 2 (seeds 0-2: ΔBA -1.6, ASR 90).
-        "wanet": {"strength": 1.0, "poison_rate": 0.05},
-    }, "defenses": {
-        # MCLDef, tuned on BadNets/Blended seed 0: the contrastive loss alone reaches ASR ~5 but
-        # costs 6-9 BA points; frozen BN statistics and a small clean CE term keep BA within ~2.5.
-        # Inversion: 300 steps of 16 images (x10 classes) find the same targets with the same
-        # anomaly indices as 600 steps of 32 on all six attacks (seed 0), in 4-5 s instead of 20.
-        "mcldef": {"ce_weight": 0.1, "bn_eval": True, "inv_steps": 300, "inv_batch_size": 16},
-        # NONE: the small CNN (32 / 64 monitored channels) spreads the backdoor over many channels;
-        # ρ = 0.03 resets 1 + 2 of them and leaves ASR at 95%, ρ = 0.5 is needed (every poison
-        # removed, 5 epochs at lr 0.01: ASR 5.5; at ρ = 0.1: 33). Such resets cost BA (reset
-        # alone at ρ = 0.25: BA 67), so fine-tuning uses lr 0.02, not the README's 1e-4.
-        # Each layer's top-1 channel misses ~12% of BadNets' poisons (those on an already bright
-        # corner: bags, boots) and fine-tuning re-learns the backdoor from them, more the longer
-        # it runs; summing the top 8 catches more.
-        # BadNets, mean ASR / BA cost, seeds 0-2 (3-5): top-1, lr 0.01, 5 epochs 13.8 / 1.6
-        # (19.4 / 2.0); this 8.4 / 1.9 (9.4 / 2.5); top-1 with this lr and epochs 11.5 / 2.1;
-        # every poison removed (oracle) 5.1 / 1.5; top-8 with lr 0.01, 5 epochs 10.7 / 1.4;
-        # top-8, 2 epochs at 0.02 7.9 / 3.3; ρ = 0.6 (seeds 0-5) 6.7 / 3.5; rounds = 2 with top-1
-        # 9.6 / 11.2 (the second reset at ρ = 0.5 is the cost).
-        "none": {"rho": 0.5, "none_lr": 0.02, "epochs2": 3, "detect_top": 8},
-        # Baselines, tuned on BadNets seed 0. NAD: with the paper's L2 distance the AT gradient has
-        # constant size β, so β = 5000 swamps CE (BA 61); β = 200 gave BA 71 / ASR 10 (50: ASR 84).
-        # ANP: ε = 0.4 prunes 50 of the 112 BN channels (BA 45); ε = 0.3 prunes 35 (BA 71, ASR 9),
-        # 0.2 prunes 16 (ASR 50); 150 steps, since 2000 would take minutes on the CPU.
-        # I-BAU: ε = 3 (pixel L2) drops BA to 47, ε = 1 leaves ASR 73; ε = 1.5 with 3 rounds: BA 68, ASR 6.
-        "nad": {"epochs": 10, "betas": (200.0, 200.0, 200.0)},
-        # NT-ML: M0 as the ML teacher instead of a self-distilled copy halves the NT stage's cost
-        # with the same result on quick (BadNets seed 0: ASR 5.5 vs 5.4, BA 84.6 vs 84.9);
-        # notebook 03's ablation shows the KD teacher beside it.
-        "ntml": {"teacher": "poisoned"},
-        "anp": {"eps": 0.3, "steps": 150},
-        "ibau": {"eps": 1.5, "rounds": 3},
-    }},
-    "paper": {"attacks": {
-        # The full training set leaves no held-out split: CIFAR-100 is the surrogate's extra data.
-        "narcissus": {"pood": "cifar100"},
-    }, "defenses": {
-        # As NONE's code and README command (docs/official-code-differences.md): 20 fine-tuning
-        # epochs at a constant lr 1e-4, downsample convs read after their BN, top-1 detection.
-        "none": {"epochs2": 20, "schedule": "constant", "downsample_after_bn": True},
-        # MCLDef's code: lr 0.1 in the first purification epoch, then 0.01, 0.001 from epoch 10.
-        "mcldef": {"first_epoch_lr": 0.1},
-    }},
+    "smoke": {
+        "attacks": {
+            # Seconds per trigger: tiny budgets; attacks need not succeed at 2 epochs on 2k images.
+            "trojan": {"steps": 30, "n_background": 64},
+            "narcissus": {
+                "poison_rate": 0.05,
+                "pood_size": 2000,
+                "surrogate_epochs": 1,
+                "warmup_epochs": 1,
+                "synth_epochs": 5,
+                "synth_batch": 128,
+                "aug_crop_pad": 2,
+            },
+        },
+        "defenses": {
+            "mcldef": {"ce_weight": 0.1, "bn_eval": True, "inv_steps": 150, "inv_batch_size": 16, "epochs": 5},
+            "none": {"rho": 0.5, "none_lr": 0.01, "epochs2": 2, "detect_top": 8},
+            "nad": {"epochs": 2, "teacher_epochs": 2, "betas": (200.0, 200.0, 200.0)},
+            "anp": {"eps": 0.3, "steps": 30},
+            "ibau": {"eps": 1.5, "rounds": 2},
+            "ft": {"epochs": 2},
+            "ntml": {"teacher": "poisoned", "reading": "suppress"},  # as quick
+        },
+    },
+    "quick": {
+        "attacks": {
+            # Narcissus: 640 poisons (80% of the target class; the paper's 0.05% gives 4, see notebook).
+            # With 12k images, 5% gave ASR 86/77/72 on seeds 0-2, 8% gave 98/94/90 (a clean model: 54/34/38);
+            # with 8k, 8% gives 82/98/76 (a clean model: 41/33/19);
+            # a gentle warm-up, since lr 0.1 on one class collapses the small surrogate to "always target".
+            "narcissus": {"poison_rate": 0.08, "warmup_lr": 0.0005, "synth_epochs": 100, "aug_crop_pad": 2},
+            # SIG at Δ = 20/255 trains in (BA −1.6) but its test trigger at 20/255 reached only 22% ASR
+            # after 6 epochs; a stronger test sinusoid (as SIG's own evaluation allows) reaches 91%.
+            "sig": {"test_delta": 50 / 255},
+            # WaNet at s = 0.5, 10% (+ 2x noise mode) costs ~3 BA points on the 28x28 SmallCNN
+            # (ASR ~90); a stronger warp at half the rate keeps BA within 2 (seeds 0-2: ΔBA -1.6, ASR 90).
+            "wanet": {"strength": 1.0, "poison_rate": 0.05},
+        },
+        "defenses": {
+            # MCLDef, tuned on BadNets/Blended seed 0: the contrastive loss alone reaches ASR ~5 but
+            # costs 6-9 BA points; frozen BN statistics and a small clean CE term keep BA within ~2.5.
+            # Inversion: 300 steps of 16 images (x10 classes) find the same targets with the same
+            # anomaly indices as 600 steps of 32 on all six attacks (seed 0), in 4-5 s instead of 20.
+            "mcldef": {"ce_weight": 0.1, "bn_eval": True, "inv_steps": 300, "inv_batch_size": 16},
+            # NONE: the small CNN (32 / 64 monitored channels) spreads the backdoor over many channels;
+            # ρ = 0.03 resets 1 + 2 of them and leaves ASR at 95%, ρ = 0.5 is needed (every poison
+            # removed, 5 epochs at lr 0.01: ASR 5.5; at ρ = 0.1: 33). Such resets cost BA (reset
+            # alone at ρ = 0.25: BA 67), so fine-tuning uses lr 0.02, not the README's 1e-4.
+            # Each layer's top-1 channel misses ~12% of BadNets' poisons (those on an already bright
+            # corner: bags, boots) and fine-tuning re-learns the backdoor from them, more the longer
+            # it runs; summing the top 8 catches more.
+            # BadNets, mean ASR / BA cost, seeds 0-2 (3-5): top-1, lr 0.01, 5 epochs 13.8 / 1.6
+            # (19.4 / 2.0); this 8.4 / 1.9 (9.4 / 2.5); top-1 with this lr and epochs 11.5 / 2.1;
+            # every poison removed (oracle) 5.1 / 1.5; top-8 with lr 0.01, 5 epochs 10.7 / 1.4;
+            # top-8, 2 epochs at 0.02 7.9 / 3.3; ρ = 0.6 (seeds 0-5) 6.7 / 3.5; rounds = 2 with top-1
+            # 9.6 / 11.2 (the second reset at ρ = 0.5 is the cost).
+            "none": {"rho": 0.5, "none_lr": 0.02, "epochs2": 3, "detect_top": 8},
+            # Baselines, tuned on BadNets seed 0. NAD: with the paper's L2 distance the AT gradient has
+            # constant size β, so β = 5000 swamps CE (BA 61); β = 200 gave BA 71 / ASR 10 (50: ASR 84).
+            # ANP: ε = 0.4 prunes 50 of the 112 BN channels (BA 45); ε = 0.3 prunes 35 (BA 71, ASR 9),
+            # 0.2 prunes 16 (ASR 50); 150 steps, since 2000 would take minutes on the CPU.
+            # I-BAU: ε = 3 (pixel L2) drops BA to 47, ε = 1 leaves ASR 73; ε = 1.5 with 3 rounds: BA 68, ASR 6.
+            "nad": {"epochs": 10, "betas": (200.0, 200.0, 200.0)},
+            # NT-ML: M0 as the ML teacher instead of a self-distilled copy halves the NT stage's cost
+            # with the same result on quick (BadNets seed 0: ASR 5.5 vs 5.4, BA 84.6 vs 84.9);
+            # notebook 03's ablation shows the KD teacher beside it.
+            # NT-ML's reading, chosen by bdlib.tune.select_variant (best mean DER over the six attacks
+            # among the variants within the BA-cost bar on every attack; none was, so the best mean
+            # DER) from every reading x ML variant on tuning seeds 100-101 (2026-11-23, 1 thread):
+            # suppress/clean 0.868, estimated/clean 0.846, suppress/clean+train 0.855, nontarget/clean
+            # 0.810; worst-attack BA cost 4.4 (Narcissus). Notebook 03 reruns it and says if it differs.
+            "ntml": {"teacher": "poisoned", "reading": "suppress"},
+            "anp": {"eps": 0.3, "steps": 150},
+            "ibau": {"eps": 1.5, "rounds": 3},
+        },
+    },
+    "paper": {
+        "attacks": {
+            # The full training set leaves no held-out split: CIFAR-100 is the surrogate's extra data.
+            "narcissus": {"pood": "cifar100"},
+        },
+        "defenses": {
+            # As NONE's code and README command (docs/methods.md, "Differences from the official code"): 20 fine-tuning
+            # epochs at a constant lr 1e-4, downsample convs read after their BN, top-1 detection.
+            "none": {"epochs2": 20, "schedule": "constant", "downsample_after_bn": True},
+            # MCLDef's code: lr 0.1 in the first purification epoch, then 0.01, 0.001 from epoch 10.
+            "mcldef": {"first_epoch_lr": 0.1},
+        },
+    },
 }
 
 
@@ -190,13 +227,18 @@ def profile(name: str) -> Config:
     """The named profile's Config with default run values (attack badnets, seed 0)."""
     _check_choice("profile", name, PROFILES)
     base = dict(_PROFILE_BASE[name])
-    return Config(profile=name, attacks=_methods("attacks", name),
-                  defenses=_methods("defenses", name), **base)
+    return Config(profile=name, attacks=_methods("attacks", name), defenses=_methods("defenses", name), **base)
 
 
-def resolve(profile_name: str = "quick", *, attack: str = "badnets", seed: int = 0,
-            device: str = "auto", overrides: Mapping[str, Any] | None = None,
-            progress: bool = False) -> Config:
+def resolve(
+    profile_name: str = "quick",
+    *,
+    attack: str = "badnets",
+    seed: int = 0,
+    device: str = "auto",
+    overrides: Mapping[str, Any] | None = None,
+    progress: bool = False,
+) -> Config:
     """Validate notebook parameters and return the Config they describe.
 
     ``overrides`` uses dotted names: ``{"train.epochs": 3, "n_train": 5000,
@@ -209,8 +251,7 @@ def resolve(profile_name: str = "quick", *, attack: str = "badnets", seed: int =
     _check_choice("device", device, DEVICES)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
-    cfg = dataclasses.replace(cfg, attack=attack, seed=seed, device=device,
-                              progress=bool(progress))
+    cfg = dataclasses.replace(cfg, attack=attack, seed=seed, device=device, progress=bool(progress))
     return override(cfg, overrides or {})
 
 
@@ -231,8 +272,10 @@ def _set_path(obj: Any, path: list[str], value: Any, prefix: str) -> Any:
         if head not in obj:
             raise ConfigError(_unknown(where, head, tuple(obj)))
         if not rest:
-            raise ConfigError(f"'{where}' is a group; set one of its fields: "
-                              f"{', '.join(f'{where}.{f.name}' for f in dataclasses.fields(obj[head]))}")
+            raise ConfigError(
+                f"'{where}' is a group; set one of its fields: "
+                f"{', '.join(f'{where}.{f.name}' for f in dataclasses.fields(obj[head]))}"
+            )
         new = dict(obj)
         new[head] = _set_path(obj[head], rest, value, where + ".")
         return types.MappingProxyType(new)
@@ -363,5 +406,14 @@ def as_dict(cfg: Any) -> Any:
     return cfg
 
 
-__all__ = ["Config", "TrainConfig", "TuningConfig", "ConfigError", "PROFILES", "profile", "resolve", "override",
-           "as_dict"]
+__all__ = [
+    "Config",
+    "TrainConfig",
+    "TuningConfig",
+    "ConfigError",
+    "PROFILES",
+    "profile",
+    "resolve",
+    "override",
+    "as_dict",
+]

@@ -47,8 +47,16 @@ __all__ = [
 DATASETS: tuple[str, ...] = ("fmnist", "cifar10", "cifar100")
 
 FMNIST_CLASSES: tuple[str, ...] = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 )
 
 # The four idx files of (Fashion-)MNIST; each may be present gzipped or plain.
@@ -212,7 +220,7 @@ def read_idx(path: Path) -> np.ndarray:
     header = 4 + 4 * ndim
     if len(buf) < header:
         raise ValueError(f"{path}: truncated idx header ({len(buf)} bytes, need {header})")
-    dims = tuple(int.from_bytes(buf[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    dims = tuple(int.from_bytes(buf[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     dtype = _IDX_DTYPES[code]
     expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
     if len(buf) - header != expected:
@@ -385,9 +393,7 @@ def _read_cifar100(d: Path, source: str) -> Dataset:
 def _run_dpkg_list(package: str) -> list[str]:
     """Paths installed by a Debian package (``dpkg -L``); empty if unknown or no dpkg."""
     try:
-        out = subprocess.run(
-            ["dpkg", "-L", package], capture_output=True, text=True, timeout=10, check=False
-        )
+        out = subprocess.run(["dpkg", "-L", package], capture_output=True, text=True, timeout=10, check=False)
     except (OSError, subprocess.SubprocessError):
         return []
     return out.stdout.splitlines() if out.returncode == 0 else []
@@ -501,7 +507,7 @@ def _resolve_and_read(name: str, root: Path, download: bool) -> Dataset:
     return read(d, _DOWNLOAD_SOURCE)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load_cached(name: str, root: str, download: bool) -> Dataset:
     # Loading takes seconds (gunzip/unpickle + copies), so reuse within a process.
     # Failures raise and are therefore not cached: a later call looks again.
@@ -584,16 +590,14 @@ def split_indices(y: torch.Tensor, sizes: Sequence[int], seed: int) -> list[torc
     out = []
     for size in sizes:
         quota = _allocate([c - t for c, t in zip(counts_l, taken)], size, g)
-        parts = [order[starts[k] + taken[k]: starts[k] + taken[k] + q] for k, q in enumerate(quota) if q]
+        parts = [order[starts[k] + taken[k] : starts[k] + taken[k] + q] for k, q in enumerate(quota) if q]
         idx = torch.cat(parts) if parts else torch.empty(0, dtype=torch.long)
         out.append(torch.sort(idx).values)
         taken = [t + q for t, q in zip(taken, quota)]
     return out
 
 
-def subset(
-    x: torch.Tensor, y: torch.Tensor, n: int | None, seed: int, *, stratified: bool = True
-) -> torch.Tensor:
+def subset(x: torch.Tensor, y: torch.Tensor, n: int | None, seed: int, *, stratified: bool = True) -> torch.Tensor:
     """Sorted LongTensor of ``n`` indices into (x, y), deterministic by ``seed``.
 
     Stratified by default (class counts proportional, as equal as possible).

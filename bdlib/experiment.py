@@ -4,6 +4,7 @@ Every expensive result goes through the store under a key built from everything 
 determines it (config fields, upstream keys, data fingerprint, code salt), so a second run —
 or a later notebook — finds it instead of recomputing it.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,9 +28,15 @@ from bdlib.train import configure, fit, seed_everything, select_device
 DATA_SEED = 0  # the train / test subsets are the same for every run seed: seeds vary the attack and training
 
 
-def setup(profile: str = "quick", attack: str = "badnets", seed: int = 0, device: str = "auto",
-          overrides: dict | None = None, progress: bool | None = None,
-          attack_names: str | Sequence[str] = "all") -> Config:
+def setup(
+    profile: str = "quick",
+    attack: str = "badnets",
+    seed: int = 0,
+    device: str = "auto",
+    overrides: dict | None = None,
+    progress: bool | None = None,
+    attack_names: str | Sequence[str] = "all",
+) -> Config:
     """Validate a notebook's parameters, check its data, seed everything, and pick the device.
 
     Returns the frozen Config every later call takes. ``device='auto'`` is resolved here. Every
@@ -80,7 +87,8 @@ def check_data(cfg: Config, attack_names: str | Sequence[str] = "all") -> None:
     if missing:
         raise data.DataNotFound(
             f"profile {cfg.profile!r} needs data that is not here (checked before any training; "
-            f"BDLIB_DATA={data.data_root()}):\n" + "\n".join(missing))
+            f"BDLIB_DATA={data.data_root()}):\n" + "\n".join(missing)
+        )
 
 
 # ResNet-18 training images per second on a 2-core x86-64 CPU: 9-10 measured on one (loaded) thread
@@ -96,10 +104,12 @@ def cpu_estimate(cfg: Config) -> str | None:
     hours = cfg.train.epochs * n / CPU_TRAIN_RATE[cfg.model] / 3600
     if hours < 1:
         return None
-    return (f"profile {cfg.profile!r} on the CPU: one standard training ({cfg.model}, {cfg.train.epochs} epochs "
-            f"x {n:,} images) takes about {hours:,.0f} h at ~{CPU_TRAIN_RATE[cfg.model]:.0f} images/s "
-            f"(a 2-core CPU), and each notebook trains several such models: days in all. Run it on a GPU "
-            f"(device='cuda'), or use profile 'quick'.")
+    return (
+        f"profile {cfg.profile!r} on the CPU: one standard training ({cfg.model}, {cfg.train.epochs} epochs "
+        f"x {n:,} images) takes about {hours:,.0f} h at ~{CPU_TRAIN_RATE[cfg.model]:.0f} images/s "
+        f"(a 2-core CPU), and each notebook trains several such models: days in all. Run it on a GPU "
+        f"(device='cuda'), or use profile 'quick'."
+    )
 
 
 def with_run(cfg: Config, **changes: Any) -> Config:
@@ -146,9 +156,17 @@ def _run_data(dataset: str, n_train: int | None, n_test: int | None) -> RunData:
     rest[tr] = False
     aux = torch.nonzero(rest).flatten()
     fp = f"{ds.fingerprint()}:{n_train}:{n_test}:{DATA_SEED}"
-    return RunData(dataset, ds.x_train[tr].contiguous(), ds.y_train[tr].contiguous(),
-                   ds.x_test[te].contiguous(), ds.y_test[te].contiguous(),
-                   ds.x_train[aux].contiguous(), ds.y_train[aux].contiguous(), ds.classes, fp)
+    return RunData(
+        dataset,
+        ds.x_train[tr].contiguous(),
+        ds.y_train[tr].contiguous(),
+        ds.x_test[te].contiguous(),
+        ds.y_test[te].contiguous(),
+        ds.x_train[aux].contiguous(),
+        ds.y_train[aux].contiguous(),
+        ds.classes,
+        fp,
+    )
 
 
 def run_data(cfg: Config) -> RunData:
@@ -172,8 +190,14 @@ def new_model(cfg: Config, seed: int) -> nn.Module:
 
 
 def _train_spec(cfg: Config) -> dict:
-    return {"dataset": cfg.dataset, "n_train": cfg.n_train, "n_test": cfg.n_test, "model": cfg.model,
-            "train": as_dict(cfg.train), "data": run_data(cfg).fingerprint}
+    return {
+        "dataset": cfg.dataset,
+        "n_train": cfg.n_train,
+        "n_test": cfg.n_test,
+        "model": cfg.model,
+        "train": as_dict(cfg.train),
+        "data": run_data(cfg).fingerprint,
+    }
 
 
 def _load_model(cfg: Config, tensors: dict[str, torch.Tensor], seed: int = 0) -> nn.Module:
@@ -184,7 +208,7 @@ def _load_model(cfg: Config, tensors: dict[str, torch.Tensor], seed: int = 0) ->
 
 def _under(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     """The tensors stored under ``prefix.`` (one store entry holds several), prefix removed."""
-    return {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+    return {k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
 
 
 def _state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -210,8 +234,15 @@ def clean_model(cfg: Config, seed: int | None = None) -> ModelRun:
 
     def compute():
         m = new_model(cfg, seed)
-        hist = fit(m, d.x_train, d.y_train, cfg.train, seed=seed, progress=cfg.progress,
-                   desc=f"training the clean model, seed {seed}")
+        hist = fit(
+            m,
+            d.x_train,
+            d.y_train,
+            cfg.train,
+            seed=seed,
+            progress=cfg.progress,
+            desc=f"training the clean model, seed {seed}",
+        )
         ev = metrics.evaluate(m, d.x_test, d.y_test, cfg.target, None, cfg.train.eval_batch_size)
         return _state(m), {"metrics": ev, "history": hist}
 
@@ -226,8 +257,15 @@ def trigger(cfg: Config) -> tuple[str, Trigger]:
     # The poison rate decides how many samples carry the trigger, never the trigger itself, so
     # a budget sweep (e.g. Narcissus at the paper's 0.05%) reuses the optimised trigger.
     trigger_params = {k: v for k, v in as_dict(params).items() if k != "poison_rate"}
-    spec = {"attack": cfg.attack, "params": trigger_params, "target": cfg.target, "seed": cfg.seed,
-            "shape": list(d.shape), "data": d.fingerprint, "code": _module_hash(atk.make_trigger)}
+    spec = {
+        "attack": cfg.attack,
+        "params": trigger_params,
+        "target": cfg.target,
+        "seed": cfg.seed,
+        "shape": list(d.shape),
+        "data": d.fingerprint,
+        "code": _module_hash(atk.make_trigger),
+    }
     clean: Callable[[], nn.Module] | None = None
     if atk.needs_clean_model:
         clean_run = clean_model(cfg)
@@ -235,11 +273,20 @@ def trigger(cfg: Config) -> tuple[str, Trigger]:
         clean = lambda: clean_run.model  # noqa: E731
 
     def compute():
-        ctx = TriggerContext(params=params, target=cfg.target, seed=cfg.seed, shape=d.shape,
-                             num_classes=d.num_classes, x_train=d.x_train, y_train=d.y_train,
-                             x_aux=d.x_aux, y_aux=d.y_aux, clean_model=clean,
-                             train_model=functools.partial(_train_fresh, cfg),
-                             device=torch.device(cfg.device))
+        ctx = TriggerContext(
+            params=params,
+            target=cfg.target,
+            seed=cfg.seed,
+            shape=d.shape,
+            num_classes=d.num_classes,
+            x_train=d.x_train,
+            y_train=d.y_train,
+            x_aux=d.x_aux,
+            y_aux=d.y_aux,
+            clean_model=clean,
+            train_model=functools.partial(_train_fresh, cfg),
+            device=torch.device(cfg.device),
+        )
         with progress.task(f"making the {cfg.attack} trigger, seed {cfg.seed}"):
             return atk.make_trigger(ctx), {}
 
@@ -275,8 +322,7 @@ def poisoned_data(cfg: Config) -> tuple[str, Poisoned, Trigger]:
     """The poisoned training set for this run (recomputed cheaply from the cached trigger)."""
     tkey, trig = trigger(cfg)
     d = run_data(cfg)
-    p = attacks.get(cfg.attack).poison_dataset(d.x_train, d.y_train, cfg.attack_params, trig,
-                                               cfg.target, cfg.seed)
+    p = attacks.get(cfg.attack).poison_dataset(d.x_train, d.y_train, cfg.attack_params, trig, cfg.target, cfg.seed)
     return tkey, p, trig
 
 
@@ -286,19 +332,34 @@ def poisoned_model(cfg: Config) -> PoisonRun:
     atk = attacks.get(cfg.attack)
     d = run_data(cfg)
     test_trigger = atk.test_transform(trig, cfg.attack_params)
-    spec = {**_train_spec(cfg), "seed": cfg.seed, "trigger": tkey, "attack": cfg.attack,
-            "params": as_dict(cfg.attack_params), "target": cfg.target, "code": _module_hash(atk.apply)}
+    spec = {
+        **_train_spec(cfg),
+        "seed": cfg.seed,
+        "trigger": tkey,
+        "attack": cfg.attack,
+        "params": as_dict(cfg.attack_params),
+        "target": cfg.target,
+        "code": _module_hash(atk.apply),
+    }
 
     def compute():
         m = new_model(cfg, cfg.seed)
-        hist = fit(m, p.x, p.y, cfg.train, seed=cfg.seed, progress=cfg.progress,
-                   desc=f"training the {cfg.attack} victim, seed {cfg.seed}")
+        hist = fit(
+            m,
+            p.x,
+            p.y,
+            cfg.train,
+            seed=cfg.seed,
+            progress=cfg.progress,
+            desc=f"training the {cfg.attack} victim, seed {cfg.seed}",
+        )
         ev = metrics.evaluate(m, d.x_test, d.y_test, cfg.target, test_trigger, cfg.train.eval_batch_size)
         return _state(m), {"metrics": ev, "history": hist, "n_poisoned": int(p.poison_idx.sum())}
 
     e = store().get_or_compute("poisoned_model", spec, compute)
-    return PoisonRun(e.key, _load_model(cfg, e.tensors), e.meta["metrics"], e.meta["seconds"], e.meta,
-                     p, trig, test_trigger)
+    return PoisonRun(
+        e.key, _load_model(cfg, e.tensors), e.meta["metrics"], e.meta["seconds"], e.meta, p, trig, test_trigger
+    )
 
 
 def clean_subset(cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
@@ -325,14 +386,32 @@ def defend(cfg: Config, defense: str) -> DefenseRun:
     victim = poisoned_model(cfg)
     d = run_data(cfg)
     x_clean, y_clean = clean_subset(cfg)
-    spec = {"defense": defense, "params": as_dict(params), "victim": victim.key, "seed": cfg.seed,
-            "clean_fraction": cfg.clean_fraction, "code": _module_hash(dfn.run)}
-    evaluate = functools.partial(metrics.evaluate, x=d.x_test, y=d.y_test, target=cfg.target,
-                                 trigger=victim.test_trigger, batch_size=cfg.train.eval_batch_size)
+    spec = {
+        "defense": defense,
+        "params": as_dict(params),
+        "victim": victim.key,
+        "seed": cfg.seed,
+        "clean_fraction": cfg.clean_fraction,
+        "code": _module_hash(dfn.run),
+    }
+    evaluate = functools.partial(
+        metrics.evaluate,
+        x=d.x_test,
+        y=d.y_test,
+        target=cfg.target,
+        trigger=victim.test_trigger,
+        batch_size=cfg.train.eval_batch_size,
+    )
 
     def memo(name: str, stage_spec: dict, stage: Callable[[], tuple[dict[str, nn.Module], dict]]):
-        full = {"defense": defense, "stage": name, "spec": stage_spec, "victim": victim.key,
-                "seed": cfg.seed, "code": spec["code"]}
+        full = {
+            "defense": defense,
+            "stage": name,
+            "spec": stage_spec,
+            "victim": victim.key,
+            "seed": cfg.seed,
+            "code": spec["code"],
+        }
 
         def compute_stage():
             found, meta = stage()
@@ -347,19 +426,34 @@ def defend(cfg: Config, defense: str) -> DefenseRun:
         seed_everything(cfg.seed)
         # The defender's data go to the device once; every loop of the defense reads them there.
         dev = torch.device(cfg.device)
-        ctx = DefenseContext(params=params, cfg=cfg, x_train=victim.poisoned.x.to(dev),
-                             y_train=victim.poisoned.y.to(dev), x_clean=x_clean.to(dev),
-                             y_clean=y_clean.to(dev), num_classes=d.num_classes, seed=cfg.seed,
-                             new_model=functools.partial(new_model, cfg),
-                             evaluate=lambda m: evaluate(m), memo=memo, progress=cfg.progress)
+        ctx = DefenseContext(
+            params=params,
+            cfg=cfg,
+            x_train=victim.poisoned.x.to(dev),
+            y_train=victim.poisoned.y.to(dev),
+            x_clean=x_clean.to(dev),
+            y_clean=y_clean.to(dev),
+            num_classes=d.num_classes,
+            seed=cfg.seed,
+            new_model=functools.partial(new_model, cfg),
+            evaluate=lambda m: evaluate(m),
+            memo=memo,
+            progress=cfg.progress,
+        )
         start = time.perf_counter()
         with progress.task(f"{defense} on the {cfg.attack} victim, seed {cfg.seed}"):
             out = dfn.run(_load_model(cfg, _state(victim.model)), ctx)
         seconds = time.perf_counter() - start
         after = evaluate(out.model)
-        meta = {"metrics": after, "before": victim.metrics, "DER": metrics.der(victim.metrics, after),
-                "history": out.history, "info": out.info, "seconds": seconds,
-                "record_keys": sorted(out.tensors)}
+        meta = {
+            "metrics": after,
+            "before": victim.metrics,
+            "DER": metrics.der(victim.metrics, after),
+            "history": out.history,
+            "info": out.info,
+            "seconds": seconds,
+            "record_keys": sorted(out.tensors),
+        }
         tensors = {f"model.{k}": v for k, v in _state(out.model).items()}
         tensors.update({f"record.{k}": v.detach().cpu().contiguous() for k, v in out.tensors.items()})
         return tensors, meta
@@ -367,8 +461,18 @@ def defend(cfg: Config, defense: str) -> DefenseRun:
     e = store().get_or_compute("defended_model", spec, compute)
     model_state, record = _under(e.tensors, "model"), _under(e.tensors, "record")
     after = dict(e.meta["metrics"], DER=e.meta["DER"])
-    return DefenseRun(e.key, _load_model(cfg, model_state), after, e.meta["seconds"], e.meta,
-                      defense, e.meta["before"], e.meta["history"], record, e.meta["info"])
+    return DefenseRun(
+        e.key,
+        _load_model(cfg, model_state),
+        after,
+        e.meta["seconds"],
+        e.meta,
+        defense,
+        e.meta["before"],
+        e.meta["history"],
+        record,
+        e.meta["info"],
+    )
 
 
 def record_model(cfg: Config, run: DefenseRun, role: str) -> nn.Module:

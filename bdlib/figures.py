@@ -8,6 +8,7 @@ passes ``BDLIB_NOTEBOOK`` and ``BDLIB_PARAMETERS`` for the manifest, which lists
 file with its notebook, profile, parameters, config key and the seconds spent since the
 previous figure (or the notebook's set-up).
 """
+
 from __future__ import annotations
 
 import json
@@ -41,8 +42,7 @@ _RUNTIME_DEFAULTS = {"deterministic": True, "compile": False}
 def config_key(cfg: Config) -> str:
     import hashlib
 
-    fields = {k: v for k, v in as_dict(cfg).items()
-              if not (k in _RUNTIME_DEFAULTS and v == _RUNTIME_DEFAULTS[k])}
+    fields = {k: v for k, v in as_dict(cfg).items() if not (k in _RUNTIME_DEFAULTS and v == _RUNTIME_DEFAULTS[k])}
     return hashlib.sha256(canonical_json(fields).encode()).hexdigest()[:16]
 
 
@@ -67,8 +67,7 @@ def save(fig: Any, name: str, cfg: Config) -> list[Path]:
 
     out = paths.figures_dir(cfg.profile)
     written, blobs = [], {}
-    for ext, meta in (("png", {"Software": None}),
-                      ("pdf", {"Creator": None, "Producer": None, "CreationDate": None})):
+    for ext, meta in (("png", {"Software": None}), ("pdf", {"Creator": None, "Producer": None, "CreationDate": None})):
         buf = io.BytesIO()
         fig.savefig(buf, format=ext, dpi=150, bbox_inches="tight", metadata=meta)
         blobs[ext] = buf.getvalue()
@@ -107,12 +106,14 @@ def save_metrics(name: str, metrics: Any, cfg: Config) -> Path:
 def _record(name: str, entry: dict, cfg: Config) -> None:
     now = time.perf_counter()
     seconds, _clock["last"] = now - _clock["last"], now
-    entry = {**entry,
-             "notebook": os.environ.get("BDLIB_NOTEBOOK", "interactive"),
-             "profile": cfg.profile,
-             "parameters": json.loads(os.environ.get("BDLIB_PARAMETERS", "{}")),
-             "config_key": config_key(cfg),
-             "seconds": round(seconds, 2)}
+    entry = {
+        **entry,
+        "notebook": os.environ.get("BDLIB_NOTEBOOK", "interactive"),
+        "profile": cfg.profile,
+        "parameters": json.loads(os.environ.get("BDLIB_PARAMETERS", "{}")),
+        "config_key": config_key(cfg),
+        "seconds": round(seconds, 2),
+    }
     path = paths.figures_dir(cfg.profile) / "manifest.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):

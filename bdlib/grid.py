@@ -5,6 +5,7 @@ address, or dask-jobqueue on SLURM — the ``dask`` extra), the cells run on the
 workers; every worker reads and writes the same store, so ``$BDLIB_CACHE`` must be on a
 filesystem they share. Cells that an earlier notebook computed are found in the store.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,11 +26,11 @@ class Cell:
     clean_fraction: float
 
 
-def cells(attacks: Sequence[str], defenses: Sequence[str], seeds: Sequence[int],
-          budgets: Sequence[float]) -> list[Cell]:
+def cells(
+    attacks: Sequence[str], defenses: Sequence[str], seeds: Sequence[int], budgets: Sequence[float]
+) -> list[Cell]:
     """Every combination; the undefended model does not depend on the clean budget."""
-    out = [Cell(a, d, s, b) for a, d, s, b in itertools.product(attacks, defenses, seeds, budgets)
-           if d != UNDEFENDED]
+    out = [Cell(a, d, s, b) for a, d, s, b in itertools.product(attacks, defenses, seeds, budgets) if d != UNDEFENDED]
     if UNDEFENDED in defenses:
         out += [Cell(a, UNDEFENDED, s, budgets[0]) for a, s in itertools.product(attacks, seeds)]
     return out
@@ -39,8 +40,10 @@ def run_cell(cfg: Config, cell: Cell) -> dict[str, Any]:
     """BA / ASR / RA (and DER, seconds) of one cell; computed once, then read from the store."""
     from bdlib import experiment as ex
 
-    c = override(dataclasses.replace(cfg, attack=cell.attack, seed=cell.seed, progress=False),
-                 {"clean_fraction": cell.clean_fraction})
+    c = override(
+        dataclasses.replace(cfg, attack=cell.attack, seed=cell.seed, progress=False),
+        {"clean_fraction": cell.clean_fraction},
+    )
     if cell.defense == UNDEFENDED:
         run = ex.poisoned_model(c)
         return {**dataclasses.asdict(cell), **run.metrics, "DER": 0.5, "seconds": run.seconds}
@@ -54,9 +57,15 @@ def _run_cell_remote(cfg_dict: dict, cell: Cell) -> dict[str, Any]:
     # kernel choices (deterministic or cudnn.benchmark, torch.compile) and seeds.
     from bdlib.experiment import setup
 
-    cfg = setup(cfg_dict["profile"], attack=cfg_dict["attack"], seed=cfg_dict["seed"],
-                device=cfg_dict["device"], overrides=cfg_dict["overrides"], progress=False,
-                attack_names=[cell.attack])
+    cfg = setup(
+        cfg_dict["profile"],
+        attack=cfg_dict["attack"],
+        seed=cfg_dict["seed"],
+        device=cfg_dict["device"],
+        overrides=cfg_dict["overrides"],
+        progress=False,
+        attack_names=[cell.attack],
+    )
     return run_cell(cfg, cell)
 
 
@@ -64,8 +73,13 @@ def run(cfg: Config, grid: Sequence[Cell], client: Any = None) -> list[dict[str,
     """Every cell's row, in the order of ``grid``; on ``client``'s cluster when one is given."""
     if client is None:
         return [run_cell(cfg, cell) for cell in grid]
-    payload = {"profile": cfg.profile, "attack": cfg.attack, "seed": cfg.seed, "device": cfg.device,
-               "overrides": _overrides(cfg)}
+    payload = {
+        "profile": cfg.profile,
+        "attack": cfg.attack,
+        "seed": cfg.seed,
+        "device": cfg.device,
+        "overrides": _overrides(cfg),
+    }
     futures = client.map(_run_cell_remote, [payload] * len(grid), list(grid), pure=False)
     return client.gather(futures)
 

@@ -4,6 +4,7 @@ BA is clean accuracy on every test image. ASR and RA are measured on the trigger
 images whose true class is not the target: ASR counts those predicted as the target, RA
 those predicted as their true class. All in percent, except DER, which is in [0, 1].
 """
+
 from __future__ import annotations
 
 from typing import Callable, Iterable, Mapping
@@ -49,13 +50,21 @@ def detection(flagged: torch.Tensor, poisoned: torch.Tensor) -> dict[str, float]
     _same_length(flagged, poisoned)
     hits = (flagged & poisoned).sum().item()
     n_flag, n_true = flagged.sum().item(), poisoned.sum().item()
-    return {"precision": 100.0 * hits / n_flag if n_flag else 0.0,
-            "recall": 100.0 * hits / n_true if n_true else 0.0,
-            "flagged": int(n_flag)}
+    return {
+        "precision": 100.0 * hits / n_flag if n_flag else 0.0,
+        "recall": 100.0 * hits / n_true if n_true else 0.0,
+        "flagged": int(n_flag),
+    }
 
 
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: int,
-             trigger: Callable[[torch.Tensor], torch.Tensor] | None, batch_size: int = 256) -> dict[str, float]:
+def evaluate(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    target: int,
+    trigger: Callable[[torch.Tensor], torch.Tensor] | None,
+    batch_size: int = 256,
+) -> dict[str, float]:
     """BA on ``(x, y)``; with a trigger also ASR and RA on the triggered non-target images."""
     from bdlib.train import predict
 
@@ -68,7 +77,9 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: int,
     return out
 
 
-def mean_std(records: Iterable[Mapping[str, float]], keys: Iterable[str] = ("BA", "ASR", "RA")) -> dict[str, tuple[float, float]]:
+def mean_std(
+    records: Iterable[Mapping[str, float]], keys: Iterable[str] = ("BA", "ASR", "RA")
+) -> dict[str, tuple[float, float]]:
     """Mean and (sample) standard deviation of each key over records, e.g. over seeds."""
     records = list(records)
     out = {}

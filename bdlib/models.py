@@ -10,6 +10,7 @@ and defenses all work in pixel space. Every model exposes the same three handles
 Raw conv outputs (before BN/ReLU, as NONE needs them) come from forward hooks on the
 ``nn.Conv2d`` modules listed by :func:`conv_layers`.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Sequence
@@ -47,8 +48,14 @@ class SmallCNN(nn.Module):
     (+3 BA points at the quick budget); the features are still the pooled penultimate layer.
     """
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 16,
-                 stats: tuple = STATS["fmnist"], pool: int = 3):
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 10,
+        width: int = 16,
+        stats: tuple = STATS["fmnist"],
+        pool: int = 3,
+    ):
         super().__init__()
         self.norm = Normalize(*stats)
         self.pool = pool
@@ -102,8 +109,9 @@ class BasicBlock(nn.Module):
 class ResNet18(nn.Module):
     """ResNet-18 for 32×32 inputs (3×3 stem, no max-pool); ``preact=True`` gives PreAct-ResNet-18."""
 
-    def __init__(self, in_channels: int = 3, num_classes: int = 10, preact: bool = False,
-                 stats: tuple = STATS["cifar10"]):
+    def __init__(
+        self, in_channels: int = 3, num_classes: int = 10, preact: bool = False, stats: tuple = STATS["cifar10"]
+    ):
         super().__init__()
         self.preact = preact
         self.norm = Normalize(*stats)

@@ -1,4 +1,5 @@
 """The companion's figures, in one house style. Plots take results and draw; they never train."""
+
 from __future__ import annotations
 
 from typing import Mapping, Sequence
@@ -17,8 +18,15 @@ PAGE_WIDTH = 14.0
 def style() -> None:
     """The house style: seaborn whitegrid, colour-blind palette, readable sizes."""
     sns.set_theme(context="notebook", style="whitegrid", palette="colorblind", font_scale=0.95)
-    plt.rcParams.update({"figure.dpi": 110, "axes.titleweight": "bold", "axes.titlesize": 11,
-                         "legend.frameon": False, "savefig.facecolor": "white"})
+    plt.rcParams.update(
+        {
+            "figure.dpi": 110,
+            "axes.titleweight": "bold",
+            "axes.titlesize": 11,
+            "legend.frameon": False,
+            "savefig.facecolor": "white",
+        }
+    )
 
 
 style()
@@ -30,8 +38,7 @@ def _grid(n: int, max_cols: int = 4) -> tuple[int, int]:
     return -(-n // cols), cols
 
 
-def _panels(n: int, max_cols: int, panel_w: float, panel_h: float,
-            **kwargs) -> tuple[plt.Figure, list, int]:
+def _panels(n: int, max_cols: int, panel_w: float, panel_h: float, **kwargs) -> tuple[plt.Figure, list, int]:
     """A figure of ``n`` panels wrapped into rows (:func:`_grid`); unused cells are hidden.
 
     Returns the figure, the ``n`` axes in reading order and the number of rows. ``max_cols`` is
@@ -60,8 +67,7 @@ def _img(x: torch.Tensor) -> np.ndarray:
 
 def _show(ax: plt.Axes, img: torch.Tensor) -> None:
     """One C×H×W image on ``ax`` (grey if single-channel), pixel-exact, no ticks or grid."""
-    ax.imshow(_img(img), cmap="gray" if img.shape[0] == 1 else None, vmin=0, vmax=1,
-              interpolation="nearest")
+    ax.imshow(_img(img), cmap="gray" if img.shape[0] == 1 else None, vmin=0, vmax=1, interpolation="nearest")
     ax.set_xticks([]), ax.set_yticks([])
     ax.grid(False)
 
@@ -76,8 +82,11 @@ def trigger_gallery(rows: Sequence[Mapping]) -> plt.Figure:
         clean, poisoned = row["clean"].float(), row["poisoned"].float()
         diff = (poisoned - clean).abs()
         scale = diff.max().item() or 1.0
-        panels = [(clean, "clean"), (poisoned, "poisoned"),
-                  (diff / scale * 255.0, f"|difference| ×{255.0 / scale:.0f}")]
+        panels = [
+            (clean, "clean"),
+            (poisoned, "poisoned"),
+            (diff / scale * 255.0, f"|difference| ×{255.0 / scale:.0f}"),
+        ]
         for c, (img, title) in enumerate(panels):
             ax = axes[r, c]
             _show(ax, img)
@@ -88,8 +97,9 @@ def trigger_gallery(rows: Sequence[Mapping]) -> plt.Figure:
     return fig
 
 
-def image_rows(rows: Mapping[str, torch.Tensor], captions: Mapping[str, Sequence[str]] | None = None,
-               title: str = "") -> plt.Figure:
+def image_rows(
+    rows: Mapping[str, torch.Tensor], captions: Mapping[str, Sequence[str]] | None = None, title: str = ""
+) -> plt.Figure:
     """One row of images per label: ``rows`` maps a row label to a uint8 N×C×H×W batch.
 
     ``captions`` optionally gives one short caption per image of a row.
@@ -112,18 +122,35 @@ def image_rows(rows: Mapping[str, torch.Tensor], captions: Mapping[str, Sequence
     return fig
 
 
-def metric_bars(records: Sequence[Mapping], by: str = "model", metrics: Sequence[str] = ("BA", "ASR", "RA"),
-                title: str = "", ylabel: str = "percent of test images") -> plt.Figure:
+def metric_bars(
+    records: Sequence[Mapping],
+    by: str = "model",
+    metrics: Sequence[str] = ("BA", "ASR", "RA"),
+    title: str = "",
+    ylabel: str = "percent of test images",
+) -> plt.Figure:
     """Grouped bars of BA / ASR / RA (mean over records, error bars = std over seeds)."""
     import pandas as pd
 
-    long = pd.DataFrame([{by: r[by], "metric": m, "value": r[m], "seed": r.get("seed", 0)}
-                         for r in records for m in metrics if m in r])
+    long = pd.DataFrame(
+        [{by: r[by], "metric": m, "value": r[m], "seed": r.get("seed", 0)} for r in records for m in metrics if m in r]
+    )
     order = list(dict.fromkeys(r[by] for r in records))
     fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(order) + 2), 3.4))
     palette = METRIC_COLORS if set(metrics) <= set(METRIC_COLORS) else "colorblind"
-    sns.barplot(long, x=by, y="value", hue="metric", order=order, hue_order=list(metrics),
-                palette=palette, errorbar="sd", capsize=0.15, err_kws={"linewidth": 1}, ax=ax)
+    sns.barplot(
+        long,
+        x=by,
+        y="value",
+        hue="metric",
+        order=order,
+        hue_order=list(metrics),
+        palette=palette,
+        errorbar="sd",
+        capsize=0.15,
+        err_kws={"linewidth": 1},
+        ax=ax,
+    )
     ax.set_ylim(0, 105)
     ax.set_ylabel(ylabel)
     ax.set_xlabel("")
@@ -134,8 +161,14 @@ def metric_bars(records: Sequence[Mapping], by: str = "model", metrics: Sequence
     return fig
 
 
-def embedding(points: np.ndarray, labels: np.ndarray, poisoned: np.ndarray, classes: Sequence[str],
-              title: str = "", ax: plt.Axes | None = None) -> plt.Figure:
+def embedding(
+    points: np.ndarray,
+    labels: np.ndarray,
+    poisoned: np.ndarray,
+    classes: Sequence[str],
+    title: str = "",
+    ax: plt.Axes | None = None,
+) -> plt.Figure:
     """A 2-D embedding of penultimate features: classes in colour, poisoned samples as black crosses."""
     fig = ax.figure if ax is not None else plt.subplots(figsize=(5.0, 4.4))[0]
     ax = ax or fig.axes[0]
@@ -144,8 +177,9 @@ def embedding(points: np.ndarray, labels: np.ndarray, poisoned: np.ndarray, clas
     for k, name in enumerate(classes):
         sel = clean & (labels == k)
         ax.scatter(points[sel, 0], points[sel, 1], s=4, color=palette[k], alpha=0.5, label=name, linewidths=0)
-    ax.scatter(points[poisoned, 0], points[poisoned, 1], s=14, marker="x", color="black",
-               linewidths=0.8, label="poisoned")
+    ax.scatter(
+        points[poisoned, 0], points[poisoned, 1], s=14, marker="x", color="black", linewidths=0.8, label="poisoned"
+    )
     ax.set_xticks([]), ax.set_yticks([])
     ax.set_title(title)
     ax.legend(markerscale=2.5, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
@@ -159,7 +193,7 @@ def embeddings(panels: Sequence[Mapping], classes: Sequence[str]) -> plt.Figure:
     rows, cols = _grid(len(panels), 3)
     fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols + 1.4, 4.2 * rows), squeeze=False)
     flat = list(axes.flat)
-    for ax in flat[len(panels):]:
+    for ax in flat[len(panels) :]:
         ax.set_visible(False)
     for i, (ax, p) in enumerate(zip(flat, panels)):
         embedding(p["points"], p["labels"], p["poisoned"], classes, p["title"], ax=ax)
@@ -169,21 +203,34 @@ def embeddings(panels: Sequence[Mapping], classes: Sequence[str]) -> plt.Figure:
     return fig
 
 
-def metric_panels(records: Sequence[Mapping], by: str, facet: str,
-                  metrics: Sequence[str] = ("BA", "ASR", "RA"), title: str = "") -> plt.Figure:
+def metric_panels(
+    records: Sequence[Mapping], by: str, facet: str, metrics: Sequence[str] = ("BA", "ASR", "RA"), title: str = ""
+) -> plt.Figure:
     """One :func:`metric_bars`-style panel per value of ``facet`` (e.g. per attack), wrapped into
     rows of at most four that fit :data:`PAGE_WIDTH`."""
     import pandas as pd
 
     facets = list(dict.fromkeys(r[facet] for r in records))
     order = list(dict.fromkeys(r[by] for r in records))
-    long = pd.DataFrame([{facet: r[facet], by: r[by], "metric": m, "value": r[m]}
-                         for r in records for m in metrics if m in r])
+    long = pd.DataFrame(
+        [{facet: r[facet], by: r[by], "metric": m, "value": r[m]} for r in records for m in metrics if m in r]
+    )
     per_bar = 0.9 if len(facets) <= 4 else 0.6  # narrower groups once the panels wrap into rows
     fig, axes, rows = _panels(len(facets), 4, max(3.2, per_bar * len(order) + 1.2), 3.4, sharey=True)
     for ax, f in zip(axes, facets):
-        sns.barplot(long[long[facet] == f], x=by, y="value", hue="metric", order=order, hue_order=list(metrics),
-                    palette=METRIC_COLORS, errorbar="sd", capsize=0.15, err_kws={"linewidth": 1}, ax=ax)
+        sns.barplot(
+            long[long[facet] == f],
+            x=by,
+            y="value",
+            hue="metric",
+            order=order,
+            hue_order=list(metrics),
+            palette=METRIC_COLORS,
+            errorbar="sd",
+            capsize=0.15,
+            err_kws={"linewidth": 1},
+            ax=ax,
+        )
         ax.set_title(str(f)), ax.set_xlabel(""), ax.set_ylim(0, 105)
         ax.tick_params(axis="x", rotation=20 if rows == 1 else 35)
         ax.get_legend().remove()
@@ -197,9 +244,16 @@ def metric_panels(records: Sequence[Mapping], by: str, facet: str,
     return fig
 
 
-def curves(records: Sequence[Mapping], x: str, series: Mapping[str, str],
-           metrics: Sequence[str] = ("BA", "ASR", "RA"), reference: Mapping[str, Mapping] | None = None,
-           title: str = "", xlabel: str | None = None, logx: bool = False) -> plt.Figure:
+def curves(
+    records: Sequence[Mapping],
+    x: str,
+    series: Mapping[str, str],
+    metrics: Sequence[str] = ("BA", "ASR", "RA"),
+    reference: Mapping[str, Mapping] | None = None,
+    title: str = "",
+    xlabel: str | None = None,
+    logx: bool = False,
+) -> plt.Figure:
     """BA / ASR / RA against ``x``, one panel per metric, one line per series.
 
     ``series`` maps a legend label to the key prefix in each record (``"student_"`` reads
@@ -247,16 +301,23 @@ def confidence_histograms(conf: Mapping[str, Mapping[str, Mapping[str, np.ndarra
     """
     models_ = list(conf)
     groups = list(next(iter(conf.values())))
-    fig, axes = plt.subplots(len(groups), len(models_), figsize=(3.3 * len(models_), 2.5 * len(groups)),
-                             squeeze=False, sharex=True)
+    fig, axes = plt.subplots(
+        len(groups), len(models_), figsize=(3.3 * len(models_), 2.5 * len(groups)), squeeze=False, sharex=True
+    )
     colors = {"true class": METRIC_COLORS["RA"], "target class": METRIC_COLORS["ASR"]}
     bins = np.linspace(0, 1, 21)
     for c, m in enumerate(models_):
         for r, g in enumerate(groups):
             ax = axes[r, c]
             for kind, values in conf[m][g].items():
-                ax.hist(values, bins=bins, color=colors.get(kind), alpha=0.6, label=kind,
-                        weights=np.full(len(values), 100.0 / max(len(values), 1)))
+                ax.hist(
+                    values,
+                    bins=bins,
+                    color=colors.get(kind),
+                    alpha=0.6,
+                    label=kind,
+                    weights=np.full(len(values), 100.0 / max(len(values), 1)),
+                )
             ax.set_ylim(0, 100)
             if r == 0:
                 ax.set_title(m)
@@ -292,8 +353,14 @@ def channel_scores(scores: Mapping[str, torch.Tensor], selected: Mapping[str, to
     return fig
 
 
-def class_bars(values: Sequence[float], classes: Sequence[str], highlight: int, ylabel: str,
-               ax: plt.Axes, marked: int | None = None) -> None:
+def class_bars(
+    values: Sequence[float],
+    classes: Sequence[str],
+    highlight: int,
+    ylabel: str,
+    ax: plt.Axes,
+    marked: int | None = None,
+) -> None:
     """Bars per class; ``highlight`` (the true target) in orange, ``marked`` (a method's pick) hatched."""
     colors = [METRIC_COLORS["ASR"] if k == highlight else "0.6" for k in range(len(values))]
     bars = ax.bar(range(len(values)), values, color=colors)
@@ -310,12 +377,16 @@ def inversion_panels(rows: Sequence[Mapping], classes: Sequence[str]) -> plt.Fig
     Each row: ``{"attack", "true_diff" (C×H×W float), "mask" (1×H×W), "pattern" (C×H×W),
     "norms" (K), "target" (true), "detected"}``.
     """
-    fig, axes = plt.subplots(len(rows), 4, figsize=(11.0, 2.4 * len(rows)), squeeze=False,
-                             gridspec_kw={"width_ratios": [1, 1, 1, 2.2]})
+    fig, axes = plt.subplots(
+        len(rows), 4, figsize=(11.0, 2.4 * len(rows)), squeeze=False, gridspec_kw={"width_ratios": [1, 1, 1, 2.2]}
+    )
     for r, row in enumerate(rows):
         diff = row["true_diff"].abs()
-        panels = [(diff / (diff.max() or 1.0), "true trigger |Δ|"), (row["mask"], "inverted mask m"),
-                  (row["mask"] * row["pattern"], "inverted m⊙t")]
+        panels = [
+            (diff / (diff.max() or 1.0), "true trigger |Δ|"),
+            (row["mask"], "inverted mask m"),
+            (row["mask"] * row["pattern"], "inverted m⊙t"),
+        ]
         for c, (img, title) in enumerate(panels):
             ax = axes[r, c]
             _show(ax, img)
@@ -329,20 +400,32 @@ def inversion_panels(rows: Sequence[Mapping], classes: Sequence[str]) -> plt.Fig
     return fig
 
 
-def heatmaps(rows: Sequence[Mapping], values: Sequence[str] = ("BA", "ASR"), index: str = "attack",
-             columns: str = "defense") -> plt.Figure:
+def heatmaps(
+    rows: Sequence[Mapping], values: Sequence[str] = ("BA", "ASR"), index: str = "attack", columns: str = "defense"
+) -> plt.Figure:
     """Mean over seeds of each value as an ``index`` × ``columns`` heatmap, side by side."""
     import pandas as pd
 
     df = pd.DataFrame(rows)
-    fig, axes = plt.subplots(1, len(values), figsize=(5.2 * len(values), 0.45 * df[index].nunique() + 2.2),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(values), figsize=(5.2 * len(values), 0.45 * df[index].nunique() + 2.2), squeeze=False
+    )
     cmaps = {"BA": "Blues", "ASR": "Reds", "RA": "Greens", "DER": "Purples"}
     for ax, v in zip(axes[0], values):
         table = df.pivot_table(index=index, columns=columns, values=v, aggfunc="mean", sort=False)
         fmt, vmax = (".2f", 1.0) if v == "DER" else (".0f", 100.0)
-        sns.heatmap(table, annot=True, fmt=fmt, cmap=cmaps.get(v, "viridis"), vmin=0, vmax=vmax,
-                    cbar=False, linewidths=0.5, ax=ax, annot_kws={"fontsize": 8})
+        sns.heatmap(
+            table,
+            annot=True,
+            fmt=fmt,
+            cmap=cmaps.get(v, "viridis"),
+            vmin=0,
+            vmax=vmax,
+            cbar=False,
+            linewidths=0.5,
+            ax=ax,
+            annot_kws={"fontsize": 8},
+        )
         ax.set_title(f"{v} (mean over seeds)"), ax.set_xlabel(""), ax.set_ylabel("")
         ax.tick_params(axis="x", rotation=30)
         ax.tick_params(axis="y", rotation=0)
@@ -356,16 +439,18 @@ def seconds_bars(rows: Sequence[Mapping], by: str = "defense") -> plt.Figure:
 
     df = pd.DataFrame(rows)
     fig, ax = plt.subplots(figsize=(6.0, 3.0))
-    sns.barplot(df, x=by, y="seconds", errorbar="sd", capsize=0.15, color="0.55", ax=ax,
-                order=list(dict.fromkeys(df[by])))
+    sns.barplot(
+        df, x=by, y="seconds", errorbar="sd", capsize=0.15, color="0.55", ax=ax, order=list(dict.fromkeys(df[by]))
+    )
     ax.set_yscale("log"), ax.set_xlabel(""), ax.set_ylabel("wall time per run (s)")
     ax.tick_params(axis="x", rotation=20)
     fig.tight_layout()
     return fig
 
 
-def tradeoff(rows: Sequence[Mapping], chosen: Mapping[str, Mapping] | None = None,
-             max_cost: float | None = None) -> plt.Figure:
+def tradeoff(
+    rows: Sequence[Mapping], chosen: Mapping[str, Mapping] | None = None, max_cost: float | None = None
+) -> plt.Figure:
     """ASR against BA cost across each defense's tuning grid, one panel per attack.
 
     ``rows`` are ``bdlib.tune.sweep`` rows (mean over seeds is plotted); each defense is one line
@@ -388,8 +473,7 @@ def tradeoff(rows: Sequence[Mapping], chosen: Mapping[str, Mapping] | None = Non
             ax.plot(g["cost"], g["ASR"], marker="o", ms=4, lw=1.3, color=palette[d], label=d)
             if chosen and d in chosen:
                 c = g[g["setting"] == chosen[d]["setting"]]
-                ax.scatter(c["cost"], c["ASR"], s=120, facecolors="none", edgecolors=palette[d], linewidths=2,
-                           zorder=5)
+                ax.scatter(c["cost"], c["ASR"], s=120, facecolors="none", edgecolors=palette[d], linewidths=2, zorder=5)
         ax.set_xscale("symlog", linthresh=5)
         ticks = [t for t in (-2, 0, 1, 2, 3, 5, 10, 20, 40, 80) if t <= max(5.0, df["cost"].max() * 1.2)]
         ax.set_xticks(ticks, [str(t) for t in ticks])
@@ -401,8 +485,13 @@ def tradeoff(rows: Sequence[Mapping], chosen: Mapping[str, Mapping] | None = Non
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, labels, ncols=min(7, len(labels)), loc="upper center", bbox_to_anchor=(0.5, 0.02))
     fig.suptitle("Every defense across its tuning grid\n", fontweight="bold")
-    fig.text(0.5, 0.93, "mean over the tuning seeds · ring: the protocol's choice · grey: within the BA-cost bar",
-             ha="center", fontsize=9)
+    fig.text(
+        0.5,
+        0.93,
+        "mean over the tuning seeds · ring: the protocol's choice · grey: within the BA-cost bar",
+        ha="center",
+        fontsize=9,
+    )
     fig.tight_layout()
     return fig
 
@@ -417,20 +506,34 @@ def target_scores(rows: Sequence[Mapping], value: str = "p_target", max_cols: in
     order = list(dict.fromkeys(df["model"]))
     ncols = min(max_cols, len(attacks))
     nrows = -(-len(attacks) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.3 * nrows), squeeze=False, sharey=True)
+    width = max(4.2, 0.85 * len(order) + 1.0)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, 3.8 * nrows), squeeze=False, sharey=True)
     for ax, a in zip(axes.flat, attacks):
-        sns.barplot(df[df["attack"] == a], x="model", y=value, hue="images", order=order,
-                    hue_order=["clean", "triggered"], palette=["0.65", METRIC_COLORS["ASR"]], errorbar="sd",
-                    capsize=0.15, err_kws={"linewidth": 1}, ax=ax)
-        ax.set_title(a), ax.set_xlabel(""), ax.tick_params(axis="x", rotation=15)
+        sns.barplot(
+            df[df["attack"] == a],
+            x="model",
+            y=value,
+            hue="images",
+            order=order,
+            hue_order=["clean", "triggered"],
+            palette=["0.65", METRIC_COLORS["ASR"]],
+            errorbar="sd",
+            capsize=0.15,
+            err_kws={"linewidth": 1},
+            ax=ax,
+        )
+        ax.set_title(a), ax.set_xlabel("")
+        ax.tick_params(axis="x", rotation=30)
+        for label in ax.get_xticklabels():
+            label.set_horizontalalignment("right")
         ax.get_legend().remove()
-    for ax in axes.flat[len(attacks):]:
+    for ax in axes.flat[len(attacks) :]:
         ax.set_visible(False)
     for row in axes:
-        row[0].set_ylabel({"p_target": "target-class probability (%)", "margin": "target logit − best other"}.get(
-            value, value))
+        row[0].set_ylabel(
+            {"p_target": "target-class probability (%)", "margin": "target logit − best other"}.get(value, value)
+        )
     handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, [f"{lb} test images" for lb in labels], ncols=2, loc="upper center",
-               bbox_to_anchor=(0.5, 0.02))
+    fig.legend(handles, [f"{lb} test images" for lb in labels], ncols=2, loc="upper center", bbox_to_anchor=(0.5, 0.02))
     fig.tight_layout()
     return fig

@@ -4,6 +4,7 @@ Nothing here computes a trained result (that is ``bdlib.experiment``), so editin
 not invalidate the store. The one stored thing is a t-SNE embedding (seconds each, every warm
 run): it is keyed by the model's weights and this module's own source, nothing else.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -14,8 +15,19 @@ from torch import nn
 
 from bdlib import attacks, defenses, metrics
 from bdlib.config import Config, as_dict, override
-from bdlib.experiment import (DefenseRun, _module_hash, _state, clean_model, defend, poisoned_model,
-                              run_data, store, trigger, with_run)
+from bdlib.experiment import (
+    DefenseRun,
+    _module_hash,
+    _state,
+    clean_model,
+    defend,
+    poisoned_model,
+    record_model,
+    run_data,
+    store,
+    trigger,
+    with_run,
+)
 from bdlib.train import amp_dtype, features, logits
 
 
@@ -26,14 +38,18 @@ def describe(cfg: Config, methods: Sequence[str] = (), seeds: Sequence[int] | No
     None prints the profile's.
     """
     dtype = amp_dtype(torch.device(cfg.device))
-    kernels = (f"{'bf16 autocast' if dtype is not None else 'float32'}, "
-               f"{'deterministic kernels' if cfg.deterministic else 'cudnn.benchmark'}"
-               f"{', torch.compile' if cfg.compile else ''}")
-    lines = [f"profile {cfg.profile}: {cfg.dataset}, {cfg.model}, "
-             f"train n={cfg.n_train or 'all'}, test n={cfg.n_test or 'all'}, device {cfg.device} ({kernels})",
-             f"training: {as_dict(cfg.train)}",
-             f"target class {cfg.target}, clean data {cfg.clean_fraction:.1%} of the training set, "
-             f"seeds {seed_list(cfg, seeds)}"]
+    kernels = (
+        f"{'bf16 autocast' if dtype is not None else 'float32'}, "
+        f"{'deterministic kernels' if cfg.deterministic else 'cudnn.benchmark'}"
+        f"{', torch.compile' if cfg.compile else ''}"
+    )
+    lines = [
+        f"profile {cfg.profile}: {cfg.dataset}, {cfg.model}, "
+        f"train n={cfg.n_train or 'all'}, test n={cfg.n_test or 'all'}, device {cfg.device} ({kernels})",
+        f"training: {as_dict(cfg.train)}",
+        f"target class {cfg.target}, clean data {cfg.clean_fraction:.1%} of the training set, "
+        f"seeds {seed_list(cfg, seeds)}",
+    ]
     for name in methods:
         group = cfg.attacks if name in cfg.attacks else cfg.defenses
         lines.append(f"{name}: {as_dict(group[name])}")
@@ -79,7 +95,7 @@ def trigger_examples(cfg: Config, names: Sequence[str], index: int | None = None
         c = with_run(cfg, attack=name)
         _, trig = trigger(c)
         transform = attacks.get(name).test_transform(trig, c.attack_params)
-        clean = d.x_test[i:i + 1]
+        clean = d.x_test[i : i + 1]
         rows.append({"attack": name, "clean": clean[0], "poisoned": transform(clean)[0]})
     return rows
 
@@ -93,13 +109,21 @@ def poisoning_table(cfg: Config, names: Sequence[str], seeds: Sequence[int]) -> 
         rows.append({"model": "clean", "seed": seed, **clean.metrics, "seconds": clean.seconds})
         for name in names:
             run = poisoned_model(with_run(c, attack=name))
-            rows.append({"model": name, "seed": seed, **run.metrics, "seconds": run.seconds,
-                         "n_poisoned": run.meta["n_poisoned"]})
+            rows.append(
+                {
+                    "model": name,
+                    "seed": seed,
+                    **run.metrics,
+                    "seconds": run.seconds,
+                    "n_poisoned": run.meta["n_poisoned"],
+                }
+            )
     return rows
 
 
-def summarize(rows: Sequence[dict], by: str = "model",
-              keys: Sequence[str] = ("BA", "ASR", "RA")) -> dict[str, dict[str, list[float]]]:
+def summarize(
+    rows: Sequence[dict], by: str = "model", keys: Sequence[str] = ("BA", "ASR", "RA")
+) -> dict[str, dict[str, list[float]]]:
     """``{group: {metric: [mean, std]}}`` over the rows of each group (std over seeds)."""
     out: dict[str, dict[str, list[float]]] = {}
     for group in dict.fromkeys(r[by] for r in rows):
@@ -108,8 +132,7 @@ def summarize(rows: Sequence[dict], by: str = "model",
     return out
 
 
-def feature_embedding(cfg: Config, n: int = 1500, poisoned_n: int = 150,
-                      model: nn.Module | None = None) -> dict:
+def feature_embedding(cfg: Config, n: int = 1500, poisoned_n: int = 150, model: nn.Module | None = None) -> dict:
     """A 2-D t-SNE of penultimate features of training samples, poisoned ones included.
 
     Takes ``n`` clean samples and up to ``poisoned_n`` poisoned ones of this run's poisoned
@@ -126,8 +149,14 @@ def feature_embedding(cfg: Config, n: int = 1500, poisoned_n: int = 150,
     pois_idx = pois_idx[torch.randperm(len(pois_idx), generator=gen)[:poisoned_n]]
     idx = torch.cat([clean_idx, pois_idx])
     model = model or run.model
-    spec = {"poisoned_run": run.key, "weights": _weights_digest(model), "n": n, "poisoned_n": poisoned_n,
-            "seed": cfg.seed, "code": _module_hash(feature_embedding)}
+    spec = {
+        "poisoned_run": run.key,
+        "weights": _weights_digest(model),
+        "n": n,
+        "poisoned_n": poisoned_n,
+        "seed": cfg.seed,
+        "code": _module_hash(feature_embedding),
+    }
 
     def compute():
         feats = features(model, p.x[idx], cfg.train.eval_batch_size).numpy()
@@ -153,8 +182,7 @@ def summary_table(summary: dict[str, dict[str, list[float]]]):
     """A pandas table of ``mean ± std`` strings from :func:`summarize`, for display."""
     import pandas as pd
 
-    return pd.DataFrame({g: {k: f"{m:.1f} ± {s:.1f}" for k, (m, s) in v.items()}
-                         for g, v in summary.items()}).T
+    return pd.DataFrame({g: {k: f"{m:.1f} ± {s:.1f}" for k, (m, s) in v.items()} for g, v in summary.items()}).T
 
 
 def confidences(cfg: Config, named_models: dict[str, nn.Module], n: int = 1000) -> dict:
@@ -172,13 +200,16 @@ def confidences(cfg: Config, named_models: dict[str, nn.Module], n: int = 1000) 
         out[model_name] = {}
         for g, idx in groups.items():
             prob = logits(model, p.x[idx], cfg.train.eval_batch_size).softmax(1)
-            out[model_name][g] = {"true class": prob[torch.arange(len(idx)), true_y[idx]].numpy(),
-                                  "target class": prob[:, cfg.target].numpy()}
+            out[model_name][g] = {
+                "true class": prob[torch.arange(len(idx)), true_y[idx]].numpy(),
+                "target class": prob[:, cfg.target].numpy(),
+            }
     return out
 
 
-def defense_rows(cfg: Config, defense: str, names: Sequence[str], seeds: Sequence[int],
-                 overrides: dict | None = None) -> tuple[list[dict], dict[tuple[str, int], DefenseRun]]:
+def defense_rows(
+    cfg: Config, defense: str, names: Sequence[str], seeds: Sequence[int], overrides: dict | None = None
+) -> tuple[list[dict], dict[tuple[str, int], DefenseRun]]:
     """Run ``defense`` on each attack and seed; rows of BA/ASR/RA undefended and defended."""
     from bdlib.config import override
 
@@ -248,12 +279,15 @@ def narcissus_control(cfg: Config, seeds: Sequence[int], paper_rate: float = 0.0
         run = poisoned_model(c)
         paper = poisoned_model(override(c, {"attacks.narcissus.poison_rate": paper_rate}))
         d = run_data(c)
-        control = evaluate(clean_model(c).model, d.x_test, d.y_test, c.target, run.test_trigger,
-                           c.train.eval_batch_size)
+        control = evaluate(
+            clean_model(c).model, d.x_test, d.y_test, c.target, run.test_trigger, c.train.eval_batch_size
+        )
         rate = c.attack_params.poison_rate
-        rows += [{"setting": f"profile budget ({rate:.2%})", "seed": seed, **run.metrics},
-                 {"setting": f"paper budget ({paper_rate:.2%})", "seed": seed, **paper.metrics},
-                 {"setting": "clean model, same trigger", "seed": seed, **control}]
+        rows += [
+            {"setting": f"profile budget ({rate:.2%})", "seed": seed, **run.metrics},
+            {"setting": f"paper budget ({paper_rate:.2%})", "seed": seed, **paper.metrics},
+            {"setting": "clean model, same trigger", "seed": seed, **control},
+        ]
     return rows
 
 
@@ -274,10 +308,17 @@ def target_scores(cfg: Config, named_models: dict[str, nn.Module]) -> list[dict]
             z = logits(model, d.x_test[keep], cfg.train.eval_batch_size, transform=transform)
             others = z.clone()
             others[:, cfg.target] = float("-inf")
-            rows.append({"attack": cfg.attack, "seed": cfg.seed, "model": name, "images": images,
-                         "p_target": 100.0 * z.softmax(1)[:, cfg.target].mean().item(),
-                         "logit_target": z[:, cfg.target].mean().item(),
-                         "margin": (z[:, cfg.target] - others.max(1).values).mean().item()})
+            rows.append(
+                {
+                    "attack": cfg.attack,
+                    "seed": cfg.seed,
+                    "model": name,
+                    "images": images,
+                    "p_target": 100.0 * z.softmax(1)[:, cfg.target].mean().item(),
+                    "logit_target": z[:, cfg.target].mean().item(),
+                    "margin": (z[:, cfg.target] - others.max(1).values).mean().item(),
+                }
+            )
     return rows
 
 
@@ -310,12 +351,27 @@ def protocol_table(chosen: dict, variant: dict | None = None):
     """The comparison protocol's choice per defense, as a pandas table."""
     import pandas as pd
 
-    rows = [{"defense": d, "chosen setting": c["setting"], "mean ASR (tuning seeds)": round(c["ASR"], 1),
-             "worst BA cost": round(c["cost"], 2), "within the BA bar": c["qualified"]} for d, c in chosen.items()]
+    rows = [
+        {
+            "defense": d,
+            "chosen setting": c["setting"],
+            "mean ASR (tuning seeds)": round(c["ASR"], 1),
+            "worst BA cost": round(c["cost"], 2),
+            "within the BA bar": c["qualified"],
+        }
+        for d, c in chosen.items()
+    ]
     if variant is not None:
-        rows.insert(0, {"defense": "ntml (variant)", "chosen setting": variant["setting"],
-                        "mean ASR (tuning seeds)": round(variant["ASR"], 1), "worst BA cost": round(variant["cost"], 2),
-                        "within the BA bar": variant["qualified"]})
+        rows.insert(
+            0,
+            {
+                "defense": "ntml (variant)",
+                "chosen setting": variant["setting"],
+                "mean ASR (tuning seeds)": round(variant["ASR"], 1),
+                "worst BA cost": round(variant["cost"], 2),
+                "within the BA bar": variant["qualified"],
+            },
+        )
     return pd.DataFrame(rows).set_index("defense")
 
 
@@ -339,8 +395,11 @@ def seed_table(summary: Sequence[dict]):
 
     out = []
     for s in summary:
-        keys = [k for k in s if k not in ("BA", "ASR", "RA", "DER", "cost", "ASR_spread", "n_seeds")
-                and not k.endswith("_std")]
+        keys = [
+            k
+            for k in s
+            if k not in ("BA", "ASR", "RA", "DER", "cost", "ASR_spread", "n_seeds") and not k.endswith("_std")
+        ]
         row = {k: s[k] for k in keys}
         row.update({m: f"{s[m]:.1f} ± {s[m + '_std']:.1f}" for m in ("BA", "ASR", "RA", "cost")})
         row.update({"ASR spread": round(s["ASR_spread"], 1), "seeds": s["n_seeds"]})
@@ -356,3 +415,19 @@ def target_table(rows: Sequence[dict]):
     df = pd.DataFrame(rows)
     t = df.groupby(["attack", "model", "images"], sort=False)[["p_target", "margin"]].mean().round(2)
     return t.unstack("images")
+
+
+def reading_diagnosis(cfg: Config, names: Sequence[str], seeds: Sequence[int], readings: Sequence[str]) -> list[dict]:
+    """:func:`target_scores` of M0 and, per NT-ML reading, its NT student and final student
+    (ML on the clean subset), on each attack and seed: where each reading leaves the target."""
+    rows = []
+    for a in names:
+        for s in seeds:
+            c = with_run(cfg, attack=a, seed=s)
+            models = {"M0": poisoned_model(c).model}
+            for r in readings:
+                run = defend(override(c, {"defenses.ntml.reading": r, "defenses.ntml.ml_data": "clean"}), "ntml")
+                models[f"NT student ({r})"] = record_model(c, run, "nt_student")
+                models[f"final ({r})"] = run.model
+            rows += target_scores(c, models)
+    return rows

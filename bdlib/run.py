@@ -12,6 +12,7 @@ when it starts, a live line of the current cell and step on a terminal, and at t
 seconds and how many results it computed or loaded from the store. A failing cell is reported
 in one paragraph — notebook, cell, error — and the exit status is non-zero.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,8 +45,11 @@ def notebooks(names: Sequence[str] = ()) -> list[Path]:
     chosen = []
     for name in names:
         path = Path(name)
-        match = [p for p in available if p == path.resolve() or p.stem == path.stem
-                 or p.stem.startswith(path.stem + "_") or p.name == name]
+        match = [
+            p
+            for p in available
+            if p == path.resolve() or p.stem == path.stem or p.stem.startswith(path.stem + "_") or p.name == name
+        ]
         if len(match) != 1:
             raise RunError(f"notebook {name!r} is unknown; choose from: {', '.join(p.stem for p in available)}")
         chosen.append(match[0])
@@ -84,8 +88,11 @@ def last_seconds(figures: Path, notebook: str, profile: str) -> float | None:
         manifest = json.loads((figures / "manifest.json").read_text())
     except (OSError, ValueError):
         return None
-    mine = [e.get("seconds", 0.0) for e in manifest.values()
-            if e.get("notebook") == notebook and e.get("profile") == profile]
+    mine = [
+        e.get("seconds", 0.0)
+        for e in manifest.values()
+        if e.get("notebook") == notebook and e.get("profile") == profile
+    ]
     return float(sum(mine)) if mine else None
 
 
@@ -94,8 +101,11 @@ def store_summary(counts: dict[str, dict[str, int]]) -> str:
     computed, loaded = counts["computed"], counts["loaded"]
     n_computed, n_loaded = sum(computed.values()), sum(loaded.values())
     kinds = ", ".join(f"{n} {k}" for k, n in sorted(computed.items()))
-    return (f"{n_computed} result{'s' if n_computed != 1 else ''} computed" + (f" ({kinds})" if kinds else "")
-            + f", {n_loaded} loaded from the store")
+    return (
+        f"{n_computed} result{'s' if n_computed != 1 else ''} computed"
+        + (f" ({kinds})" if kinds else "")
+        + f", {n_loaded} loaded from the store"
+    )
 
 
 def notebook_warnings(nb: dict, limit: int = 5) -> list[str]:
@@ -157,27 +167,41 @@ class Live:
             self.stream.flush()
 
 
-def run_notebook(path: Path, params: dict[str, Any], out_dir: Path, figures: Path,
-                 cache: Path | None = None, stream: TextIO = sys.stdout) -> float:
+def run_notebook(
+    path: Path,
+    params: dict[str, Any],
+    out_dir: Path,
+    figures: Path,
+    cache: Path | None = None,
+    stream: TextIO = sys.stdout,
+) -> float:
     """Execute one notebook with papermill, showing its progress on ``stream``; return its wall time."""
     import papermill as pm
 
     valid = parameters(path)
     unknown = sorted(set(params) - set(valid))
     if unknown:
-        raise RunError(f"{path.name}: parameter(s) {', '.join(unknown)} unknown; "
-                       f"this notebook takes: {', '.join(valid)}")
+        raise RunError(
+            f"{path.name}: parameter(s) {', '.join(unknown)} unknown; this notebook takes: {', '.join(valid)}"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     profile = str(params.get("profile", valid.get("profile")))
     before = last_seconds(figures, path.stem, profile)
-    print(f"{path.stem}: started on {profile}" + (f" (last run {before:.0f} s)" if before is not None else ""),
-          file=stream, flush=True)
+    print(
+        f"{path.stem}: started on {profile}" + (f" (last run {before:.0f} s)" if before is not None else ""),
+        file=stream,
+        flush=True,
+    )
     # One more code cell than the source: the parameters papermill injects.
     cells = 1 + sum(c["cell_type"] == "code" for c in json.loads(path.read_text())["cells"])
     status = Path(tempfile.mkdtemp(prefix="bdlib-status-"))
-    env = {"BDLIB_FIGURES": str(figures.resolve()), "BDLIB_CACHE": str((cache or paths.cache_dir()).resolve()),
-           "BDLIB_NOTEBOOK": path.stem, "BDLIB_PARAMETERS": json.dumps(params, sort_keys=True),
-           progress.STATUS_ENV: str(status)}
+    env = {
+        "BDLIB_FIGURES": str(figures.resolve()),
+        "BDLIB_CACHE": str((cache or paths.cache_dir()).resolve()),
+        "BDLIB_NOTEBOOK": path.stem,
+        "BDLIB_PARAMETERS": json.dumps(params, sort_keys=True),
+        progress.STATUS_ENV: str(status),
+    }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     start = time.perf_counter()
@@ -186,14 +210,22 @@ def run_notebook(path: Path, params: dict[str, Any], out_dir: Path, figures: Pat
             # Once the last cell has run the kernel is stopped at once: a graceful shutdown waits
             # ~2 s per notebook for a kernel with torch loaded (a third of a warm notebook's time).
             # Notebooks release what they start themselves (06 closes its Dask cluster).
-            nb = pm.execute_notebook(str(path), str(out_dir / path.name), parameters=params,
-                                     kernel_name="python3", cwd=str(path.parent), progress_bar=False,
-                                     shutdown_kernel="immediate", extra_arguments=list(KERNEL_ARGUMENTS))
+            nb = pm.execute_notebook(
+                str(path),
+                str(out_dir / path.name),
+                parameters=params,
+                kernel_name="python3",
+                cwd=str(path.parent),
+                progress_bar=False,
+                shutdown_kernel="immediate",
+                extra_arguments=list(KERNEL_ARGUMENTS),
+            )
     except pm.PapermillExecutionError as err:
         raise RunError(
             f"{path.name} failed in cell {err.cell_index} (execution count {err.exec_count}): "
             f"{err.ename}: {err.evalue}\n  cell source: {err.source.strip()[:400]}\n"
-            f"  the executed copy with the full traceback is {out_dir / path.name}") from None
+            f"  the executed copy with the full traceback is {out_dir / path.name}"
+        ) from None
     finally:
         for k, v in saved.items():
             if v is None:
@@ -214,14 +246,18 @@ def _assignments(args: argparse.Namespace) -> int:
 
     url = args.repo_url or classroom.default_repo_url()
     args.out = args.out or paths.project_dir() / "student"
-    written = classroom.write_assignments(notebooks(args.notebooks), args.out, url, args.profile,
-                                          chosen=bool(args.notebooks))
+    written = classroom.write_assignments(
+        notebooks(args.notebooks), args.out, url, args.profile, chosen=bool(args.notebooks)
+    )
     for path in written:
         titles = classroom.exercise_titles(json.loads(path.read_text(encoding="utf-8")))
         print(f"{path}: {len(titles)} exercise(s)")
     if url == classroom.PLACEHOLDER_URL:
-        print("note: no --repo-url and no http(s) git remote 'origin': the Colab cell holds a placeholder URL "
-              "and refuses to run on Colab; regenerate with --repo-url URL", file=sys.stderr)
+        print(
+            "note: no --repo-url and no http(s) git remote 'origin': the Colab cell holds a placeholder URL "
+            "and refuses to run on Colab; regenerate with --repo-url URL",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -231,13 +267,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = sub.add_parser("run", help="run notebooks through papermill")
     run.add_argument("notebooks", nargs="*", help="notebook names or stems (default: all)")
     run.add_argument("--profile", default="quick", help="smoke | quick | paper (default quick)")
-    run.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
-                     help="a notebook parameter; VALUE is parsed as JSON when it can be")
-    run.add_argument("--out", type=Path, default=None,
-                     help="executed copies (default: build/executed/ of the project you work in)")
-    run.add_argument("--figures", type=Path, default=None,
-                     help="where figures go (default: $BDLIB_FIGURES, else figures/ for profile quick and "
-                          "build/figures/PROFILE/ for the others, in the project you work in)")
+    run.add_argument(
+        "-p",
+        "--parameter",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
+        help="a notebook parameter; VALUE is parsed as JSON when it can be",
+    )
+    run.add_argument(
+        "--out", type=Path, default=None, help="executed copies (default: build/executed/ of the project you work in)"
+    )
+    run.add_argument(
+        "--figures",
+        type=Path,
+        default=None,
+        help="where figures go (default: $BDLIB_FIGURES, else figures/ for profile quick and "
+        "build/figures/PROFILE/ for the others, in the project you work in)",
+    )
     par = sub.add_parser("params", help="list a notebook's parameters and defaults")
     par.add_argument("notebook")
     asg = sub.add_parser("assignments", help="write student copies of the notebooks with exercises")

@@ -57,8 +57,16 @@ _STALE_TMP_SECONDS = 24 * 3600
 # The modules every stored result depends on. A method's own module is salted separately
 # (``source_hash`` in the spec its caller builds), so editing one defense, a plot or the runner
 # does not invalidate every cached model.
-CORE_MODULES = ("store.py", "data.py", "models.py", "train.py", "metrics.py", "experiment.py",
-                "attacks/base.py", "defenses/base.py")
+CORE_MODULES = (
+    "store.py",
+    "data.py",
+    "models.py",
+    "train.py",
+    "metrics.py",
+    "experiment.py",
+    "attacks/base.py",
+    "defenses/base.py",
+)
 
 
 def source_hash(*relative: str) -> str:
@@ -119,8 +127,7 @@ def _normalise(obj: Any, path: str = "") -> Any:
     if isinstance(obj, (list, tuple)):
         return [_normalise(v, f"{path}[{i}]") for i, v in enumerate(obj)]
     raise TypeError(
-        f"object of type {type(obj).__module__}.{type(obj).__qualname__} at {_fmt_path(path)} "
-        "is not JSON-serialisable"
+        f"object of type {type(obj).__module__}.{type(obj).__qualname__} at {_fmt_path(path)} is not JSON-serialisable"
     )
 
 
@@ -130,9 +137,7 @@ def canonical_json(obj: Any) -> str:
     Dataclasses become dicts, tuples lists, paths/devices/dtypes strings. Anything else
     that JSON cannot represent raises TypeError naming the type and the key path.
     """
-    return json.dumps(
-        _normalise(obj), sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
-    )
+    return json.dumps(_normalise(obj), sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
 
 
 def _sha256_file(path: Path) -> str:

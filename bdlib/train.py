@@ -15,6 +15,7 @@ deterministic kernels (the default: reruns give the same numbers) or cuDNN's aut
 fastest kernels (``deterministic=False``: ``cudnn.benchmark``, faster on a GPU, not bit-
 reproducible), and an opt-in ``torch.compile`` of the model each training step runs.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -153,11 +154,22 @@ def cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: torch
     return F.cross_entropy(model(x), y)
 
 
-def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, train: TrainConfig, *,
-        seed: int, loss_fn: LossFn = cross_entropy, params: Iterable[nn.Parameter] | None = None,
-        schedule: str | Callable[[int], float] = "cosine", bn_eval: bool = False,
-        on_epoch: Callable[[int, nn.Module], dict] | None = None, progress: bool = False,
-        desc: str = "train", **changes) -> list[dict]:
+def fit(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    train: TrainConfig,
+    *,
+    seed: int,
+    loss_fn: LossFn = cross_entropy,
+    params: Iterable[nn.Parameter] | None = None,
+    schedule: str | Callable[[int], float] = "cosine",
+    bn_eval: bool = False,
+    on_epoch: Callable[[int, nn.Module], dict] | None = None,
+    progress: bool = False,
+    desc: str = "train",
+    **changes,
+) -> list[dict]:
     """Train ``model`` in place on ``(x, y)`` with SGD; return one record per epoch.
 
     ``changes`` override fields of ``train`` for this call (``epochs=2, lr=0.01``).
@@ -187,7 +199,7 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, train: TrainConfig, 
         # Summed on the device in float64 (the same sums as Python floats) and read once per epoch.
         loss_sum, seen = torch.zeros((), dtype=torch.float64, device=device), 0
         for start in range(0, len(x), train.batch_size):
-            idx = order[start:start + train.batch_size]
+            idx = order[start : start + train.batch_size]
             factor = _lr_factor(schedule, epoch, step, total)
             for group in opt.param_groups:
                 group["lr"] = train.lr * factor
@@ -228,8 +240,12 @@ def _progress(it, enabled: bool, desc: str):
 
 
 @torch.inference_mode()
-def logits(model: nn.Module, x: torch.Tensor, batch_size: int = 256,
-           transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+def logits(
+    model: nn.Module,
+    x: torch.Tensor,
+    batch_size: int = 256,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
     """Model outputs (float32, on the CPU) for every image of ``x`` (uint8 or float), in eval mode.
 
     ``transform`` is applied to each uint8 batch first (e.g. an attack's trigger), so triggered
@@ -240,7 +256,7 @@ def logits(model: nn.Module, x: torch.Tensor, batch_size: int = 256,
     device = next(model.parameters()).device
     out = []
     for start in range(0, len(x), batch_size):
-        xb = x[start:start + batch_size].to(device)
+        xb = x[start : start + batch_size].to(device)
         if transform is not None:
             xb = transform(xb)
         with autocast(device):
@@ -253,12 +269,15 @@ def features(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.
     """Penultimate features (``model.features``) for every image of ``x``, on the CPU."""
     model.eval()
     device = next(model.parameters()).device
-    out = [model.features(to_float(x[s:s + batch_size].to(device))).float()
-           for s in range(0, len(x), batch_size)]
+    out = [model.features(to_float(x[s : s + batch_size].to(device))).float() for s in range(0, len(x), batch_size)]
     return torch.cat(out).cpu()
 
 
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 256,
-            transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+def predict(
+    model: nn.Module,
+    x: torch.Tensor,
+    batch_size: int = 256,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
     """Predicted class of every image of ``x``."""
     return logits(model, x, batch_size, transform).argmax(1)

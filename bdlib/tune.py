@@ -14,6 +14,7 @@ NT-ML's reading (how its NT stage reads the abstract) and ML variant are chosen 
 Tuning with the attack in hand is knowledge a real defender does not have; every defense gets
 the same amount of it, so the comparison is fair, not realistic.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -37,6 +38,7 @@ def settings(defense: str) -> list[dict[str, Any]]:
 
 def label(setting: Mapping[str, Any]) -> str:
     """A short name of a setting: ``rho=0.5``, ``betas=100``, ``reading=suppress, ml_data=clean``."""
+
     def fmt(v: Any) -> str:
         if isinstance(v, tuple) and len(set(v)) == 1:
             v = v[0]
@@ -48,18 +50,30 @@ def label(setting: Mapping[str, Any]) -> str:
 def _run(cfg: Config, defense: str, attack: str, seed: int, setting: Mapping[str, Any]) -> dict:
     from bdlib import experiment as ex
 
-    c = override(ex.with_run(cfg, attack=attack, seed=seed),
-                 {f"defenses.{defense}.{k}": v for k, v in setting.items()})
+    c = override(ex.with_run(cfg, attack=attack, seed=seed), {f"defenses.{defense}.{k}": v for k, v in setting.items()})
     r = ex.defend(c, defense)
-    return {"defense": defense, "setting": label(setting), "attack": attack, "seed": seed,
-            "BA_before": r.before["BA"], "ASR_before": r.before["ASR"], **r.metrics,
-            "cost": r.before["BA"] - r.metrics["BA"], "seconds": r.seconds}
+    return {
+        "defense": defense,
+        "setting": label(setting),
+        "attack": attack,
+        "seed": seed,
+        "BA_before": r.before["BA"],
+        "ASR_before": r.before["ASR"],
+        **r.metrics,
+        "cost": r.before["BA"] - r.metrics["BA"],
+        "seconds": r.seconds,
+    }
 
 
 def sweep(cfg: Config, names: Sequence[str]) -> list[dict]:
     """One row per defense × setting × tuning attack × tuning seed (cached: a rerun reads the store)."""
-    return [_run(cfg, d, a, s, setting) for d in names for setting in settings(d)
-            for a in cfg.tuning.attacks for s in cfg.tuning.seeds]
+    return [
+        _run(cfg, d, a, s, setting)
+        for d in names
+        for setting in settings(d)
+        for a in cfg.tuning.attacks
+        for s in cfg.tuning.seeds
+    ]
 
 
 def _aggregate(rows: Iterable[Mapping]) -> dict[str, dict[str, Any]]:
@@ -68,11 +82,16 @@ def _aggregate(rows: Iterable[Mapping]) -> dict[str, dict[str, Any]]:
     rows = list(rows)
     for setting in dict.fromkeys(r["setting"] for r in rows):
         mine = [r for r in rows if r["setting"] == setting]
-        per_attack = {a: sum(r["cost"] for r in mine if r["attack"] == a)
-                      / sum(1 for r in mine if r["attack"] == a) for a in dict.fromkeys(r["attack"] for r in mine)}
-        out[setting] = {"ASR": sum(r["ASR"] for r in mine) / len(mine),
-                        "DER": sum(r["DER"] for r in mine) / len(mine),
-                        "cost": max(per_attack.values()), "cost_by_attack": per_attack}
+        per_attack = {
+            a: sum(r["cost"] for r in mine if r["attack"] == a) / sum(1 for r in mine if r["attack"] == a)
+            for a in dict.fromkeys(r["attack"] for r in mine)
+        }
+        out[setting] = {
+            "ASR": sum(r["ASR"] for r in mine) / len(mine),
+            "DER": sum(r["DER"] for r in mine) / len(mine),
+            "cost": max(per_attack.values()),
+            "cost_by_attack": per_attack,
+        }
     return out
 
 
@@ -161,15 +180,33 @@ def summarize(rows: Iterable[Mapping], by: Sequence[str]) -> list[dict]:
     for key in dict.fromkeys(tuple(r[k] for k in by) for r in rows):
         mine = [r for r in rows if tuple(r[k] for k in by) == key]
         ms = metrics.mean_std(mine, ("BA", "ASR", "RA", "DER", "cost"))
-        out.append({**dict(zip(by, key)), **{k: m for k, (m, _) in ms.items()},
-                    **{f"{k}_std": s for k, (_, s) in ms.items()},
-                    "ASR_spread": spread([r["ASR"] for r in mine]), "n_seeds": len(mine)})
+        out.append(
+            {
+                **dict(zip(by, key)),
+                **{k: m for k, (m, _) in ms.items()},
+                **{f"{k}_std": s for k, (_, s) in ms.items()},
+                "ASR_spread": spread([r["ASR"] for r in mine]),
+                "n_seeds": len(mine),
+            }
+        )
     return out
 
 
-__all__ = ["MAX_BA_COST", "settings", "label", "sweep", "select",
-           "profile_mismatches", "variants", "variant_sweep", "ml_contribution", "select_variant", "parse", "spread",
-           "summarize"]
+__all__ = [
+    "MAX_BA_COST",
+    "settings",
+    "label",
+    "sweep",
+    "select",
+    "profile_mismatches",
+    "variants",
+    "variant_sweep",
+    "ml_contribution",
+    "select_variant",
+    "parse",
+    "spread",
+    "summarize",
+]
 
 
 def protocol(cfg: Config, names: Sequence[str] | None = None) -> dict[str, Any]:
@@ -193,9 +230,8 @@ def protocol(cfg: Config, names: Sequence[str] | None = None) -> dict[str, Any]:
 def main(profile_name: str, names: Sequence[str] = (), out: str | None = None) -> int:
     """``python -m bdlib tune``: run the protocol, print the choices, write them as JSON."""
     import json
-    from pathlib import Path
-
     import sys
+    from pathlib import Path
 
     from bdlib import experiment as ex
 
@@ -207,14 +243,18 @@ def main(profile_name: str, names: Sequence[str] = (), out: str | None = None) -
         print(f"error: {err}", file=sys.stderr)
         return 1
     t = cfg.tuning
-    print(f"tuning profile {profile_name}: seeds {list(t.seeds)} (never reported), attacks "
-          f"{', '.join(t.attacks)}; rule: lowest mean ASR with BA cost <= {t.max_cost:g} on each attack",
-          flush=True)
+    print(
+        f"tuning profile {profile_name}: seeds {list(t.seeds)} (never reported), attacks "
+        f"{', '.join(t.attacks)}; rule: lowest mean ASR with BA cost <= {t.max_cost:g} on each attack",
+        flush=True,
+    )
     result = protocol(cfg, list(names) or None)
     if result["variant"]:
         v = result["variant"]
-        print(f"ntml variant: {v['setting']} (mean DER {v['DER']:.3f} over every attack, worst BA cost "
-              f"{v['cost']:.1f}{'' if v['qualified'] else '; no variant meets the BA bar'})")
+        print(
+            f"ntml variant: {v['setting']} (mean DER {v['DER']:.3f} over every attack, worst BA cost "
+            f"{v['cost']:.1f}{'' if v['qualified'] else '; no variant meets the BA bar'})"
+        )
     for d, c in result["chosen"].items():
         note = "" if c["qualified"] else "  (no setting within the BA bar: smallest cost)"
         print(f"{d:>7}: {c['setting']:<28} mean ASR {c['ASR']:5.1f}  worst BA cost {c['cost']:5.1f}{note}")

@@ -6,6 +6,7 @@ everything (cold); the second finds every model and result in the store (warm).
 
     PYTHONPATH=. python benchmarks/cache.py [--profile quick] [NOTEBOOK ...]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,9 +26,25 @@ def run_all(profile: str, notebooks: list[str], cache: Path, out: Path) -> tuple
     """Per-notebook seconds as the runner reports them, and the wall time of the whole command."""
     env = {**os.environ, "BDLIB_CACHE": str(cache), "BDLIB_PROGRESS": "0"}
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "bdlib", "run", *notebooks, "--profile", profile,
-                           "--figures", str(out / "figures"), "--out", str(out / "executed")],
-                          cwd=REPO, env=env, capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bdlib",
+            "run",
+            *notebooks,
+            "--profile",
+            profile,
+            "--figures",
+            str(out / "figures"),
+            "--out",
+            str(out / "executed"),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         sys.exit(f"the {profile} run failed:\n{proc.stderr[-3000:]}")
@@ -48,8 +65,10 @@ def main() -> None:
     print(f"{'notebook':22s} {'cold s':>8s} {'warm s':>8s} {'warm/cold':>10s}")
     for name in cold:
         print(f"{name:22s} {cold[name]:8.1f} {warm[name]:8.1f} {warm[name] / cold[name]:10.3f}")
-    print(f"{'total (wall)':22s} {cold_wall:8.1f} {warm_wall:8.1f} {warm_wall / cold_wall:10.3f}"
-          f"   (1/{cold_wall / warm_wall:.0f})")
+    print(
+        f"{'total (wall)':22s} {cold_wall:8.1f} {warm_wall:8.1f} {warm_wall / cold_wall:10.3f}"
+        f"   (1/{cold_wall / warm_wall:.0f})"
+    )
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ is ignored, so read the result as a lower bound within a factor of ~2.
 
     PYTHONPATH=. python benchmarks/gpu_estimate.py [--rate 6500 | --tflops 100] [--budget-seeds 1]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,25 +58,38 @@ def work(clean_fraction: float) -> dict[str, tuple[float, float]]:
         "poisoned model": (evaluation, e * N_TRAIN),
         "clean model": (evaluation, e * N_TRAIN / 6),  # one per seed, shared by the six attacks
         "Trojan patch": (0, trojan.steps * trojan.n_background / 6),
-        "Narcissus trigger": (0, ((narc.surrogate_epochs or e) * (narc.pood_size + TARGET_SHARE * N_TRAIN)
-                                  + narc.synth_epochs * TARGET_SHARE * N_TRAIN) / 6),
-        "NT-ML": (nt_epochs * N_TRAIN + 4 * evaluation + 2 * ml.ml_epochs * evaluation,
-                  nt_models * nt_epochs * N_TRAIN + 2 * ml.ml_epochs * n_clean),
+        "Narcissus trigger": (
+            0,
+            (
+                (narc.surrogate_epochs or e) * (narc.pood_size + TARGET_SHARE * N_TRAIN)
+                + narc.synth_epochs * TARGET_SHARE * N_TRAIN
+            )
+            / 6,
+        ),
+        "NT-ML": (
+            nt_epochs * N_TRAIN + 4 * evaluation + 2 * ml.ml_epochs * evaluation,
+            nt_models * nt_epochs * N_TRAIN + 2 * ml.ml_epochs * n_clean,
+        ),
         "NONE": (none.rounds * (N_TRAIN + evaluation), none.rounds * none.epochs2 * N_TRAIN),
-        "MCLDef": (2 * mcl.epochs * n_clean + (mcl.epochs + 1) * evaluation,
-                   mcl.inv_steps * mcl.inv_batch_size * 10 + mcl.epochs * n_clean * (1 + (mcl.ce_weight > 0))),
+        "MCLDef": (
+            2 * mcl.epochs * n_clean + (mcl.epochs + 1) * evaluation,
+            mcl.inv_steps * mcl.inv_batch_size * 10 + mcl.epochs * n_clean * (1 + (mcl.ce_weight > 0)),
+        ),
         "FT": (evaluation, ft.epochs * n_clean),
         "NAD": (nad.epochs * n_clean + 2 * evaluation, (nad.teacher_epochs + nad.epochs) * n_clean),
         "ANP": (anp.steps * anp.batch_size + evaluation, anp.steps * anp.batch_size * (1 + anp.ascent_steps)),
-        "I-BAU": (ibau.rounds * evaluation,
-                  ibau.rounds * ibau.batch_size * (ibau.inner_steps + ibau.fp_iters + 2)),
+        "I-BAU": (ibau.rounds * evaluation, ibau.rounds * ibau.batch_size * (ibau.inner_steps + ibau.fp_iters + 2)),
     }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rate", type=float, default=6500.0,
-                    help="measured images/s of standard ResNet-18 training (H100, notebook 01 on paper: 6,500)")
+    ap.add_argument(
+        "--rate",
+        type=float,
+        default=6500.0,
+        help="measured images/s of standard ResNet-18 training (H100, notebook 01 on paper: 6,500)",
+    )
     ap.add_argument("--tflops", type=float, default=None, help="an assumed sustained TFLOP/s instead of --rate")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--attacks", type=int, default=6)
@@ -86,10 +100,14 @@ def main() -> None:
     rate = args.tflops * 1e12 if args.tflops else args.rate * f_train
     tflops = rate / 1e12
     cells = args.attacks * args.seeds
-    print(f"ResNet-18 (CIFAR): {f_fwd / 1e9:.2f} GFLOP forward, {f_train / 1e9:.2f} GFLOP forward+backward "
-          f"per image; {tflops:.1f} TFLOP/s sustained ({source})")
-    print("per cell = per attack x seed; the clean model and the triggers, made once per seed, are "
-          "spread over the six attacks")
+    print(
+        f"ResNet-18 (CIFAR): {f_fwd / 1e9:.2f} GFLOP forward, {f_train / 1e9:.2f} GFLOP forward+backward "
+        f"per image; {tflops:.1f} TFLOP/s sustained ({source})"
+    )
+    print(
+        "per cell = per attack x seed; the clean model and the triggers, made once per seed, are "
+        "spread over the six attacks"
+    )
     print(f"{'piece':20s} {'per cell':>10s} {'cells':>6s} {'GPU-hours':>10s}")
     total = 0.0
     main_work = work(profile("paper").clean_fraction)

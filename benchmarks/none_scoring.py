@@ -8,6 +8,7 @@ channels to reset.
 
     PYTHONPATH=. python benchmarks/none_scoring.py [--n 20000 --channels 512 --classes 10]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -67,13 +68,16 @@ def main() -> None:
     same = np.allclose(fast.numpy(), ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
     top = max(1, int(0.03 * args.channels))  # NONE's rho on ResNet-18: the channels it would reset
     same_top = set(np.argsort(-fast.numpy())[:top]) == set(np.argsort(-ref)[:top])
-    print(f"samples {args.n}, channels {args.channels}, classes {args.classes}, "
-          f"threads {args.threads}, best of {args.repeats}")
+    print(
+        f"samples {args.n}, channels {args.channels}, classes {args.classes}, "
+        f"threads {args.threads}, best of {args.repeats}"
+    )
     print(f"vectorised: {t_fast * 1e3:9.1f} ms")
     print(f"loop:       {t_loop * 1e3:9.1f} ms")
     print(f"speed-up:   {t_loop / t_fast:9.1f}x")
-    print(f"allclose:   {same} (max |diff| {np.abs(fast.numpy() - ref).max():.2e}, "
-          f"scores up to {np.abs(ref).max():.1f})")
+    print(
+        f"allclose:   {same} (max |diff| {np.abs(fast.numpy() - ref).max():.2e}, scores up to {np.abs(ref).max():.1f})"
+    )
     print(f"same top {top} channels: {same_top}")
 
 

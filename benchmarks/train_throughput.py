@@ -18,6 +18,7 @@ first (what a short run pays).
 ``smallcnn`` trains on Fashion-MNIST (profile quick's data); ``resnet18`` on generated 3×32×32
 images in CIFAR-10's shape (random pixels and labels: throughput does not depend on content).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,8 +48,9 @@ class PoisonedPIL(Dataset):
         self.pattern = trigger["pattern"].numpy().transpose(1, 2, 0) * 255.0  # H×W×C
         self.target = target
         self.gray = x.shape[1] == 1
-        self.tf = transforms.Compose([transforms.RandomCrop(x.shape[-1], padding=pad),
-                                      transforms.RandomHorizontalFlip(), transforms.ToTensor()])
+        self.tf = transforms.Compose(
+            [transforms.RandomCrop(x.shape[-1], padding=pad), transforms.RandomHorizontalFlip(), transforms.ToTensor()]
+        )
 
     def __len__(self):
         return len(self.y)
@@ -71,8 +73,11 @@ def load_data(model: str, n: int) -> tuple[torch.Tensor, torch.Tensor, str]:
         idx = data.subset(ds.x_train, ds.y_train, n, 0)
         return ds.x_train[idx], ds.y_train[idx], "fmnist"
     g = torch.Generator().manual_seed(0)
-    return (torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g),
-            torch.randint(0, 10, (n,), generator=g), "cifar10")
+    return (
+        torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g),
+        torch.randint(0, 10, (n,), generator=g),
+        "cifar10",
+    )
 
 
 def new_model(name: str, channels: int, dataset: str, device: torch.device) -> torch.nn.Module:
@@ -135,8 +140,12 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--compile", action="store_true", help="also time bdlib's loop under torch.compile")
-    ap.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=False,
-                    help="deterministic kernels (default off here: cudnn.benchmark, as a GPU run would choose)")
+    ap.add_argument(
+        "--deterministic",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="deterministic kernels (default off here: cudnn.benchmark, as a GPU run would choose)",
+    )
     ap.add_argument("--json", help="also write the results to this file")
     args = ap.parse_args()
     device = select_device(args.device)
@@ -144,29 +153,51 @@ def main() -> None:
     x, y, dataset = load_data(args.model, args.n)
     c, size = x.shape[1], x.shape[-1]
     pad = 2 if args.model == "smallcnn" else 4
-    trig = badnets.make_trigger(TriggerContext(params=badnets.Params(), target=0, seed=0, shape=(c, size, size),
-                                               num_classes=10, x_train=x, y_train=y))
+    trig = badnets.make_trigger(
+        TriggerContext(
+            params=badnets.Params(), target=0, seed=0, shape=(c, size, size), num_classes=10, x_train=x, y_train=y
+        )
+    )
     nonzero = torch.nonzero(y != 0).flatten()
-    p_idx = nonzero[torch.randperm(len(nonzero), generator=torch.Generator().manual_seed(0))[:len(y) // 10]]
+    p_idx = nonzero[torch.randperm(len(nonzero), generator=torch.Generator().manual_seed(0))[: len(y) // 10]]
     train = TrainConfig(epochs=args.epochs, batch_size=args.batch, lr=0.05, crop_pad=pad, flip=True)
 
     ds = PoisonedPIL(x, y, p_idx, trig, 0, pad)
-    loader = DataLoader(ds, batch_size=args.batch, shuffle=True, num_workers=args.workers,
-                        pin_memory=device.type == "cuda", persistent_workers=args.workers > 0)
-    results = {"device": device.type, "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
-               "model": args.model, "n": len(y), "batch": args.batch, "epochs": args.epochs,
-               "workers": args.workers, "threads": torch.get_num_threads(), "torch": torch.__version__,
-               "cudnn_benchmark": not args.deterministic}
-    runs = {"conventional": conventional(loader, new_model(args.model, c, dataset, device), device, args.epochs),
-            "bdlib": bdlib_loop(new_model(args.model, c, dataset, device), x, y, p_idx, trig, train, device)}
+    loader = DataLoader(
+        ds,
+        batch_size=args.batch,
+        shuffle=True,
+        num_workers=args.workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=args.workers > 0,
+    )
+    results = {
+        "device": device.type,
+        "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
+        "model": args.model,
+        "n": len(y),
+        "batch": args.batch,
+        "epochs": args.epochs,
+        "workers": args.workers,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cudnn_benchmark": not args.deterministic,
+    }
+    runs = {
+        "conventional": conventional(loader, new_model(args.model, c, dataset, device), device, args.epochs),
+        "bdlib": bdlib_loop(new_model(args.model, c, dataset, device), x, y, p_idx, trig, train, device),
+    }
     if args.compile:
         configure(deterministic=args.deterministic, compile=True)
-        runs["bdlib + torch.compile"] = bdlib_loop(new_model(args.model, c, dataset, device), x, y, p_idx, trig,
-                                                   train, device)
+        runs["bdlib + torch.compile"] = bdlib_loop(
+            new_model(args.model, c, dataset, device), x, y, p_idx, trig, train, device
+        )
         configure(deterministic=args.deterministic, compile=False)
-    print(f"device {device.type}{' (' + results['gpu'] + ')' if results['gpu'] else ''}, model {args.model}, "
-          f"{torch.get_num_threads()} threads, {len(y)} images, batch {args.batch}, "
-          f"DataLoader workers {args.workers}, {args.epochs} epochs, torch {torch.__version__}")
+    print(
+        f"device {device.type}{' (' + results['gpu'] + ')' if results['gpu'] else ''}, model {args.model}, "
+        f"{torch.get_num_threads()} threads, {len(y)} images, batch {args.batch}, "
+        f"DataLoader workers {args.workers}, {args.epochs} epochs, torch {torch.__version__}"
+    )
     for name, times in runs.items():
         results[name] = {"first_epoch_images_per_s": len(y) / times[0], "last_epoch_images_per_s": len(y) / times[-1]}
         print(f"{name:24s} {len(y) / times[-1]:9.0f} images/s (last epoch), {len(y) / times[0]:9.0f} (first)")

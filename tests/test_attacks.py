@@ -1,4 +1,5 @@
 """Attack behaviour on tiny tensors: where triggers land, who gets poisoned, determinism."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -41,14 +42,34 @@ def context(name, shape, seed=0, **changes):
         fit(m, xs, ys, TrainConfig(epochs=kw.get("epochs", 1), batch_size=16, crop_pad=0), seed=s)
         return m
 
-    return TriggerContext(params=params, target=TARGET, seed=seed, shape=shape, num_classes=4,
-                          x_train=x, y_train=y, x_aux=x.flip(0), y_aux=y.flip(0),
-                          clean_model=lambda: tiny_model(shape[0], seed), train_model=train_model)
+    return TriggerContext(
+        params=params,
+        target=TARGET,
+        seed=seed,
+        shape=shape,
+        num_classes=4,
+        x_train=x,
+        y_train=y,
+        x_aux=x.flip(0),
+        y_aux=y.flip(0),
+        clean_model=lambda: tiny_model(shape[0], seed),
+        train_model=train_model,
+    )
 
 
-FAST = {"trojan": {"steps": 3, "n_background": 8, "patch_size": 3},
-        "narcissus": {"pood_size": 20, "surrogate_epochs": 1, "warmup_epochs": 1, "synth_epochs": 3, "synth_lr": 0.05,
-                      "synth_batch": 8, "poison_rate": 0.1, "aug_crop_pad": 1}}
+FAST = {
+    "trojan": {"steps": 3, "n_background": 8, "patch_size": 3},
+    "narcissus": {
+        "pood_size": 20,
+        "surrogate_epochs": 1,
+        "warmup_epochs": 1,
+        "synth_epochs": 3,
+        "synth_lr": 0.05,
+        "synth_batch": 8,
+        "poison_rate": 0.1,
+        "aug_crop_pad": 1,
+    },
+}
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -72,7 +93,7 @@ def test_badnets_patch_lands_bottom_right_and_nowhere_else(shape):
     p, m = ctx.params.patch_size, ctx.params.margin
     _, h, w = shape
     expected = torch.zeros(3, *shape, dtype=torch.uint8)
-    expected[..., h - m - p:h - m, w - m - p:w - m] = 255
+    expected[..., h - m - p : h - m, w - m - p : w - m] = 255
     assert torch.equal(out, expected)
 
 
@@ -150,8 +171,7 @@ def test_wanet_grid_is_a_small_fixed_warp_and_identity_grid_is_identity():
     assert grid.abs().max() <= 1 and 0 < shift.max() < 4 * ctx.params.strength * 2 / min(h, w)
     assert torch.equal(grid, wanet.make_trigger(context("wanet", (1, h, w), seed=5))["grid"])
     stronger = wanet.make_trigger(context("wanet", (1, h, w), strength=1.0))["grid"]
-    assert torch.allclose(stronger - wanet.identity_grid(h, w),
-                          2 * (grid - wanet.identity_grid(h, w)), atol=1e-5)
+    assert torch.allclose(stronger - wanet.identity_grid(h, w), 2 * (grid - wanet.identity_grid(h, w)), atol=1e-5)
 
 
 def test_wanet_noise_mode_warps_twice_as_many_other_samples_and_keeps_their_labels():
@@ -182,6 +202,7 @@ def test_trojan_patch_stays_in_the_mask_and_raises_the_chosen_unit():
     gen = torch.Generator().manual_seed(1)
     random_patch = {"mask": mask, "pattern": torch.rand(1, 16, 16, generator=gen) * mask}
     with torch.no_grad():
+
         def act(t):
             return model.features(trojan.apply(x, t, ctx.params, True).float() / 255)[:, trig["units"]].mean()
 

@@ -1,4 +1,5 @@
 """Tests for the baseline defenses FT, NAD, ANP and I-BAU (bdlib.defenses.ft / nad / anp / ibau)."""
+
 from __future__ import annotations
 
 import copy
@@ -31,9 +32,18 @@ def _ctx(params, calls: list | None = None) -> DefenseContext:
     x, y = _data()
     cfg = resolve("smoke", overrides={"train.batch_size": 10})
     calls = [] if calls is None else calls
-    return DefenseContext(params=params, cfg=cfg, x_train=x, y_train=y, x_clean=x, y_clean=y, num_classes=10,
-                          seed=0, new_model=_tiny_cnn,
-                          evaluate=lambda m: calls.append(1) or {"BA": 1.0, "ASR": 2.0, "RA": 3.0})
+    return DefenseContext(
+        params=params,
+        cfg=cfg,
+        x_train=x,
+        y_train=y,
+        x_clean=x,
+        y_clean=y,
+        num_classes=10,
+        seed=0,
+        new_model=_tiny_cnn,
+        evaluate=lambda m: calls.append(1) or {"BA": 1.0, "ASR": 2.0, "RA": 3.0},
+    )
 
 
 def _changed(before: dict, model: nn.Module) -> list[str]:
@@ -42,14 +52,28 @@ def _changed(before: dict, model: nn.Module) -> list[str]:
 
 # --------------------------------------------------------------------------- Params validation
 
-@pytest.mark.parametrize("module, field, value", [
-    (ft, "epochs", 0), (ft, "lr", 0.0),
-    (nad, "epochs", 0), (nad, "teacher_lr", -1.0), (nad, "betas", ()), (nad, "betas", (1.0, -1.0)),
-    (nad, "distance", "l1"),
-    (anp, "eps", -0.1), (anp, "alpha", 1.5), (anp, "threshold", -0.1), (anp, "steps", 0),
-    (anp, "mask_momentum", 1.0),
-    (ibau, "rounds", 0), (ibau, "eps", 0.0), (ibau, "fp_iters", -1), (ibau, "lr", 0.0),
-])
+
+@pytest.mark.parametrize(
+    "module, field, value",
+    [
+        (ft, "epochs", 0),
+        (ft, "lr", 0.0),
+        (nad, "epochs", 0),
+        (nad, "teacher_lr", -1.0),
+        (nad, "betas", ()),
+        (nad, "betas", (1.0, -1.0)),
+        (nad, "distance", "l1"),
+        (anp, "eps", -0.1),
+        (anp, "alpha", 1.5),
+        (anp, "threshold", -0.1),
+        (anp, "steps", 0),
+        (anp, "mask_momentum", 1.0),
+        (ibau, "rounds", 0),
+        (ibau, "eps", 0.0),
+        (ibau, "fp_iters", -1),
+        (ibau, "lr", 0.0),
+    ],
+)
 def test_params_reject_bad_values(module, field, value):
     with pytest.raises(ValueError, match=field):
         module.Params(**{field: value}).validate()
@@ -66,6 +90,7 @@ def test_profile_overrides_are_validated():
 
 # --------------------------------------------------------------------------- FT
 
+
 def test_ft_changes_weights_and_records_every_epoch_loss():
     model, calls = _tiny_cnn(), []
     before = copy.deepcopy(model.state_dict())
@@ -77,10 +102,11 @@ def test_ft_changes_weights_and_records_every_epoch_loss():
 
 # --------------------------------------------------------------------------- NAD
 
+
 def test_attention_map_matches_hand_computation():
     act = torch.tensor([[[[1.0, -2.0], [0.0, 3.0]], [[3.0, 0.0], [0.0, 1.0]]]])  # [1, 2, 2, 2]
     # channel mean of squares: [(1+9)/2, (4+0)/2, 0, (9+1)/2] = [5, 2, 0, 5], norm √54
-    expected = torch.tensor([[5.0, 2.0, 0.0, 5.0]]) / 54 ** 0.5
+    expected = torch.tensor([[5.0, 2.0, 0.0, 5.0]]) / 54**0.5
     assert torch.allclose(nad.attention_map(act, 2.0), expected)
     assert torch.allclose(nad.attention_map(act, 2.0).norm(dim=1), torch.ones(1))
 
@@ -96,7 +122,7 @@ def test_at_loss_zero_for_identical_and_scale_invariant():
     # l2 is the per-sample distance; mse its square averaged over samples and the H·W positions.
     d = (nad.attention_map(a) - nad.attention_map(b)).norm(dim=1)
     assert nad.at_loss(a, b, 2.0, "l2").item() == pytest.approx(d.mean().item(), rel=1e-5)
-    assert nad.at_loss(a, b, 2.0, "mse").item() == pytest.approx((d ** 2).mean().item() / 25, rel=1e-5)
+    assert nad.at_loss(a, b, 2.0, "mse").item() == pytest.approx((d**2).mean().item() / 25, rel=1e-5)
 
 
 def test_capture_records_stage_outputs_and_removes_hooks():
@@ -141,6 +167,7 @@ def test_nad_run_end_to_end_and_beta_count_checked():
 
 
 # --------------------------------------------------------------------------- ANP
+
 
 def test_prune_by_mask_zeroes_exactly_the_low_channels():
     model = _tiny_cnn()
@@ -215,6 +242,7 @@ def test_anp_run_prunes_and_records_masks():
 
 
 # --------------------------------------------------------------------------- I-BAU
+
 
 def test_universal_perturbation_respects_bound_and_raises_loss():
     model = _tiny_cnn().eval()

@@ -1,4 +1,5 @@
 """The claims ledger on hand-made results: every verdict, including inconclusive on a spread-out cell."""
+
 from __future__ import annotations
 
 import pytest
@@ -9,12 +10,19 @@ from bdlib.claims import Claim
 SEEDS = (0, 1, 2)
 
 
-def rows(cells: dict[tuple[str, str], list[tuple[float, float]]], base_ba: float = 90.0,
-         base_asr: float = 100.0, attacks=claims.ATTACKS) -> list[dict]:
+def rows(
+    cells: dict[tuple[str, str], list[tuple[float, float]]],
+    base_ba: float = 90.0,
+    base_asr: float = 100.0,
+    attacks=claims.ATTACKS,
+) -> list[dict]:
     """Grid rows: every attack's undefended model at (base_ba, base_asr) for each seed, plus
     ``cells[(attack, defense)] = [(BA, ASR) per seed]``; DER from the definition."""
-    out = [{"attack": a, "defense": "undefended", "seed": s, "BA": base_ba, "ASR": base_asr, "DER": 0.5}
-           for a in attacks for s in SEEDS]
+    out = [
+        {"attack": a, "defense": "undefended", "seed": s, "BA": base_ba, "ASR": base_asr, "DER": 0.5}
+        for a in attacks
+        for s in SEEDS
+    ]
     for (a, d), per_seed in cells.items():
         for s, (ba, asr) in zip(SEEDS, per_seed):
             der = (max(0.0, base_asr - asr) - max(0.0, base_ba - ba) + 100) / 200
@@ -57,8 +65,12 @@ def test_inconclusive_when_a_spread_out_cell_straddles_the_bar():
 
 def test_outperforms_compares_der_against_the_best_rival():
     c = Claim("t", "test", "beats", "outperforms", "x", attacks=("badnets", "blended"), rivals=("a", "b"))
-    base = {("badnets", "a"): same(89, 30), ("badnets", "b"): same(80, 5),
-            ("blended", "a"): same(89, 30), ("blended", "b"): same(89, 50)}
+    base = {
+        ("badnets", "a"): same(89, 30),
+        ("badnets", "b"): same(80, 5),
+        ("blended", "a"): same(89, 30),
+        ("blended", "b"): same(89, 50),
+    }
     assert verdict(c, rows({**base, ("badnets", "x"): same(89, 2), ("blended", "x"): same(89, 3)})) == "holds"
     assert verdict(c, rows({**base, ("badnets", "x"): same(89, 2), ("blended", "x"): same(89, 90)})) == "partly"
     assert verdict(c, rows({**base, ("badnets", "x"): same(60, 2), ("blended", "x"): same(89, 90)})) == "fails"
@@ -74,8 +86,17 @@ def test_asr_ratio():
 
 
 def test_best_reduction():
-    c = Claim("t", "test", "95%", "best_reduction", "x", attacks=("badnets", "blended"), reduction=95.79,
-              cost_max=2.0, partly={"reduction": 80.0, "cost_max": 3.0})
+    c = Claim(
+        "t",
+        "test",
+        "95%",
+        "best_reduction",
+        "x",
+        attacks=("badnets", "blended"),
+        reduction=95.79,
+        cost_max=2.0,
+        partly={"reduction": 80.0, "cost_max": 3.0},
+    )
     assert verdict(c, rows({("badnets", "x"): same(89, 3), ("blended", "x"): same(70, 50)})) == "holds"
     assert verdict(c, rows({("badnets", "x"): same(87.5, 3), ("blended", "x"): same(70, 50)})) == "partly"
     assert verdict(c, rows({("badnets", "x"): same(89, 15), ("blended", "x"): same(89, 50)})) == "partly"

@@ -1,5 +1,6 @@
 """Student copies: no solutions or hidden tests, checks that pass on solutions and fail on stubs,
 and every student notebook stops at its first exercise with NotImplementedError."""
+
 import json
 import sys
 import types
@@ -51,8 +52,12 @@ def test_at_least_four_exercises_each_with_visible_and_hidden_checks():
     assert len(exercises) >= 4
     for solution, checks in exercises:
         assert [_role(c) for c in checks] == ["check", "hidden"], solution["metadata"]
-    ids = [c["metadata"]["nbgrader"]["grade_id"] for nb in SOURCES.values() for c in nb["cells"]
-           if "nbgrader" in c["metadata"]]
+    ids = [
+        c["metadata"]["nbgrader"]["grade_id"]
+        for nb in SOURCES.values()
+        for c in nb["cells"]
+        if "nbgrader" in c["metadata"]
+    ]
     assert len(ids) == len(set(ids)), "nbgrader needs unique grade ids"
 
 
@@ -113,15 +118,21 @@ def test_student_notebooks_stop_at_the_first_exercise(student, tmp_path, monkeyp
     for name, nb in copies.items():
         first_check = next(c for c in nb["cells"] if _role(c) == "check")
         with pytest.raises(pm.PapermillExecutionError) as err:
-            pm.execute_notebook(str(out / f"{name}.ipynb"), str(tmp_path / f"{name}.ipynb"),
-                                parameters={"profile": "smoke"}, kernel_name="python3", cwd=str(out),
-                                progress_bar=False)
+            pm.execute_notebook(
+                str(out / f"{name}.ipynb"),
+                str(tmp_path / f"{name}.ipynb"),
+                parameters={"profile": "smoke"},
+                kernel_name="python3",
+                cwd=str(out),
+                progress_bar=False,
+            )
         assert err.value.ename == "NotImplementedError", f"{name}: {err.value.ename}: {err.value.evalue}"
         assert err.value.source.strip() == _src(first_check).strip(), f"{name} stopped elsewhere"
 
 
 def test_colab_cell_acts_only_on_colab(monkeypatch):
     import subprocess
+
     import torchvision
 
     calls = []
@@ -146,20 +157,30 @@ def test_colab_cell_acts_only_on_colab(monkeypatch):
 
 
 def _nb(*cells):
-    return {"cells": [{"cell_type": "code", "execution_count": None, "outputs": [], "metadata": m,
-                       "source": s} for s, m in cells], "metadata": {}, "nbformat": 4, "nbformat_minor": 4}
+    return {
+        "cells": [
+            {"cell_type": "code", "execution_count": None, "outputs": [], "metadata": m, "source": s} for s, m in cells
+        ],
+        "metadata": {},
+        "nbformat": 4,
+        "nbformat_minor": 4,
+    }
 
 
-SOLUTION = {"nbgrader": {"grade": False, "grade_id": "a", "locked": False, "schema_version": 3,
-                         "solution": True, "task": False}}
+SOLUTION = {
+    "nbgrader": {"grade": False, "grade_id": "a", "locked": False, "schema_version": 3, "solution": True, "task": False}
+}
 
 
-@pytest.mark.parametrize("source, message", [
-    ("def f():\n    ### BEGIN SOLUTION\n    return 1\n", "has no '### END SOLUTION'"),
-    ("def f():\n    return 1\n    ### END SOLUTION\n", "without a '### BEGIN SOLUTION'"),
-    ("### BEGIN SOLUTION\n### BEGIN SOLUTION\n### END SOLUTION\n", "inside the region"),
-    ("### BEGIN SOLUTION\nx = 1  ### END SOLUTION\n", "a line of its own"),
-])
+@pytest.mark.parametrize(
+    "source, message",
+    [
+        ("def f():\n    ### BEGIN SOLUTION\n    return 1\n", "has no '### END SOLUTION'"),
+        ("def f():\n    return 1\n    ### END SOLUTION\n", "without a '### BEGIN SOLUTION'"),
+        ("### BEGIN SOLUTION\n### BEGIN SOLUTION\n### END SOLUTION\n", "inside the region"),
+        ("### BEGIN SOLUTION\nx = 1  ### END SOLUTION\n", "a line of its own"),
+    ],
+)
 def test_malformed_markup_names_notebook_and_cell(source, message):
     nb = _nb(("profile = 'quick'", {"tags": ["parameters"]}), (source, SOLUTION))
     with pytest.raises(classroom.AssignmentError, match=rf"^99_demo, cell 1: .*{message}"):
@@ -168,9 +189,21 @@ def test_malformed_markup_names_notebook_and_cell(source, message):
 
 def test_markers_need_nbgrader_metadata_and_a_notebook_needs_an_exercise():
     with pytest.raises(classroom.AssignmentError, match="cell 0: .*nbgrader.solution"):
-        classroom.student_notebook(_nb(("### BEGIN SOLUTION\n### END SOLUTION", {}),), "99_demo", URL)
+        classroom.student_notebook(
+            _nb(
+                ("### BEGIN SOLUTION\n### END SOLUTION", {}),
+            ),
+            "99_demo",
+            URL,
+        )
     with pytest.raises(classroom.AssignmentError, match="no exercise"):
-        classroom.student_notebook(_nb(("x = 1", {}),), "99_demo", URL)
+        classroom.student_notebook(
+            _nb(
+                ("x = 1", {}),
+            ),
+            "99_demo",
+            URL,
+        )
 
 
 def test_stub_keeps_def_and_docstring_and_names_the_function():
@@ -192,13 +225,16 @@ def test_cli_errors_list_the_valid_choices(tmp_path, capsys):
     assert "smoke" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("remote, expected", [
-    ("https://github.com/t/bdlib.git", "https://github.com/t/bdlib.git"),
-    ("git@github.com:t/bdlib.git", "https://github.com/t/bdlib.git"),
-    ("ssh://git@gitlab.example.org/t/bdlib.git", "https://gitlab.example.org/t/bdlib.git"),
-    ("/home/teacher/bdlib", classroom.PLACEHOLDER_URL),
-    ("", classroom.PLACEHOLDER_URL),
-])
+@pytest.mark.parametrize(
+    "remote, expected",
+    [
+        ("https://github.com/t/bdlib.git", "https://github.com/t/bdlib.git"),
+        ("git@github.com:t/bdlib.git", "https://github.com/t/bdlib.git"),
+        ("ssh://git@gitlab.example.org/t/bdlib.git", "https://gitlab.example.org/t/bdlib.git"),
+        ("/home/teacher/bdlib", classroom.PLACEHOLDER_URL),
+        ("", classroom.PLACEHOLDER_URL),
+    ],
+)
 def test_default_repo_url_is_one_colab_can_install_from(monkeypatch, remote, expected):
     import subprocess
 

@@ -1,5 +1,6 @@
 """What only a GPU can show: no host synchronisation per step, draws on the device, bf16 where
 native. Skipped where torch sees no CUDA device (CI); run on a lent GPU (benchmarks/README.md)."""
+
 import copy
 import warnings
 
@@ -38,7 +39,9 @@ class _Syncs:
 
 def _data(n=256, c=3, size=32, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, 256, (n, c, size, size), dtype=torch.uint8, generator=g), torch.randint(0, 10, (n,), generator=g)
+    return torch.randint(0, 256, (n, c, size, size), dtype=torch.uint8, generator=g), torch.randint(
+        0, 10, (n,), generator=g
+    )
 
 
 def _resnet():
@@ -90,8 +93,10 @@ def test_defense_loops_do_not_sync_per_step():
     delta = torch.zeros(1, 3, 32, 32, device=CUDA)
     xf = x.float() / 255
     with _Syncs() as s:
-        losses = [ibau.unlearn_step(m, opt, xf[i:i + 16], y[i:i + 16], delta, ibau.Params(fp_iters=2))
-                  for i in range(0, 64, 16)]
+        losses = [
+            ibau.unlearn_step(m, opt, xf[i : i + 16], y[i : i + 16], delta, ibau.Params(fp_iters=2))
+            for i in range(0, 64, 16)
+        ]
     assert s.count == 0, f"I-BAU: {s.count} syncs in 4 steps"
     assert torch.stack(losses).isfinite().all()
 

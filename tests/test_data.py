@@ -102,7 +102,9 @@ def make_cifar10(d: Path, n_per_batch=4, n_test=3, protocol=pickle.HIGHEST_PROTO
     # Image 0 of batch 1 is pure red: R plane 255, G and B planes 0.
     batches[0][b"data"][0] = np.concatenate([np.full(1024, 255), np.zeros(2048)]).astype(np.uint8)
     # Image 1 of batch 1: distinct value per plane and a gradient within the plane.
-    batches[0][b"data"][1] = np.concatenate([np.arange(1024) % 256, np.full(1024, 7), np.full(1024, 9)]).astype(np.uint8)
+    batches[0][b"data"][1] = np.concatenate([np.arange(1024) % 256, np.full(1024, 7), np.full(1024, 9)]).astype(
+        np.uint8
+    )
     for i, b in enumerate(batches, 1):
         dump(d / f"data_batch_{i}", b, protocol)
     test = cifar_batch(n_test, rng, b"labels", 10)
@@ -251,8 +253,7 @@ def make_cifar100(d: Path, n_train=6, n_test=4, protocol=pickle.HIGHEST_PROTOCOL
     dump(d / "train", train, protocol)
     dump(d / "test", test, protocol)
     names = [f"class{i:03d}" for i in range(100)]
-    dump(d / "meta", {b"fine_label_names": [s.encode() for s in names], b"coarse_label_names": [b"c"] * 20},
-         protocol)
+    dump(d / "meta", {b"fine_label_names": [s.encode() for s in names], b"coarse_label_names": [b"c"] * 20}, protocol)
     return train, test
 
 
@@ -397,7 +398,9 @@ def test_data_root(monkeypatch):
 
 
 def balanced(n_per_class=50, k=10):
-    return torch.arange(k).repeat_interleave(n_per_class)[torch.randperm(k * n_per_class, generator=torch.Generator().manual_seed(9))]
+    return torch.arange(k).repeat_interleave(n_per_class)[
+        torch.randperm(k * n_per_class, generator=torch.Generator().manual_seed(9))
+    ]
 
 
 def test_subset_stratified_sizes_and_balance():
@@ -486,8 +489,15 @@ def test_dataset_validates_tensors():
     with pytest.raises(ValueError, match="uint8"):
         _tiny_dataset(torch.zeros(5, 1, 28, 28))
     with pytest.raises(ValueError, match="labels"):
-        Dataset("x", torch.zeros(3, 1, 2, 2, dtype=torch.uint8), torch.zeros(2, dtype=torch.int64),
-                torch.zeros(1, 1, 2, 2, dtype=torch.uint8), torch.zeros(1, dtype=torch.int64), ("a",), "t")
+        Dataset(
+            "x",
+            torch.zeros(3, 1, 2, 2, dtype=torch.uint8),
+            torch.zeros(2, dtype=torch.int64),
+            torch.zeros(1, 1, 2, 2, dtype=torch.uint8),
+            torch.zeros(1, dtype=torch.int64),
+            ("a",),
+            "t",
+        )
 
 
 # --------------------------------------------------------------------------- the real thing

@@ -38,8 +38,9 @@ def test_log_x_curves_label_exactly_the_measured_budgets():
     fig = plots.curves(recs, x="clean %", series={"a": "a_"}, logx=True)
     for ax in fig.axes:
         assert [t.get_text() for t in ax.get_xticklabels()] == ["0.5", "1", "2", "5"]
-        assert not ax.xaxis.get_minor_ticks() or not any(t.label1.get_visible() and t.label1.get_text()
-                                                          for t in ax.xaxis.get_minor_ticks())
+        assert not ax.xaxis.get_minor_ticks() or not any(
+            t.label1.get_visible() and t.label1.get_text() for t in ax.xaxis.get_minor_ticks()
+        )
 
 
 def test_integer_x_curves_tick_whole_numbers_only():
@@ -83,8 +84,9 @@ def test_flagged_examples_group_poisons_by_the_defense_flags(monkeypatch):
     poison_idx = torch.tensor([False, True, True, True, False, True])
     flagged = torch.tensor([True, True, False, False, False, True])  # index 0 is a false alarm
     monkeypatch.setattr(report, "run_data", lambda cfg: SimpleNamespace(y_train=y, classes=("a", "b", "c")))
-    monkeypatch.setattr(report, "poisoned_model",
-                        lambda cfg: SimpleNamespace(poisoned=SimpleNamespace(x=x, poison_idx=poison_idx)))
+    monkeypatch.setattr(
+        report, "poisoned_model", lambda cfg: SimpleNamespace(poisoned=SimpleNamespace(x=x, poison_idx=poison_idx))
+    )
     rows, captions, missed = report.flagged_examples(None, SimpleNamespace(tensors={"flagged": flagged}))
     assert rows["caught"][:, 0, 0, 0].tolist() == [1, 5] and captions["caught"] == ["b", "a"]
     assert rows["missed"][:, 0, 0, 0].tolist() == [2, 3] and captions["missed"] == ["c", "c"]

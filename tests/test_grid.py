@@ -15,8 +15,7 @@ def test_cells_cover_the_product_and_undefended_once_per_attack_and_seed():
 
 
 def test_overrides_round_trip_for_workers():
-    cfg = override(resolve("smoke"), {"train.epochs": 1, "attacks.badnets.poison_rate": 0.2,
-                                      "defenses.ft.epochs": 1})
+    cfg = override(resolve("smoke"), {"train.epochs": 1, "attacks.badnets.poison_rate": 0.2, "defenses.ft.epochs": 1})
     again = override(resolve("smoke"), grid._overrides(cfg))
     assert again == dataclasses.replace(cfg, progress=again.progress)
 
@@ -26,16 +25,21 @@ def test_dask_grid_agrees_with_the_sequential_grid(tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # two single-threaded workers on two cores
     from bdlib import experiment
 
-    cfg = override(resolve("smoke", device="cpu"), {"n_train": 600, "n_test": 200, "train.epochs": 1,
-                                                    "defenses.ft.epochs": 1})
+    cfg = override(
+        resolve("smoke", device="cpu"), {"n_train": 600, "n_test": 200, "train.epochs": 1, "defenses.ft.epochs": 1}
+    )
     cells = grid.cells(["badnets"], [grid.UNDEFENDED, "ft"], [0, 1], [0.05])
     results = {}
     for mode in ("sequential", "dask"):
         monkeypatch.setenv("BDLIB_CACHE", str(tmp_path / mode))  # separate stores: both really compute
         experiment.store.cache_clear()
         if mode == "dask":
-            with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                          dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+            with (
+                distributed.LocalCluster(
+                    n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+                ) as cluster,
+                distributed.Client(cluster) as client,
+            ):
                 results[mode] = grid.run(cfg, cells, client)
         else:
             # The same thread count as the workers: CPU kernels may sum in another order with
@@ -69,8 +73,13 @@ def test_a_worker_sets_itself_up_like_a_notebook(monkeypatch):
     seen = {}
     monkeypatch.setattr(grid, "run_cell", lambda cfg, cell: seen.update(cfg=cfg) or {})
     torch.manual_seed(999)
-    payload = {"profile": "smoke", "attack": "badnets", "seed": 7, "device": "cpu",
-               "overrides": {"deterministic": False, "train.epochs": 1}}
+    payload = {
+        "profile": "smoke",
+        "attack": "badnets",
+        "seed": 7,
+        "device": "cpu",
+        "overrides": {"deterministic": False, "train.epochs": 1},
+    }
     try:
         grid._run_cell_remote(payload, grid.Cell("badnets", "ft", 7, 0.05))
         assert torch.initial_seed() == 7  # seeded by bdlib.setup, as a notebook is

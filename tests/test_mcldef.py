@@ -1,4 +1,5 @@
 """Tests for bdlib.defenses.mcldef: contrastive loss, anomaly index, inversion, Params, purification."""
+
 from __future__ import annotations
 
 import copy
@@ -33,8 +34,13 @@ class PatchModel(nn.Module):
         w = torch.zeros(K, SIDE, SIDE)
         w[0, -PATCH:, -PATCH:] = 20.0
         for k in range(1, K):  # bands of 16 pixels: rows 0-1, 2-3, 4-5, then left / middle columns
-            band = [(slice(0, 2), slice(None)), (slice(2, 4), slice(None)), (slice(4, 6), slice(None)),
-                    (slice(None), slice(0, 2)), (slice(None), slice(2, 4))][k - 1]
+            band = [
+                (slice(0, 2), slice(None)),
+                (slice(2, 4), slice(None)),
+                (slice(4, 6), slice(None)),
+                (slice(None), slice(0, 2)),
+                (slice(None), slice(2, 4)),
+            ][k - 1]
             w[k][band] = 1.0
         with torch.no_grad():
             self.fc.weight.copy_(w.flatten(1))
@@ -54,6 +60,7 @@ def _dark_images(n: int, seed: int = 0) -> torch.Tensor:
 
 # --------------------------------------------------------------------------- contrastive loss
 
+
 def test_contrastive_loss_hand_computed_2d():
     z, z_pos, z_neg = torch.tensor([[1.0, 0.0]]), torch.tensor([[1.0, 1.0]]), torch.tensor([[0.0, 1.0]])
     # cos(z, z⁺) = 1/√2, cos(z, z⁻) = 0, τ = 0.5: −log(e^{√2} / (e^{√2} + e^0)).
@@ -72,11 +79,13 @@ def test_contrastive_loss_is_smallest_when_z_matches_positive_and_opposes_negati
         assert mcldef.contrastive_loss(z, z_pos, z_neg, 0.5) > best
     # Orthogonal to z⁻ (and equal to z⁺) is worse than opposite to it.
     ortho = torch.tensor([[1.0, 0.0]])
-    assert mcldef.contrastive_loss(ortho, ortho, torch.tensor([[0.0, 1.0]]), 0.5) > \
-        mcldef.contrastive_loss(ortho, ortho, -ortho, 0.5)
+    assert mcldef.contrastive_loss(ortho, ortho, torch.tensor([[0.0, 1.0]]), 0.5) > mcldef.contrastive_loss(
+        ortho, ortho, -ortho, 0.5
+    )
 
 
 # --------------------------------------------------------------------------- anomaly index
+
 
 def test_anomaly_index_hand_computed():
     norms = torch.tensor([1.0, 10.0, 11.0, 12.0, 13.0, 14.0])
@@ -94,6 +103,7 @@ def test_detection_not_confident_without_an_outlier_and_high_outliers_ignored():
 
 
 # --------------------------------------------------------------------------- inversion
+
 
 def test_inversion_recovers_planted_patch_and_detects_target():
     model = PatchModel()
@@ -122,10 +132,22 @@ def test_inversion_leaves_the_model_untouched():
 
 # --------------------------------------------------------------------------- Params
 
-@pytest.mark.parametrize("change", [dict(target="auto"), dict(target=-1), dict(target=True), dict(lam=0.0),
-                                    dict(inv_steps=0), dict(tau=-0.5), dict(lr_decay=1.5),
-                                    dict(lr_decay_epochs=(10, 5)), dict(first_epoch_lr=0.0),
-                                    dict(ce_weight=-1.0)])
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        dict(target="auto"),
+        dict(target=-1),
+        dict(target=True),
+        dict(lam=0.0),
+        dict(inv_steps=0),
+        dict(tau=-0.5),
+        dict(lr_decay=1.5),
+        dict(lr_decay_epochs=(10, 5)),
+        dict(first_epoch_lr=0.0),
+        dict(ce_weight=-1.0),
+    ],
+)
 def test_params_validation_rejects(change):
     with pytest.raises(ValueError, match=next(iter(change))):
         dataclasses.replace(mcldef.Params(), **change).validate()
@@ -139,6 +161,7 @@ def test_params_through_config_overrides():
 
 
 # --------------------------------------------------------------------------- purification
+
 
 def _tiny_cnn(seed: int) -> SmallCNN:
     torch.manual_seed(seed)
@@ -156,8 +179,7 @@ def test_one_contrastive_step_changes_theta_and_not_frozen_copy():
     x = _dark_images(8).repeat(1, 1, 4, 4)[:, :, :28, :28]
     y = torch.arange(8)
     loss_fn = mcldef.make_loss(frozen, mask, pattern, tau=0.5, ce_weight=0.0)
-    fit(model, x, y, TrainConfig(epochs=1, batch_size=8, crop_pad=0, flip=False), seed=0, loss_fn=loss_fn,
-        lr=0.1)
+    fit(model, x, y, TrainConfig(epochs=1, batch_size=8, crop_pad=0, flip=False), seed=0, loss_fn=loss_fn, lr=0.1)
     changed = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.equal(theta0[k], v)]
     assert any(k.startswith("stage1.0") for k in changed) and any(k.startswith("stage3.0") for k in changed)
     assert all(torch.equal(frozen0[k], v) for k, v in frozen.state_dict().items())
@@ -172,9 +194,18 @@ def test_run_records_detection_and_history(curve):
     cfg = resolve("smoke", overrides={"train.batch_size": 10})
     params = mcldef.Params(inv_steps=3, epochs=2, batch_size=10, curve=curve)
     calls = []
-    ctx = DefenseContext(params=params, cfg=cfg, x_train=x, y_train=y, x_clean=x, y_clean=y, num_classes=10,
-                         seed=0, new_model=_tiny_cnn,
-                         evaluate=lambda m: calls.append(1) or {"BA": 1.0, "ASR": 2.0, "RA": 3.0})
+    ctx = DefenseContext(
+        params=params,
+        cfg=cfg,
+        x_train=x,
+        y_train=y,
+        x_clean=x,
+        y_clean=y,
+        num_classes=10,
+        seed=0,
+        new_model=_tiny_cnn,
+        evaluate=lambda m: calls.append(1) or {"BA": 1.0, "ASR": 2.0, "RA": 3.0},
+    )
     out = mcldef.run(model, ctx)
     if curve:  # evaluated before purification and after each epoch
         assert [r["epoch"] for r in out.history] == [0, 1, 2] and len(calls) == 3

@@ -57,4 +57,4 @@ def test_evaluate_with_a_hand_made_model_and_trigger():
 
 def test_mean_std_over_seeds():
     ms = metrics.mean_std([{"BA": 1.0}, {"BA": 3.0}], keys=("BA",))
-    assert ms["BA"][0] == 2.0 and ms["BA"][1] == pytest.approx(2 ** 0.5)
+    assert ms["BA"][0] == 2.0 and ms["BA"][1] == pytest.approx(2**0.5)

@@ -1,4 +1,5 @@
 """Tests for bdlib.defenses.none: channel scores, the two-means split, channel reset, Params, run."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,10 +22,8 @@ torch.set_num_threads(1)
 def test_channel_scores_hand_computed():
     # 6 samples, 2 classes, 2 channels (rows need not sum to 1 for the pure function).
     # Class 0: strong {0, 1}, weak {3, 4, 5}. Class 1: strong {4, 5}, weak {0, 1, 2}.
-    probs = torch.tensor([[0.95, 0.05], [0.97, 0.03], [0.5, 0.05],
-                          [0.05, 0.5], [0.02, 0.98], [0.01, 0.99]])
-    acts = torch.tensor([[9.0, 1.0], [3.0, 2.0], [100.0, -100.0],
-                         [1.0, 4.0], [2.0, 6.0], [3.0, 5.0]])
+    probs = torch.tensor([[0.95, 0.05], [0.97, 0.03], [0.5, 0.05], [0.05, 0.5], [0.02, 0.98], [0.01, 0.99]])
+    acts = torch.tensor([[9.0, 1.0], [3.0, 2.0], [100.0, -100.0], [1.0, 4.0], [2.0, 6.0], [3.0, 5.0]])
     got = none.channel_scores(acts, probs, strong=0.9, weak=0.1, std_k=3.0)
     std = math.sqrt(2 / 3)  # population std of {1, 2, 3}
     # channel 0: class 0 -> 9 − (2 + 3·std); class 1 -> max(2, 3) − (mean{9,3,100} + 3·std{9,3,100})
@@ -32,8 +31,9 @@ def test_channel_scores_hand_computed():
     # channel 1: class 0 -> 2 − (5 + 3·std{4,6,5}); class 1 -> 6 − (mean{1,2,−100} + 3·std{1,2,−100})
     w = torch.tensor([1.0, 2.0, -100.0])
     c1k1 = 6 - (w.mean() + 3 * w.std(unbiased=False))
-    want = torch.tensor([max(9 - (2 + 3 * std), float(c0k1)),
-                         max(2 - (5 + 3 * math.sqrt(2 / 3)), float(c1k1))], dtype=torch.float32)
+    want = torch.tensor(
+        [max(9 - (2 + 3 * std), float(c0k1)), max(2 - (5 + 3 * math.sqrt(2 / 3)), float(c1k1))], dtype=torch.float32
+    )
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)  # float32 scoring
 
 
@@ -45,8 +45,10 @@ def test_channel_scores_empty_strong_set_is_ignored():
 
 
 def test_detection_statistic_sums_each_layers_top_channels():
-    acts = {"a": torch.tensor([[1.0, 10.0, 100.0], [2.0, 20.0, 200.0]]),
-            "b": torch.tensor([[1000.0, 3.0], [4000.0, 5.0]])}
+    acts = {
+        "a": torch.tensor([[1.0, 10.0, 100.0], [2.0, 20.0, 200.0]]),
+        "b": torch.tensor([[1000.0, 3.0], [4000.0, 5.0]]),
+    }
     scores = {"a": torch.tensor([0.5, 2.0, 1.0]), "b": torch.tensor([1.0, -1.0])}
     # top 1: a's channel 1, b's channel 0
     assert none.detection_statistic(acts, scores, 1).tolist() == [1010.0, 4020.0]
@@ -110,14 +112,18 @@ def test_reset_smallcnn_zeroes_exactly_the_channel_and_its_readers():
     _randomise_bn(m)
     sel = {"stage2.0": torch.tensor([1, 6]), "stage3.0": torch.tensor([5])}
     z = {}
-    mask = torch.zeros(8, 4, 3, 3, dtype=torch.bool); mask[[1, 6]] = True
+    mask = torch.zeros(8, 4, 3, 3, dtype=torch.bool)
+    mask[[1, 6]] = True
     z["stage2.0.weight"] = mask
     for p in ("weight", "bias"):
         z[f"stage2.1.{p}"] = torch.tensor([i in (1, 6) for i in range(8)])
         z[f"stage3.1.{p}"] = torch.tensor([i == 5 for i in range(16)])
-    mask = torch.zeros(16, 8, 3, 3, dtype=torch.bool); mask[:, [1, 6]] = True; mask[5] = True
+    mask = torch.zeros(16, 8, 3, 3, dtype=torch.bool)
+    mask[:, [1, 6]] = True
+    mask[5] = True
     z["stage3.0.weight"] = mask
-    mask = torch.zeros(10, 144, dtype=torch.bool); mask[:, 45:54] = True
+    mask = torch.zeros(10, 144, dtype=torch.bool)
+    mask[:, 45:54] = True
     z["fc.weight"] = mask
     _assert_reset(m, sel, z)
 
@@ -126,21 +132,28 @@ def test_reset_smallcnn_zeroes_exactly_the_channel_and_its_readers():
 def test_reset_resnet18_block_convs(preact):
     m = ResNet18(1, 10, preact=preact, stats=((0.5,), (0.5,)))
     _randomise_bn(m)
-    sel = {"layer2.0.conv1": torch.tensor([3]), "layer3.1.conv2": torch.tensor([7, 9]),
-           "layer4.0.shortcut.0": torch.tensor([0])}
+    sel = {
+        "layer2.0.conv1": torch.tensor([3]),
+        "layer3.1.conv2": torch.tensor([7, 9]),
+        "layer4.0.shortcut.0": torch.tensor([0]),
+    }
     ch = lambda n, idx: torch.tensor([i in idx for i in range(n)])  # noqa: E731
     z = {}
-    w = torch.zeros(128, 64, 3, 3, dtype=torch.bool); w[3] = True
+    w = torch.zeros(128, 64, 3, 3, dtype=torch.bool)
+    w[3] = True
     z["layer2.0.conv1.weight"] = w
     mid_bn = "bn2" if preact else "bn1"  # the BN between conv1 and conv2
     for p in ("weight", "bias"):
         z[f"layer2.0.{mid_bn}.{p}"] = ch(128, [3])
-    w = torch.zeros(128, 128, 3, 3, dtype=torch.bool); w[:, 3] = True
+    w = torch.zeros(128, 128, 3, 3, dtype=torch.bool)
+    w[:, 3] = True
     z["layer2.0.conv2.weight"] = w
     # conv2 joins the residual stream: its filters (and, plain ResNet, bn2) only.
-    w = torch.zeros(256, 256, 3, 3, dtype=torch.bool); w[[7, 9]] = True
+    w = torch.zeros(256, 256, 3, 3, dtype=torch.bool)
+    w[[7, 9]] = True
     z["layer3.1.conv2.weight"] = w
-    w = torch.zeros(512, 256, 1, 1, dtype=torch.bool); w[0] = True
+    w = torch.zeros(512, 256, 1, 1, dtype=torch.bool)
+    w[0] = True
     z["layer4.0.shortcut.0.weight"] = w
     if not preact:
         for p in ("weight", "bias"):
@@ -162,9 +175,20 @@ def test_monitored_convs():
     assert all(n.split(".")[0] in ("layer2", "layer3", "layer4") for n in names)
 
 
-@pytest.mark.parametrize("field,value", [("rho", 0.0), ("rho", 1.5), ("rounds", 0), ("none_lr", 0.0),
-                                         ("epochs2", -1), ("strong", 1.0), ("weak", 0.95),
-                                         ("std_k", -1.0), ("detect_top", 0)])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("rho", 0.0),
+        ("rho", 1.5),
+        ("rounds", 0),
+        ("none_lr", 0.0),
+        ("epochs2", -1),
+        ("strong", 1.0),
+        ("weak", 0.95),
+        ("std_k", -1.0),
+        ("detect_top", 0),
+    ],
+)
 def test_params_validation_names_the_bad_value(field, value):
     with pytest.raises(ValueError, match=field):
         dataclasses.replace(none.Params(), **{field: value}).validate()
@@ -179,13 +203,22 @@ def _tiny_run(rounds: int):
     # Class-coloured images plus a white corner patch on the first 24, relabelled 0.
     x = (y[:, None, None, None] * 20 + torch.randint(0, 40, (n, 1, 12, 12), generator=gen)).to(torch.uint8)
     x[:24, :, -3:, -3:] = 255
-    y = y.clone(); y[:24] = 0
+    y = y.clone()
+    y[:24] = 0
     torch.manual_seed(0)
     model = SmallCNN(1, 10, width=4)
-    ctx = DefenseContext(params=none.Params(epochs2=1, none_lr=0.01, rounds=rounds), cfg=cfg, x_train=x, y_train=y,
-                         x_clean=x[:0], y_clean=y[:0], num_classes=10, seed=0,
-                         new_model=lambda s: SmallCNN(1, 10, width=4),
-                         evaluate=functools.partial(evaluate, x=x[24:], y=y[24:], target=0, trigger=None))
+    ctx = DefenseContext(
+        params=none.Params(epochs2=1, none_lr=0.01, rounds=rounds),
+        cfg=cfg,
+        x_train=x,
+        y_train=y,
+        x_clean=x[:0],
+        y_clean=y[:0],
+        num_classes=10,
+        seed=0,
+        new_model=lambda s: SmallCNN(1, 10, width=4),
+        evaluate=functools.partial(evaluate, x=x[24:], y=y[24:], target=0, trigger=None),
+    )
     return model, none.run(model, ctx)
 
 

@@ -4,6 +4,7 @@ A result-like number (a decimal, a percentage, a ratio ×) in markdown must be o
 own numbers, a setting or a definition listed here; a new one fails this test until it is
 either printed by code instead or, if it really is a setting, added below with its source.
 """
+
 import json
 import re
 
@@ -12,13 +13,27 @@ from bdlib.run import notebooks
 RESULT_LIKE = re.compile(r"\d+(?:\.\d+)?(?:\s?%|×)|\d+\.\d+")
 ALLOWED = {
     # arXiv identifiers of the three papers
-    "2508.05404", "2202.06382", "2205.04411",
+    "2508.05404",
+    "2202.06382",
+    "2205.04411",
     # the abstracts' claims
-    "54.83×", "95.79 %", "2 %", "5 %",
+    "54.83×",
+    "95.79 %",
+    "2 %",
+    "5 %",
     # settings: poison rates (Narcissus 8 % vs the paper's 0.05 %, WaNet 5 % vs 10 %), WaNet
     # strengths, NONE's ρ, strong/weak bars and lr, MCLDef's τ and CE weight, NT-ML's ML lr,
     # the clean budgets 0.5-5 %
-    "8 %", "0.05 %", "10 %", "1.0", "0.5", "0.03", "0.9", "0.1", "0.02", "0.01",
+    "8 %",
+    "0.05 %",
+    "10 %",
+    "1.0",
+    "0.5",
+    "0.03",
+    "0.9",
+    "0.1",
+    "0.02",
+    "0.01",
 }
 
 

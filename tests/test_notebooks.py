@@ -1,4 +1,5 @@
 """Every notebook, end to end, through the real runner on profile smoke, into a temp dir."""
+
 import json
 import os
 import re
@@ -16,9 +17,24 @@ ALL = notebooks()
 
 def _run(tmp: Path, *args: str, cache: Path | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "BDLIB_CACHE": str(cache or tmp / "cache")}
-    return subprocess.run([sys.executable, "-m", "bdlib", "run", *args, "--figures", str(tmp / "figures"),
-                           "--out", str(tmp / "executed")], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=1200)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bdlib",
+            "run",
+            *args,
+            "--figures",
+            str(tmp / "figures"),
+            "--out",
+            str(tmp / "executed"),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -132,8 +148,9 @@ def test_failing_cell_is_reported_in_one_paragraph(tmp_path):
 
 
 def test_unknown_notebook_lists_the_choices():
-    proc = subprocess.run([sys.executable, "-m", "bdlib", "run", "99_nothing"], cwd=REPO,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bdlib", "run", "99_nothing"], cwd=REPO, capture_output=True, text=True
+    )
     assert proc.returncode == 1 and ALL[0].stem in proc.stderr
     assert NOTEBOOKS.exists()
 
@@ -163,7 +180,9 @@ def test_plain_papermill_outside_the_repo_writes_under_the_working_directory(tmp
     assert (figs / "manifest.json").exists() and list(figs.glob("04_*.png"))
     assert any((tmp_path / ".bdlib-cache").glob("??/*/meta.json")), "nothing was stored under the working directory"
     assert not (tmp_path / "figures").exists(), "a smoke run wrote where the quick figures live"
-    assert (_tree(REPO / "figures") if (REPO / "figures").exists() else {}) == repo_figures, "the repo's figures changed"
+    assert (_tree(REPO / "figures") if (REPO / "figures").exists() else {}) == repo_figures, (
+        "the repo's figures changed"
+    )
 
 
 def test_plain_papermill_refuses_a_misspelled_parameter_in_the_setup_cell(tmp_path):

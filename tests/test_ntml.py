@@ -1,4 +1,5 @@
 """Tests for bdlib.defenses.ntml: the non-target loss, mutual learning, Params, and run end to end."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -42,7 +43,7 @@ def test_temperature_matches_hand_computation():
     pt = [math.exp(v / tau) for v in (3.0, 0.0, 1.0)]
     ps = [v / sum(ps) for v in ps]
     pt = [v / sum(pt) for v in pt]
-    hand = tau ** 2 * sum(q * math.log(q / p) for q, p in zip(pt, ps))
+    hand = tau**2 * sum(q * math.log(q / p) for q, p in zip(pt, ps))
     assert ntml.nontarget_kd_loss(s, t, y, tau).item() == pytest.approx(hand, rel=1e-5)
     # The full-class loss is a different number: the mask really removed the label's column.
     assert ntml.kd_loss(s, t, tau).item() != pytest.approx(hand, rel=1e-3)
@@ -72,7 +73,8 @@ def test_mutual_losses_have_separate_gradients():
     ls.backward()
     assert torch.allclose(s.grad, grad_s) and t.grad is None
     expected = F.cross_entropy(s.detach(), y) + 16.0 * F.kl_div(
-        F.log_softmax(s.detach() / 4, 1), F.softmax(t.detach() / 4, 1), reduction="batchmean")
+        F.log_softmax(s.detach() / 4, 1), F.softmax(t.detach() / 4, 1), reduction="batchmean"
+    )
     assert ls.item() == pytest.approx(expected.item(), rel=1e-5)
     assert grad_t.abs().sum() > 0
 
@@ -93,9 +95,18 @@ def _tiny_ctx(**params) -> DefenseContext:
         xb[..., -3:, -3:] = 255
         return xb
 
-    return DefenseContext(params=ntml.Params(**params), cfg=cfg, x_train=x, y_train=y,
-                          x_clean=x[:12], y_clean=y[:12], num_classes=3, seed=0, new_model=new_model,
-                          evaluate=lambda m: metrics.evaluate(m, x[:24], y[:24], 0, stamp))
+    return DefenseContext(
+        params=ntml.Params(**params),
+        cfg=cfg,
+        x_train=x,
+        y_train=y,
+        x_clean=x[:12],
+        y_clean=y[:12],
+        num_classes=3,
+        seed=0,
+        new_model=new_model,
+        evaluate=lambda m: metrics.evaluate(m, x[:24], y[:24], 0, stamp),
+    )
 
 
 def test_one_ml_step_changes_both_models():
@@ -213,16 +224,30 @@ def test_reading_params_validated():
 
 def test_nt_cache_key_covers_every_nt_field():
     p = ntml.Params()
-    changed = {"tau": 2.0, "teacher": "poisoned", "nt_epochs": 3, "nt_lr": 0.2, "init": "poisoned",
-               "reading": "suppress", "isolate": 0.1, "suppress_weight": 3.0,
-               "lam": 2.0, "ml_epochs": 3, "ml_lr": 0.5, "ml_data": "clean+train", "ml_curve": True}
+    changed = {
+        "tau": 2.0,
+        "teacher": "poisoned",
+        "nt_epochs": 3,
+        "nt_lr": 0.2,
+        "init": "poisoned",
+        "reading": "suppress",
+        "isolate": 0.1,
+        "suppress_weight": 3.0,
+        "lam": 2.0,
+        "ml_epochs": 3,
+        "ml_lr": 0.5,
+        "ml_data": "clean+train",
+        "ml_curve": True,
+    }
     assert set(changed) == {f.name for f in dataclasses.fields(p)}, "a new field needs a line here"
     for name, value in changed.items():
         differs = ntml.nt_spec(dataclasses.replace(p, **{name: value})) != ntml.nt_spec(p)
         assert differs == (name not in ntml.ML_FIELDS), name
 
 
-@pytest.mark.parametrize("reading,ml_data", [("suppress", "clean+train"), ("estimated", "clean"), ("predicted", "clean")])
+@pytest.mark.parametrize(
+    "reading,ml_data", [("suppress", "clean+train"), ("estimated", "clean"), ("predicted", "clean")]
+)
 def test_readings_run_end_to_end(reading, ml_data):
     ctx = _tiny_ctx(reading=reading, ml_data=ml_data, isolate=0.25, nt_epochs=1, ml_epochs=1)
     out = ntml.DEFENSE.run(ctx.new_model(7), ctx)

@@ -9,6 +9,7 @@ method's code path is switched off. Then: every attack and defense ran on ResNet
 3×32×32 inputs (read from the store), each attack's trigger changes the images, and a missing
 dataset fails in the setup cell before any training.
 """
+
 import json
 import os
 import subprocess
@@ -28,19 +29,34 @@ SEEDS = [0]
 
 # The paper profile with every size shrunk; the method code paths are the paper profile's own.
 OVERRIDES = {
-    "n_train": 40, "n_test": 20, "train.epochs": 1, "train.batch_size": 64, "train.eval_batch_size": 256,
-    "attacks.trojan.steps": 2, "attacks.trojan.n_background": 8,
+    "n_train": 40,
+    "n_test": 20,
+    "train.epochs": 1,
+    "train.batch_size": 64,
+    "train.eval_batch_size": 256,
+    "attacks.trojan.steps": 2,
+    "attacks.trojan.n_background": 8,
     # 2 poisons among 4 target-class images; the surrogate sees 16 CIFAR-100 images. δ must move
     # the uint8 pixels after one RAdam step (whose size is lr·gradient), hence the large synth_lr.
-    "attacks.narcissus.poison_rate": 0.05, "attacks.narcissus.pood_size": 16,
-    "attacks.narcissus.surrogate_epochs": 1, "attacks.narcissus.warmup_epochs": 1,
-    "attacks.narcissus.synth_epochs": 1, "attacks.narcissus.synth_batch": 32, "attacks.narcissus.synth_lr": 50.0,
+    "attacks.narcissus.poison_rate": 0.05,
+    "attacks.narcissus.pood_size": 16,
+    "attacks.narcissus.surrogate_epochs": 1,
+    "attacks.narcissus.warmup_epochs": 1,
+    "attacks.narcissus.synth_epochs": 1,
+    "attacks.narcissus.synth_batch": 32,
+    "attacks.narcissus.synth_lr": 50.0,
     "defenses.ntml.ml_epochs": 1,
     "defenses.none.epochs2": 1,
-    "defenses.mcldef.inv_steps": 1, "defenses.mcldef.inv_batch_size": 1, "defenses.mcldef.epochs": 1,
-    "defenses.nad.epochs": 1, "defenses.nad.teacher_epochs": 1,
-    "defenses.anp.steps": 2, "defenses.anp.batch_size": 10,
-    "defenses.ibau.rounds": 1, "defenses.ibau.inner_steps": 1, "defenses.ibau.fp_iters": 1,
+    "defenses.mcldef.inv_steps": 1,
+    "defenses.mcldef.inv_batch_size": 1,
+    "defenses.mcldef.epochs": 1,
+    "defenses.nad.epochs": 1,
+    "defenses.nad.teacher_epochs": 1,
+    "defenses.anp.steps": 2,
+    "defenses.anp.batch_size": 10,
+    "defenses.ibau.rounds": 1,
+    "defenses.ibau.inner_steps": 1,
+    "defenses.ibau.fp_iters": 1,
     "defenses.ibau.batch_size": 10,
     "defenses.ft.epochs": 1,
 }
@@ -64,9 +80,29 @@ def write_data(root: Path, cifar100: bool = True) -> None:
 
 def _runner(tmp: Path, stems: list[str], extra: list[str], data_root: Path, cache: Path):
     env = {**os.environ, "BDLIB_DATA": str(data_root), "BDLIB_CACHE": str(cache)}
-    cmd = [sys.executable, "-m", "bdlib", "run", *stems, "--profile", "paper", "-p", "device", '"cpu"',
-           "-p", "seeds", json.dumps(SEEDS), "-p", "overrides", json.dumps(OVERRIDES), *extra,
-           "--figures", str(tmp / "figures"), "--out", str(tmp / "executed")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bdlib",
+        "run",
+        *stems,
+        "--profile",
+        "paper",
+        "-p",
+        "device",
+        '"cpu"',
+        "-p",
+        "seeds",
+        json.dumps(SEEDS),
+        "-p",
+        "overrides",
+        json.dumps(OVERRIDES),
+        *extra,
+        "--figures",
+        str(tmp / "figures"),
+        "--out",
+        str(tmp / "executed"),
+    ]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
 
 
@@ -195,8 +231,10 @@ def test_setup_names_every_missing_dataset_in_one_message(tiny_data):
         ex.setup("paper", device="cpu", overrides=OVERRIDES)
     msg = str(err.value)
     assert msg.startswith("profile 'paper' needs data that is not here") and f"BDLIB_DATA={tiny_data}" in msg
-    for title, folder, files in (("CIFAR-10", "cifar-10-batches-py", "data_batch_1"),
-                                 ("CIFAR-100", "cifar-100-python", "meta")):
+    for title, folder, files in (
+        ("CIFAR-10", "cifar-10-batches-py", "data_batch_1"),
+        ("CIFAR-100", "cifar-100-python", "meta"),
+    ):
         assert f"{title} not found" in msg and f"{folder}/" in msg and files in msg
     write_data(tiny_data, cifar100=False)
     data.clear_cache()
@@ -214,7 +252,9 @@ def test_paper_on_the_cpu_warns_with_an_estimate(tiny_data):
     from bdlib import experiment as ex
 
     write_data(tiny_data)
-    with pytest.warns(UserWarning, match=r"profile 'paper' on the CPU: .* 100 epochs x 50,000 images\) takes about \d+ h"):
+    with pytest.warns(
+        UserWarning, match=r"profile 'paper' on the CPU: .* 100 epochs x 50,000 images\) takes about \d+ h"
+    ):
         ex.setup("paper", device="cpu", overrides={"n_train": 50000})
     cfg = ex.setup("paper", device="cpu", overrides=OVERRIDES)  # shrunk: no warning needed
     assert ex.cpu_estimate(cfg) is None

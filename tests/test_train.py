@@ -45,8 +45,15 @@ def test_fit_on_epoch_records_and_bn_eval_freezes_running_stats():
     x, y = _toy(32)
     m = models.SmallCNN(1, 2, width=4, pool=1)
     before = m.stage1[1].running_mean.clone()
-    hist = fit(m, x, y, TrainConfig(epochs=2, batch_size=16, crop_pad=0), seed=0, bn_eval=True,
-               on_epoch=lambda e, mod: {"seen": e})
+    hist = fit(
+        m,
+        x,
+        y,
+        TrainConfig(epochs=2, batch_size=16, crop_pad=0),
+        seed=0,
+        bn_eval=True,
+        on_epoch=lambda e, mod: {"seen": e},
+    )
     assert [h["seen"] for h in hist] == [1, 2]
     assert torch.equal(m.stage1[1].running_mean, before)
 
@@ -60,8 +67,7 @@ def test_logits_applies_transform_batchwise():
 
 
 def test_models_shapes_features_and_conv_hooks():
-    for name, c, size in (("smallcnn", 1, 28), ("smallcnn", 3, 32), ("resnet18", 3, 32),
-                          ("preact_resnet18", 1, 28)):
+    for name, c, size in (("smallcnn", 1, 28), ("smallcnn", 3, 32), ("resnet18", 3, 32), ("preact_resnet18", 1, 28)):
         m = models.build(name, c, 10, "cifar10" if c == 3 else "fmnist").eval()
         x = torch.rand(2, c, size, size)
         assert m(x).shape == (2, 10)

@@ -1,4 +1,5 @@
 """The comparison protocol: declared grids, the selection rules on hand-made rows, tuning seeds."""
+
 from __future__ import annotations
 
 import pytest
@@ -8,8 +9,16 @@ from bdlib.config import PROFILES, ConfigError, profile, resolve
 
 
 def row(defense, setting, attack, seed, cost, asr, der=0.5):
-    return {"defense": defense, "setting": setting, "attack": attack, "seed": seed, "cost": cost,
-            "ASR": asr, "BA": 90.0 - cost, "DER": der}
+    return {
+        "defense": defense,
+        "setting": setting,
+        "attack": attack,
+        "seed": seed,
+        "cost": cost,
+        "ASR": asr,
+        "BA": 90.0 - cost,
+        "DER": der,
+    }
 
 
 def test_every_defense_declares_a_grid_of_three_to_six_values():
@@ -34,9 +43,11 @@ def test_select_lowest_asr_within_the_cost_bar_on_every_attack():
     rows = []
     for attack in ("badnets", "blended"):
         for seed in (100, 101):
-            rows += [row("d", "weak", attack, seed, 0.5, 80.0),
-                     row("d", "good", attack, seed, 2.5, 10.0),
-                     row("d", "strong", attack, seed, 6.0, 1.0)]
+            rows += [
+                row("d", "weak", attack, seed, 0.5, 80.0),
+                row("d", "good", attack, seed, 2.5, 10.0),
+                row("d", "strong", attack, seed, 6.0, 1.0),
+            ]
     # "edge" has the lowest ASR and a mean cost of 2.9 over both attacks, but 4.0 on blended.
     rows += [row("d", "edge", "badnets", s, 1.8, 2.0) for s in (100, 101)]
     rows += [row("d", "edge", "blended", s, 4.0, 2.0) for s in (100, 101)]
@@ -67,6 +78,7 @@ def test_labels_and_profile_mismatches():
     current = tune.label({"rho": cfg.defenses["none"].rho})
     assert tune.profile_mismatches(cfg, {"none": {"setting": current}}) == []
     assert tune.profile_mismatches(cfg, {"none": {"setting": "rho=0.001"}}) == [
-        f"none: the profile has {current}, the protocol chooses rho=0.001"]
+        f"none: the profile has {current}, the protocol chooses rho=0.001"
+    ]
     with pytest.raises(ValueError, match="unknown"):
         tune.settings("nope")

@@ -1,4 +1,5 @@
 """The attacks, by name. A new attack is one module with an ``ATTACK`` record plus a line here."""
+
 from __future__ import annotations
 
 from bdlib.attacks import badnets, blended, narcissus, sig, trojan, wanet

@@ -4,6 +4,7 @@ A small patch (white, or a black/white checkerboard) stamped at the bottom-right
 fraction of the training images, whose labels are flipped to the target class. The same
 patch at test time sends any image to the target.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -36,12 +37,12 @@ def make_trigger(ctx: TriggerContext) -> Trigger:
     mask = torch.zeros(1, h, w)
     pattern = torch.zeros(c, h, w)
     r0, c0 = h - p.margin - p.patch_size, w - p.margin - p.patch_size
-    mask[:, r0:r0 + p.patch_size, c0:c0 + p.patch_size] = 1.0
+    mask[:, r0 : r0 + p.patch_size, c0 : c0 + p.patch_size] = 1.0
     patch = torch.ones(p.patch_size, p.patch_size)
     if p.pattern == "checkerboard":
         ij = torch.arange(p.patch_size)
         patch = ((ij[:, None] + ij[None, :]) % 2 == 0).float()
-    pattern[:, r0:r0 + p.patch_size, c0:c0 + p.patch_size] = patch
+    pattern[:, r0 : r0 + p.patch_size, c0 : c0 + p.patch_size] = patch
     return {"mask": mask, "pattern": pattern}
 
 
@@ -49,5 +50,11 @@ def apply(x: torch.Tensor, trigger: Trigger, params: Params, test: bool) -> torc
     return blend(x, trigger["pattern"], trigger["mask"])
 
 
-ATTACK = Attack("badnets", Params, clean_label=False, make_trigger=make_trigger, apply=apply,
-                cite="Gu et al., BadNets, arXiv 1708.06733 (2017)")
+ATTACK = Attack(
+    "badnets",
+    Params,
+    clean_label=False,
+    make_trigger=make_trigger,
+    apply=apply,
+    cite="Gu et al., BadNets, arXiv 1708.06733 (2017)",
+)

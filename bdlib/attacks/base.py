@@ -5,6 +5,7 @@ trigger (an optimised patch, a synthesised perturbation), is computed once by
 ``make_trigger`` and returned as a dict of tensors so the store can keep it; ``apply``
 stamps that trigger on a whole uint8 batch at once, on whatever device the batch is.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -56,11 +57,12 @@ class Attack:
     apply: Callable[[torch.Tensor, Trigger, Any, bool], torch.Tensor]  # (x, trigger, params, test) -> x
     cite: str
     # Poisoning of the training set; most attacks use :func:`poison_standard`.
-    poison: Callable[["Attack", torch.Tensor, torch.Tensor, Any, Trigger, int, int], Poisoned] | None = None
+    poison: Callable[[Attack, torch.Tensor, torch.Tensor, Any, Trigger, int, int], Poisoned] | None = None
     needs_clean_model: bool = False
 
-    def poison_dataset(self, x: torch.Tensor, y: torch.Tensor, params: Any, trigger: Trigger,
-                       target: int, seed: int) -> Poisoned:
+    def poison_dataset(
+        self, x: torch.Tensor, y: torch.Tensor, params: Any, trigger: Trigger, target: int, seed: int
+    ) -> Poisoned:
         fn = self.poison or poison_standard
         return fn(self, x, y, params, trigger, target, seed)
 
@@ -83,8 +85,9 @@ def choose(pool: torch.Tensor, n: int, seed: int) -> torch.Tensor:
     return pool[torch.randperm(len(pool), generator=gen)[:n]].sort().values
 
 
-def poison_standard(attack: Attack, x: torch.Tensor, y: torch.Tensor, params: Any,
-                    trigger: Trigger, target: int, seed: int) -> Poisoned:
+def poison_standard(
+    attack: Attack, x: torch.Tensor, y: torch.Tensor, params: Any, trigger: Trigger, target: int, seed: int
+) -> Poisoned:
     """Stamp the trigger on a seeded random choice of samples; dirty-label attacks relabel them.
 
     Dirty-label attacks choose among non-target-class samples (so every poisoned label really

@@ -3,6 +3,7 @@
 Poisoned images are alpha-blended with one fixed noise image, (1 − α)·x + α·noise, and
 relabelled to the target; α is the same at training and test time.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -35,5 +36,11 @@ def apply(x: torch.Tensor, trigger: Trigger, params: Params, test: bool) -> torc
     return blend(x, trigger["pattern"], torch.tensor(params.alpha))
 
 
-ATTACK = Attack("blended", Params, clean_label=False, make_trigger=make_trigger, apply=apply,
-                cite="Chen et al., Targeted Backdoor Attacks ... Data Poisoning, arXiv 1712.05526 (2017)")
+ATTACK = Attack(
+    "blended",
+    Params,
+    clean_label=False,
+    make_trigger=make_trigger,
+    apply=apply,
+    cite="Chen et al., Targeted Backdoor Attacks ... Data Poisoning, arXiv 1712.05526 (2017)",
+)

@@ -7,6 +7,7 @@ class), warms it up on the target class alone, then synthesises a small perturba
 δ to a handful of target-class training images (labels untouched) plants the backdoor; at test
 time a magnified δ sends other images to the target.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,7 +26,9 @@ class Params:
     poison_rate: float = 0.0005  # of the training set: 0.05% (Narcissus paper, docs/methods.md)
     eps: float = 16 / 255  # L∞ budget of δ (Narcissus paper, docs/methods.md)
     test_scale: float = 3.0  # test trigger = test_scale·δ, clipped (Narcissus code, docs/methods.md)
-    pood: Literal["aux", "cifar100"] = "aux"  # surrogate's extra data: held-out split or CIFAR-100 (choice, docs/methods.md)
+    pood: Literal["aux", "cifar100"] = (
+        "aux"  # surrogate's extra data: held-out split or CIFAR-100 (choice, docs/methods.md)
+    )
     pood_size: int = 10000  # extra images the surrogate trains on (choice: the prototype's 10k split)
     surrogate_epochs: int | None = None  # None: the profile's standard training (Narcissus: 200 on CIFAR)
     warmup_epochs: int = 5  # fine-tuning on the target class only (Narcissus code: warmup_round = 5)
@@ -48,8 +51,9 @@ class Params:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.warmup_epochs < 0 or self.aug_crop_pad < 0:
-            raise ValueError(f"warmup_epochs and aug_crop_pad must be >= 0, got "
-                             f"{self.warmup_epochs}, {self.aug_crop_pad}")
+            raise ValueError(
+                f"warmup_epochs and aug_crop_pad must be >= 0, got {self.warmup_epochs}, {self.aug_crop_pad}"
+            )
         if self.warmup_lr <= 0 or self.synth_lr <= 0:
             raise ValueError(f"warmup_lr and synth_lr must be > 0, got {self.warmup_lr}, {self.synth_lr}")
 
@@ -60,8 +64,10 @@ def pood_data(ctx: TriggerContext) -> tuple[torch.Tensor, torch.Tensor]:
     p: Params = ctx.params
     if p.pood == "aux":
         if ctx.x_aux is None or len(ctx.x_aux) == 0:
-            raise ValueError("narcissus pood='aux' needs held-out training images, and this profile has "
-                             "none (it trains on the full set); use pood='cifar100'")
+            raise ValueError(
+                "narcissus pood='aux' needs held-out training images, and this profile has "
+                "none (it trains on the full set); use pood='cifar100'"
+            )
         x, y = ctx.x_aux, ctx.y_aux
     else:
         from bdlib.data import load
@@ -103,7 +109,7 @@ def make_trigger(ctx: TriggerContext) -> Trigger:
     for _ in range(p.synth_epochs):
         order = torch.randperm(len(x), generator=gen, device=device)
         for start in range(0, len(x), p.synth_batch):
-            idx = order[start:start + p.synth_batch]
+            idx = order[start : start + p.synth_batch]
             xb = augment(x[idx], p.aug_crop_pad, True, gen)
             loss = F.cross_entropy(model((xb + delta).clamp(0, 1)), y[idx])
             (delta.grad,) = torch.autograd.grad(loss, [delta])
@@ -118,5 +124,11 @@ def apply(x: torch.Tensor, trigger: Trigger, params: Params, test: bool) -> torc
     return add(x, trigger["delta"] * (params.test_scale if test else 1.0))
 
 
-ATTACK = Attack("narcissus", Params, clean_label=True, make_trigger=make_trigger, apply=apply,
-                cite="Zeng et al., Narcissus, arXiv 2204.05255 (ACM CCS 2023)")
+ATTACK = Attack(
+    "narcissus",
+    Params,
+    clean_label=True,
+    make_trigger=make_trigger,
+    apply=apply,
+    cite="Zeng et al., Narcissus, arXiv 2204.05255 (ACM CCS 2023)",
+)

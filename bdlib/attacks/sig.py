@@ -5,6 +5,7 @@ A clean-label attack: a horizontal sinusoid x + Δ·sin(2π·j·f/W), constant d
 is added to most images of the target class, whose labels stay correct. The network learns
 the signal as a shortcut to the target; the same signal at test time triggers it.
 """
+
 from __future__ import annotations
 
 import math
@@ -46,5 +47,11 @@ def apply(x: torch.Tensor, trigger: Trigger, params: Params, test: bool) -> torc
     return add(x, amplitude * trigger["wave"])
 
 
-ATTACK = Attack("sig", Params, clean_label=True, make_trigger=make_trigger, apply=apply,
-                cite="Barni et al., SIG, arXiv 1902.11237 (ICIP 2019)")
+ATTACK = Attack(
+    "sig",
+    Params,
+    clean_label=True,
+    make_trigger=make_trigger,
+    apply=apply,
+    cite="Barni et al., SIG, arXiv 1902.11237 (ICIP 2019)",
+)

@@ -5,6 +5,7 @@ the penultimate-layer unit(s) with the largest outgoing weights fire strongly; s
 already drive the output, so a little poisoning ties them to the target. Poisoned samples
 carry the patch and are relabelled to the target (dirty-label).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -44,7 +45,7 @@ def patch_mask(shape: tuple[int, int, int], size: int, margin: int) -> torch.Ten
     if size + margin > min(h, w):
         raise ValueError(f"a {size}px patch with margin {margin} does not fit a {h}×{w} image")
     mask = torch.zeros(1, h, w)
-    mask[:, h - margin - size:h - margin, w - margin - size:w - margin] = 1.0
+    mask[:, h - margin - size : h - margin, w - margin - size : w - margin] = 1.0
     return mask
 
 
@@ -79,6 +80,12 @@ def apply(x: torch.Tensor, trigger: Trigger, params: Params, test: bool) -> torc
     return blend(x, trigger["pattern"], trigger["mask"])
 
 
-ATTACK = Attack("trojan", Params, clean_label=False, make_trigger=make_trigger, apply=apply,
-                cite="Liu et al., Trojaning Attack on Neural Networks, NDSS 2018",
-                needs_clean_model=True)
+ATTACK = Attack(
+    "trojan",
+    Params,
+    clean_label=False,
+    make_trigger=make_trigger,
+    apply=apply,
+    cite="Liu et al., Trojaning Attack on Neural Networks, NDSS 2018",
+    needs_clean_model=True,
+)

@@ -7,6 +7,7 @@ samples are warped and relabelled to the target; "noise-mode" samples get the wa
 random per-sample perturbation and keep their labels, so the network learns the exact warp
 rather than any warp.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -68,8 +69,9 @@ def apply(x: torch.Tensor, trigger: Trigger, params: Params, test: bool) -> torc
     return warp(x, trigger["grid"])
 
 
-def poison(attack: Attack, x: torch.Tensor, y: torch.Tensor, params: Params, trigger: Trigger,
-           target: int, seed: int) -> Poisoned:
+def poison(
+    attack: Attack, x: torch.Tensor, y: torch.Tensor, params: Params, trigger: Trigger, target: int, seed: int
+) -> Poisoned:
     """Warp and relabel a seeded choice of non-target samples; warp ``cross_ratio`` times as many
     other samples with an extra random perturbation of the grid, keeping their labels."""
     n = poison_count(params, y, target)
@@ -96,5 +98,12 @@ def poison(attack: Attack, x: torch.Tensor, y: torch.Tensor, params: Params, tri
     return Poisoned(xp, yp, mask, extra={"noise_idx": noise_mask})
 
 
-ATTACK = Attack("wanet", Params, clean_label=False, make_trigger=make_trigger, apply=apply,
-                cite="Nguyen & Tran, WaNet, arXiv 2102.10369 (ICLR 2021)", poison=poison)
+ATTACK = Attack(
+    "wanet",
+    Params,
+    clean_label=False,
+    make_trigger=make_trigger,
+    apply=apply,
+    cite="Nguyen & Tran, WaNet, arXiv 2102.10369 (ICLR 2021)",
+    poison=poison,
+)

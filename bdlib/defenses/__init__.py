@@ -1,11 +1,9 @@
 """The defenses, by name. A new defense is one module with a ``DEFENSE`` record plus a line here."""
+
 from __future__ import annotations
 
-from bdlib.defenses import ntml
-from bdlib.defenses import mcldef
-from bdlib.defenses import none
-from bdlib.defenses import ft, nad, anp, ibau
-from bdlib.defenses.base import Defense, DefenseContext, Defended
+from bdlib.defenses import anp, ft, ibau, mcldef, nad, none, ntml
+from bdlib.defenses.base import Defended, Defense, DefenseContext
 
 REGISTRY: dict[str, Defense] = {}
 REGISTRY["mcldef"] = mcldef.DEFENSE

@@ -7,6 +7,7 @@ BN weights and biases found by a signed-gradient ascent step; channels whose mas
 a threshold are pruned. The masks and perturbations act through forward hooks on the
 ``nn.BatchNorm2d`` modules, so any model with BatchNorm works unchanged.
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -17,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bdlib.defenses.base import Defense, DefenseContext, Defended
+from bdlib.defenses.base import Defended, Defense, DefenseContext
 from bdlib.train import augment, generator, to_float
 
 
@@ -50,8 +51,7 @@ class Params:
 
 def batchnorms(model: nn.Module) -> list[tuple[str, nn.modules.batchnorm._BatchNorm]]:
     """Every affine BatchNorm of the model with its qualified name, in module order."""
-    return [(n, m) for n, m in model.named_modules()
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine]
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine]
 
 
 class Masking:
@@ -81,10 +81,11 @@ class Masking:
                 return m * y
             b = bn.bias.view(shape)
             return m * ((y - b) * (1 + self.d_weight[i].view(shape)) + b * (1 + self.d_bias[i].view(shape)))
+
         return rewrite
 
     @contextmanager
-    def attached(self) -> Iterator["Masking"]:
+    def attached(self) -> Iterator[Masking]:
         handles = [bn.register_forward_hook(self._hook(i)) for i, bn in enumerate(self.bns)]
         try:
             yield self
@@ -93,8 +94,15 @@ class Masking:
                 h.remove()
 
 
-def anp_step(model: nn.Module, masking: Masking, mask_opt: torch.optim.Optimizer, x: torch.Tensor,
-             y: torch.Tensor, p: Params, gen: torch.Generator) -> torch.Tensor:
+def anp_step(
+    model: nn.Module,
+    masking: Masking,
+    mask_opt: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    p: Params,
+    gen: torch.Generator,
+) -> torch.Tensor:
     """One ANP step (hooks attached): random δ in [−ε, ε], signed ascent on δ, descent on the masks.
 
     δ is drawn on ``gen``'s device (give one on the model's); returns the loss, detached, on the
@@ -124,8 +132,9 @@ def anp_step(model: nn.Module, masking: Masking, mask_opt: torch.optim.Optimizer
     return loss.detach()
 
 
-def optimize_masks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, p: Params, crop_pad: int, flip: bool,
-                   seed: int) -> tuple[list[str], list[torch.Tensor], list[float]]:
+def optimize_masks(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, p: Params, crop_pad: int, flip: bool, seed: int
+) -> tuple[list[str], list[torch.Tensor], list[float]]:
     """Run ANP's mask optimisation on ``(x, y)``; the model's own weights are never changed.
 
     The model runs in eval mode (BN running statistics fixed, as the pruned model will use them).
@@ -144,7 +153,7 @@ def optimize_masks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, p: Params
         for _ in range(p.steps):
             if start >= len(x):
                 order, start = torch.randperm(len(x), generator=gen, device=device), 0
-            idx = order[start:start + p.batch_size]
+            idx = order[start : start + p.batch_size]
             start += p.batch_size
             xb = to_float(x[idx])
             if p.augment:
@@ -179,9 +188,12 @@ def run(model: nn.Module, ctx: DefenseContext) -> Defended:
     pruned = prune_by_mask(model, by_name, p.threshold)
     n_channels = sum(len(m) for m in masks)
     history = [{"step": len(losses), "loss": losses[-1], "pruned": pruned, **ctx.evaluate(model)}]
-    return Defended(model=model.eval(), history=history,
-                    tensors={"loss": torch.tensor(losses), **{f"mask.{n}": m for n, m in by_name.items()}},
-                    info={"pruned": pruned, "channels": n_channels})
+    return Defended(
+        model=model.eval(),
+        history=history,
+        tensors={"loss": torch.tensor(losses), **{f"mask.{n}": m for n, m in by_name.items()}},
+        info={"pruned": pruned, "channels": n_channels},
+    )
 
 
 # Tuning grid (bdlib.tune): the perturbation bound ε, ANP's strength knob: at a small ε no mask
@@ -189,6 +201,11 @@ def run(model: nn.Module, ctx: DefenseContext) -> Defended:
 # of its BN channels.
 TUNING = {"eps": (0.05, 0.1, 0.2, 0.3, 0.4)}
 
-DEFENSE = Defense("anp", Params, run, uses=("clean",),
-                  cite="Wu & Wang, Adversarial Neuron Pruning Purifies Backdoored Deep Models, NeurIPS 2021",
-                  tuning=TUNING)
+DEFENSE = Defense(
+    "anp",
+    Params,
+    run,
+    uses=("clean",),
+    cite="Wu & Wang, Adversarial Neuron Pruning Purifies Backdoored Deep Models, NeurIPS 2021",
+    tuning=TUNING,
+)

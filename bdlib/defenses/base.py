@@ -5,6 +5,7 @@ threat model grants it (the poisoned training set, the small clean subset); the 
 trigger are only reachable through ``ctx.evaluate``, which a defense calls to *record*
 per-epoch metrics for the notebooks, never to make a decision.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -30,8 +31,9 @@ class DefenseContext:
     evaluate: Callable[[nn.Module], dict[str, float]]  # BA / ASR / RA for the record only
     # memo(name, spec, compute) caches an intermediate stage in the store, keyed by the victim,
     # ``name`` and ``spec``: compute() -> ({role: model}, json_meta); returns the same, loaded.
-    memo: Callable[[str, dict, Callable[[], tuple[dict[str, nn.Module], dict]]],
-                   tuple[dict[str, nn.Module], dict]] | None = None
+    memo: (
+        Callable[[str, dict, Callable[[], tuple[dict[str, nn.Module], dict]]], tuple[dict[str, nn.Module], dict]] | None
+    ) = None
     progress: bool = False
 
 

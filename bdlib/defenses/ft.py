@@ -4,13 +4,14 @@ The simplest baseline (as used by Liu et al., "Fine-Pruning", RAID 2018, and in 
 comparison): a few epochs of standard training at a low learning rate, hoping that the clean
 data overwrites the trigger's shortcut before it costs clean accuracy.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from torch import nn
 
-from bdlib.defenses.base import Defense, DefenseContext, Defended
+from bdlib.defenses.base import Defended, Defense, DefenseContext
 from bdlib.train import fit
 
 
@@ -34,8 +35,18 @@ def run(model: nn.Module, ctx: DefenseContext) -> Defended:
     evaluation per epoch would cost more than the fine-tuning itself on the small profiles.
     """
     p: Params = ctx.params
-    history = fit(model, ctx.x_clean, ctx.y_clean, ctx.cfg.train, seed=ctx.seed, bn_eval=p.bn_eval,
-                  progress=ctx.progress, desc="FT", epochs=p.epochs, lr=p.lr)
+    history = fit(
+        model,
+        ctx.x_clean,
+        ctx.y_clean,
+        ctx.cfg.train,
+        seed=ctx.seed,
+        bn_eval=p.bn_eval,
+        progress=ctx.progress,
+        desc="FT",
+        epochs=p.epochs,
+        lr=p.lr,
+    )
     return Defended(model=model.eval(), history=history)
 
 
@@ -43,6 +54,11 @@ def run(model: nn.Module, ctx: DefenseContext) -> Defended:
 # training lr (0.05) and above, where 400 clean images start to overwrite what 8k taught.
 TUNING = {"lr": (0.001, 0.003, 0.01, 0.03, 0.1)}
 
-DEFENSE = Defense("ft", Params, run, uses=("clean",),
-                  cite="Fine-tuning baseline (Liu, Dolan-Gavitt & Garg, Fine-Pruning, RAID 2018)",
-                  tuning=TUNING)
+DEFENSE = Defense(
+    "ft",
+    Params,
+    run,
+    uses=("clean",),
+    cite="Fine-tuning baseline (Liu, Dolan-Gavitt & Garg, Fine-Pruning, RAID 2018)",
+    tuning=TUNING,
+)

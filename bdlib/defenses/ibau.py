@@ -11,6 +11,7 @@ approximated by a truncated Neumann series, v = Σ_{k≤K} (∂Φ/∂δᵀ)^k �
 vector-Jacobian products (the fixed-point method of I-BAU's code). The L2 projection is left
 out of Φ, as in I-BAU, so the answer is exact only for an interior stationary δ*.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bdlib.defenses.base import Defense, DefenseContext, Defended
+from bdlib.defenses.base import Defended, Defense, DefenseContext
 from bdlib.train import generator, to_float
 
 
@@ -51,8 +52,9 @@ def project_l2(delta: torch.Tensor, eps: float) -> torch.Tensor:
     return delta * (eps / delta.norm().clamp_min(eps))
 
 
-def universal_perturbation(model: nn.Module, batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
-                           eps: float, step_size: float) -> torch.Tensor:
+def universal_perturbation(
+    model: nn.Module, batches: Sequence[tuple[torch.Tensor, torch.Tensor]], eps: float, step_size: float
+) -> torch.Tensor:
     """Inner maximisation: projected, L2-normalised gradient ascent on one δ shared by all images.
 
     One step per (x, y) batch of float images, starting from δ = 0; returns δ [1, C, H, W].
@@ -67,9 +69,13 @@ def universal_perturbation(model: nn.Module, batches: Sequence[tuple[torch.Tenso
     return delta.detach()
 
 
-def implicit_hypergradient(outer: Callable[[torch.Tensor], torch.Tensor],
-                           fp_map: Callable[[torch.Tensor], torch.Tensor], delta: torch.Tensor,
-                           params: Sequence[torch.Tensor], iters: int) -> list[torch.Tensor]:
+def implicit_hypergradient(
+    outer: Callable[[torch.Tensor], torch.Tensor],
+    fp_map: Callable[[torch.Tensor], torch.Tensor],
+    delta: torch.Tensor,
+    params: Sequence[torch.Tensor],
+    iters: int,
+) -> list[torch.Tensor]:
     """d outer(δ*(θ))/dθ for δ* a fixed point of ``fp_map``, both closures depending on ``params``.
 
     Direct term ∂outer/∂θ plus (∂Φ/∂θ)ᵀ v, with v = Σ_{k=0..iters} (∂Φ/∂δᵀ)^k ∂outer/∂δ, the
@@ -91,8 +97,9 @@ def _sum(a: torch.Tensor | None, b: torch.Tensor | None, like: torch.Tensor) -> 
     return (torch.zeros_like(like) if a is None else a) + (0 if b is None else b)
 
 
-def unlearn_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-                 delta: torch.Tensor, p: Params) -> torch.Tensor:
+def unlearn_step(
+    model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, delta: torch.Tensor, p: Params
+) -> torch.Tensor:
     """One outer update: the model's grads set to the implicit hypergradient, then ``opt.step()``.
 
     Returns the outer loss L(f_θ(x + δ), y) at the θ the step started from (computed for the
@@ -141,9 +148,16 @@ def run(model: nn.Module, ctx: DefenseContext) -> Defended:
             pert_loss = float(F.cross_entropy(model(x + delta), y))
         losses = [unlearn_step(model, opt, xb, yb, delta, p) for xb, yb in batches]
         # Read once per round: the outer losses (each before its step) stay on the device until here.
-        history.append({"round": r + 1, "delta_norm": float(delta.norm()), "clean_loss": clean_loss,
-                        "perturbed_loss": pert_loss, "unlearn_loss": float(torch.stack(losses).mean()),
-                        **ctx.evaluate(model)})
+        history.append(
+            {
+                "round": r + 1,
+                "delta_norm": float(delta.norm()),
+                "clean_loss": clean_loss,
+                "perturbed_loss": pert_loss,
+                "unlearn_loss": float(torch.stack(losses).mean()),
+                **ctx.evaluate(model),
+            }
+        )
     return Defended(model=model.eval(), history=history, tensors={"delta": delta.cpu()})
 
 
@@ -151,6 +165,11 @@ def run(model: nn.Module, ctx: DefenseContext) -> Defended:
 # reach a trigger (0.3) to one that erases whole image regions (3.0, the default).
 TUNING = {"eps": (0.3, 0.6, 1.0, 1.5, 3.0)}
 
-DEFENSE = Defense("ibau", Params, run, uses=("clean",),
-                  cite="Zeng et al., Adversarial Unlearning of Backdoors via Implicit Hypergradient, ICLR 2022",
-                  tuning=TUNING)
+DEFENSE = Defense(
+    "ibau",
+    Params,
+    run,
+    uses=("clean",),
+    cite="Zeng et al., Adversarial Unlearning of Backdoors via Implicit Hypergradient, ICLR 2022",
+    tuning=TUNING,
+)

@@ -8,6 +8,7 @@ triggered images move towards the frozen backdoored model's features of the same
 (positive) and away from that model's features of the triggered images (negative), which
 breaks the link between the trigger and the target class.
 """
+
 from __future__ import annotations
 
 import copy
@@ -18,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bdlib.defenses.base import Defense, DefenseContext, Defended
+from bdlib.defenses.base import Defended, Defense, DefenseContext
 from bdlib.train import fit, generator, to_float
 
 MAD_SCALE = 1.4826  # makes the median absolute deviation a consistent estimate of a normal's std
@@ -26,7 +27,9 @@ MAD_SCALE = 1.4826  # makes the median absolute deviation a consistent estimate 
 
 @dataclass(frozen=True)
 class Params:
-    target: int | Literal["detect"] = "detect"  # detect by anomaly index (Neural Cleanse); int = oracle label as MCLDef's code (choice)
+    target: int | Literal["detect"] = (
+        "detect"  # detect by anomaly index (Neural Cleanse); int = oracle label as MCLDef's code (choice)
+    )
     lam: float = 0.01  # weight of the mask L1 norm (docs/methods.md)
     inv_lr: float = 0.1  # Adam learning rate of the inversion (docs/methods.md: 0.005–0.1; Neural Cleanse 0.1)
     inv_steps: int = 600  # cap on Adam steps of the inversion (choice)
@@ -50,13 +53,23 @@ class Params:
     curve: bool = False
 
     def validate(self) -> None:
-        if not (self.target == "detect" or (isinstance(self.target, int) and not isinstance(self.target, bool)
-                                            and self.target >= 0)):
+        if not (
+            self.target == "detect"
+            or (isinstance(self.target, int) and not isinstance(self.target, bool) and self.target >= 0)
+        ):
             raise ValueError(f"target must be 'detect' or a class index >= 0, got {self.target!r}")
-        positive = {"lam": self.lam, "inv_lr": self.inv_lr, "inv_steps": self.inv_steps,
-                    "inv_patience": self.inv_patience, "inv_batch_size": self.inv_batch_size,
-                    "tau": self.tau, "epochs": self.epochs, "lr": self.lr, "batch_size": self.batch_size,
-                    "anomaly_threshold": self.anomaly_threshold}
+        positive = {
+            "lam": self.lam,
+            "inv_lr": self.inv_lr,
+            "inv_steps": self.inv_steps,
+            "inv_patience": self.inv_patience,
+            "inv_batch_size": self.inv_batch_size,
+            "tau": self.tau,
+            "epochs": self.epochs,
+            "lr": self.lr,
+            "batch_size": self.batch_size,
+            "anomaly_threshold": self.anomaly_threshold,
+        }
         for name, value in positive.items():
             if not value > 0:
                 raise ValueError(f"{name} must be > 0, got {value}")
@@ -102,8 +115,14 @@ def detect_target(norms: torch.Tensor, threshold: float) -> tuple[int, bool]:
     return k, confident
 
 
-def invert(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, classes: torch.Tensor | list[int],
-           params: Params, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def invert(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor | None,
+    classes: torch.Tensor | list[int],
+    params: Params,
+    seed: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Neural-Cleanse trigger inversion for every class of ``classes`` in one batched optimisation.
 
     Each step stamps one image batch with all K candidate triggers ([K·B] images) and sums the
@@ -133,7 +152,7 @@ def invert(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, classes: t
     pass_loss, pass_count, stale, step, start = torch.zeros(k, device=device), 0, 0, 0, 0
     order = torch.randperm(n, generator=gen, device=device)
     while step < params.inv_steps and stale < params.inv_patience:
-        idx = order[start:start + params.inv_batch_size]
+        idx = order[start : start + params.inv_batch_size]
         start += params.inv_batch_size
         xb = to_float(x[idx])
         mask, pattern = squash(mask_p), squash(pattern_p)
@@ -161,8 +180,14 @@ def invert(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, classes: t
 
 
 @torch.no_grad()
-def trigger_success(model: nn.Module, x: torch.Tensor, y: torch.Tensor, classes: torch.Tensor,
-                    masks: torch.Tensor, patterns: torch.Tensor) -> torch.Tensor:
+def trigger_success(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    classes: torch.Tensor,
+    masks: torch.Tensor,
+    patterns: torch.Tensor,
+) -> torch.Tensor:
     """Per class k, percent of images not of class k that the k-th inverted trigger sends to k."""
     model.eval()
     device = next(model.parameters()).device
@@ -211,21 +236,36 @@ def run(model: nn.Module, ctx: DefenseContext) -> Defended:
 
     before = ctx.evaluate(model) if p.curve else {}
     schedule = lambda epoch: _lr_factor(p, epoch)  # noqa: E731
-    history = fit(model, ctx.x_clean, ctx.y_clean, ctx.cfg.train, seed=ctx.seed,
-                  loss_fn=make_loss(frozen, mask.to(device), pattern.to(device), p.tau, p.ce_weight),
-                  schedule=schedule, on_epoch=(lambda e, m: ctx.evaluate(m)) if p.curve else None,
-                  progress=ctx.progress,
-                  desc="mcldef", epochs=p.epochs, lr=p.lr, momentum=p.momentum,
-                  weight_decay=p.weight_decay, batch_size=p.batch_size, bn_eval=p.bn_eval)
+    history = fit(
+        model,
+        ctx.x_clean,
+        ctx.y_clean,
+        ctx.cfg.train,
+        seed=ctx.seed,
+        loss_fn=make_loss(frozen, mask.to(device), pattern.to(device), p.tau, p.ce_weight),
+        schedule=schedule,
+        on_epoch=(lambda e, m: ctx.evaluate(m)) if p.curve else None,
+        progress=ctx.progress,
+        desc="mcldef",
+        epochs=p.epochs,
+        lr=p.lr,
+        momentum=p.momentum,
+        weight_decay=p.weight_decay,
+        batch_size=p.batch_size,
+        bn_eval=p.bn_eval,
+    )
     if p.curve:
         history = [{"epoch": 0, "loss": None, **before}] + history
-    tensors = {"mask": mask, "pattern": pattern, "mask_norms": norms, "anomaly": anomaly,
-               "trigger_success": success}
-    info = {"target": target, "target_mode": "detect" if p.target == "detect" else "oracle",
-            "detection_confident": confident,
-            "anomaly_index": float(anomaly[pick]) if p.target == "detect" else None,
-            "mask_norm": float(norms[pick]), "classes": classes.tolist(),
-            "true_target_known_to_defense": p.target != "detect"}
+    tensors = {"mask": mask, "pattern": pattern, "mask_norms": norms, "anomaly": anomaly, "trigger_success": success}
+    info = {
+        "target": target,
+        "target_mode": "detect" if p.target == "detect" else "oracle",
+        "detection_confident": confident,
+        "anomaly_index": float(anomaly[pick]) if p.target == "detect" else None,
+        "mask_norm": float(norms[pick]),
+        "classes": classes.tolist(),
+        "true_target_known_to_defense": p.target != "detect",
+    }
     return Defended(model, history, tensors, info)
 
 
@@ -239,7 +279,11 @@ def _lr_factor(p: Params, epoch: int) -> float:
 # (0.001) to one that forgets the clean task on 400 images (0.03).
 TUNING = {"lr": (0.001, 0.003, 0.01, 0.03)}
 
-DEFENSE = Defense("mcldef", Params, run, uses=("clean",),
-                  cite="Yue, Xia et al., Model-Contrastive Learning for Backdoor Defense, arXiv 2205.04411 "
-                       "(ACM MM 2023)",
-                  tuning=TUNING)
+DEFENSE = Defense(
+    "mcldef",
+    Params,
+    run,
+    uses=("clean",),
+    cite="Yue, Xia et al., Model-Contrastive Learning for Backdoor Defense, arXiv 2205.04411 (ACM MM 2023)",
+    tuning=TUNING,
+)

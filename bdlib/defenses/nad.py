@@ -6,6 +6,7 @@ attention-transfer loss that pulls the attention maps (normalised channel-mean o
 its stages towards the teacher's. Matching attention erases the trigger's features more
 thoroughly than fine-tuning alone, because the teacher's maps ignore the trigger region.
 """
+
 from __future__ import annotations
 
 import copy
@@ -17,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bdlib.defenses.base import Defense, DefenseContext, Defended
+from bdlib.defenses.base import Defended, Defense, DefenseContext
 from bdlib.train import fit
 
 DISTANCES = ("l2", "mse")
@@ -29,9 +30,15 @@ class Params:
     teacher_lr: float = 0.01  # teacher fine-tuning lr (docs/methods.md FT's "low lr"; NAD's code: 0.1 on CIFAR)
     epochs: int = 20  # distillation epochs (NAD paper: 20)
     lr: float = 0.01  # distillation lr (choice, same low lr as the teacher; NAD's code: 0.1)
-    betas: tuple[float, ...] = (5000.0, 5000.0, 5000.0)  # AT weight per stage of model.stages (docs/methods.md; NAD's code: 500, 1000, 1000)
+    betas: tuple[float, ...] = (
+        5000.0,
+        5000.0,
+        5000.0,
+    )  # AT weight per stage of model.stages (docs/methods.md; NAD's code: 500, 1000, 1000)
     p: float = 2.0  # attention power (NAD paper)
-    distance: Literal["l2", "mse"] = "l2"  # L2 distance of the maps (NAD paper, docs/methods.md) or NAD's code's mean squared difference
+    distance: Literal["l2", "mse"] = (
+        "l2"  # L2 distance of the maps (NAD paper, docs/methods.md) or NAD's code's mean squared difference
+    )
 
     def validate(self) -> None:
         for name in ("teacher_epochs", "epochs"):
@@ -70,6 +77,7 @@ def capture(modules: Sequence[nn.Module]) -> Iterator[list[torch.Tensor | None]]
     def hook(i: int):
         def store(module: nn.Module, inputs, output: torch.Tensor) -> None:
             outs[i] = output
+
         return store
 
     handles = [m.register_forward_hook(hook(i)) for i, m in enumerate(modules)]
@@ -80,8 +88,9 @@ def capture(modules: Sequence[nn.Module]) -> Iterator[list[torch.Tensor | None]]
             h.remove()
 
 
-def make_loss(teacher: nn.Module, student_stages: Sequence[nn.Module], betas: Sequence[float], p: float,
-              distance: str = "l2"):
+def make_loss(
+    teacher: nn.Module, student_stages: Sequence[nn.Module], betas: Sequence[float], p: float, distance: str = "l2"
+):
     """CE + Σ_i β_i·AT(stage_i) for ``fit``; the teacher is frozen and runs in eval mode."""
     teacher_stages = list(teacher.stages)
 
@@ -105,16 +114,35 @@ def run(model: nn.Module, ctx: DefenseContext) -> Defended:
     if len(p.betas) != len(stages):
         raise ValueError(f"betas has {len(p.betas)} values but the model has {len(stages)} stages; give one per stage")
     teacher = copy.deepcopy(model)
-    t_hist = fit(teacher, ctx.x_clean, ctx.y_clean, ctx.cfg.train, seed=ctx.seed,
-                 progress=ctx.progress, desc="NAD teacher",
-                 epochs=p.teacher_epochs, lr=p.teacher_lr)
+    t_hist = fit(
+        teacher,
+        ctx.x_clean,
+        ctx.y_clean,
+        ctx.cfg.train,
+        seed=ctx.seed,
+        progress=ctx.progress,
+        desc="NAD teacher",
+        epochs=p.teacher_epochs,
+        lr=p.teacher_lr,
+    )
     teacher.eval().requires_grad_(False)
-    history = fit(model, ctx.x_clean, ctx.y_clean, ctx.cfg.train, seed=ctx.seed,
-                  loss_fn=make_loss(teacher, stages, p.betas, p.p, p.distance),
-                  progress=ctx.progress, desc="NAD", epochs=p.epochs, lr=p.lr)
-    return Defended(model=model.eval(),
-                    history=[{"stage": "teacher", **r} for r in t_hist] + [{"stage": "nad", **r} for r in history],
-                    info={"teacher": ctx.evaluate(teacher)})
+    history = fit(
+        model,
+        ctx.x_clean,
+        ctx.y_clean,
+        ctx.cfg.train,
+        seed=ctx.seed,
+        loss_fn=make_loss(teacher, stages, p.betas, p.p, p.distance),
+        progress=ctx.progress,
+        desc="NAD",
+        epochs=p.epochs,
+        lr=p.lr,
+    )
+    return Defended(
+        model=model.eval(),
+        history=[{"stage": "teacher", **r} for r in t_hist] + [{"stage": "nad", **r} for r in history],
+        info={"teacher": ctx.evaluate(teacher)},
+    )
 
 
 # Tuning grid (bdlib.tune): the attention-transfer weight β (all stages alike). With the L2
@@ -122,7 +150,11 @@ def run(model: nn.Module, ctx: DefenseContext) -> Defended:
 # towards the fine-tuned teacher's attention: 10 barely moves it, 1000 swamps CE.
 TUNING = {"betas": ((10.0,) * 3, (30.0,) * 3, (100.0,) * 3, (300.0,) * 3, (1000.0,) * 3)}
 
-DEFENSE = Defense("nad", Params, run, uses=("clean",),
-                  cite="Li et al., Neural Attention Distillation: Erasing Backdoor Triggers from Deep "
-                       "Neural Networks, ICLR 2021",
-                  tuning=TUNING)
+DEFENSE = Defense(
+    "nad",
+    Params,
+    run,
+    uses=("clean",),
+    cite="Li et al., Neural Attention Distillation: Erasing Backdoor Triggers from Deep Neural Networks, ICLR 2021",
+    tuning=TUNING,
+)

@@ -7,6 +7,7 @@ peak on confident samples of a class exceeds its range on non-members (mean + 3 
 the top channels of each layer, flags the training samples on which those channels fire
 (optimal two-means split) and fine-tunes on the rest with BatchNorm frozen.
 """
+
 from __future__ import annotations
 
 import math
@@ -18,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from bdlib.defenses.base import Defense, DefenseContext, Defended
+from bdlib.defenses.base import Defended, Defense, DefenseContext
 from bdlib.models import ResNet18, conv_layers
 from bdlib.train import autocast, fit, to_float
 
@@ -40,7 +41,7 @@ class Params:
     # every 80 epochs never fires); "cosine" anneals it as bdlib's standard training (choice).
     schedule: Literal["cosine", "constant"] = "cosine"
     # NONE's code reads a ResNet downsample (1x1 conv) through its BatchNorm: True does the same;
-    # False reads the raw conv output as for every other conv (choice: methods.md's "before BN").
+    # False reads the raw conv output as for every other conv (choice: docs/methods.md's "before BN").
     downsample_after_bn: bool = False
 
     def validate(self) -> None:
@@ -59,12 +60,14 @@ class Params:
         if self.schedule not in ("cosine", "constant"):
             raise ValueError(f"schedule {self.schedule!r} is unknown; choose one of: cosine, constant")
         if self.detect_top < 1:
-            raise ValueError(f"detect_top must be >= 1 (channels per layer summed for detection), "
-                             f"got {self.detect_top}")
+            raise ValueError(
+                f"detect_top must be >= 1 (channels per layer summed for detection), got {self.detect_top}"
+            )
 
 
-def channel_scores(acts: torch.Tensor, probs: torch.Tensor, strong: float, weak: float,
-                   std_k: float, chunk: int = 1024) -> torch.Tensor:
+def channel_scores(
+    acts: torch.Tensor, probs: torch.Tensor, strong: float, weak: float, std_k: float, chunk: int = 1024
+) -> torch.Tensor:
     """score_j = max_k [max_{i∈S_k} a_ij − (mean_{i∈W_k} a_ij + std_k·std_{i∈W_k} a_ij)].
 
     ``acts`` is [N, C], ``probs`` [N, K]; S_k = {i: p_ik > strong}, W_k = {i: p_ik < weak}.
@@ -82,10 +85,10 @@ def channel_scores(acts: torch.Tensor, probs: torch.Tensor, strong: float, weak:
     peak = torch.full((k, c), -math.inf)
     s1, s2 = torch.zeros(k, c), torch.zeros(k, c)
     for start in range(0, n, chunk):
-        a = acts[start:start + chunk].float() - shift
-        rows, cls = strong_set[start:start + chunk].nonzero(as_tuple=True)
+        a = acts[start : start + chunk].float() - shift
+        rows, cls = strong_set[start : start + chunk].nonzero(as_tuple=True)
         peak.scatter_reduce_(0, cls[:, None].expand(-1, c), a[rows], "amax")
-        w = weak_set[start:start + chunk].T
+        w = weak_set[start : start + chunk].T
         s1.addmm_(w, a)
         s2.addmm_(w, a.square_())
     count = weak_set.sum(0)[:, None]
@@ -119,15 +122,13 @@ def two_means_split(values: torch.Tensor) -> tuple[float, torch.Tensor]:
     return threshold, v > threshold
 
 
-def detection_statistic(acts: dict[str, torch.Tensor], scores: dict[str, torch.Tensor],
-                        top: int) -> torch.Tensor:
+def detection_statistic(acts: dict[str, torch.Tensor], scores: dict[str, torch.Tensor], top: int) -> torch.Tensor:
     """Per sample, the summed activations of each layer's ``top`` highest-scoring channels.
 
     ``acts[layer]`` is [N, C], ``scores[layer]`` [C]; a layer with fewer than ``top`` channels
     contributes all of them. NONE splits this statistic in two (:func:`two_means_split`).
     """
-    return sum(a[:, scores[name].topk(min(top, len(scores[name]))).indices].sum(1)
-               for name, a in acts.items())
+    return sum(a[:, scores[name].topk(min(top, len(scores[name]))).indices].sum(1) for name, a in acts.items())
 
 
 @dataclass(frozen=True)
@@ -175,10 +176,15 @@ def consumers(model: nn.Module) -> dict[str, Consumers]:
                 elif user.op == "call_function" and user.target in _RESIDUAL:
                     residual = True
                     continue
-                elif not (isinstance(mod, _PASS_MODULES) or user.target in _PASS_FUNCTIONS
-                          or (user.op == "call_method" and user.target == "flatten")):
-                    raise ValueError(f"cannot follow conv {node.target!r} through {user.op} {user.target!r}; "
-                                     "known: BatchNorm, ReLU, pooling, flatten, conv, linear, residual add")
+                elif not (
+                    isinstance(mod, _PASS_MODULES)
+                    or user.target in _PASS_FUNCTIONS
+                    or (user.op == "call_method" and user.target == "flatten")
+                ):
+                    raise ValueError(
+                        f"cannot follow conv {node.target!r} through {user.op} {user.target!r}; "
+                        "known: BatchNorm, ReLU, pooling, flatten, conv, linear, residual add"
+                    )
                 frontier.extend(user.users)
             out[node.target] = Consumers(tuple(norms), tuple(convs), linear, residual)
     return out
@@ -212,8 +218,9 @@ def reset_channels(model: nn.Module, selection: dict[str, torch.Tensor]) -> dict
             fc = modules[who.linear]
             per, rem = divmod(fc.in_features, conv.out_channels)
             if rem:
-                raise ValueError(f"{who.linear} has {fc.in_features} inputs, not a multiple of "
-                                 f"{name}'s {conv.out_channels} channels")
+                raise ValueError(
+                    f"{who.linear} has {fc.in_features} inputs, not a multiple of {name}'s {conv.out_channels} channels"
+                )
             cols = (idx[:, None] * per + torch.arange(per, device=idx.device)).flatten()
             fc.weight[:, cols] = 0
         used[name] = who
@@ -235,15 +242,19 @@ def read_points(model: nn.Module, layers: list[str], downsample_after_bn: bool) 
     out = {}
     for name in layers:
         after = name[:-1] + "1" if name.endswith("shortcut.0") else None
-        use_bn = downsample_after_bn and after is not None and isinstance(
-            modules.get(after), nn.modules.batchnorm._BatchNorm)
+        use_bn = (
+            downsample_after_bn
+            and after is not None
+            and isinstance(modules.get(after), nn.modules.batchnorm._BatchNorm)
+        )
         out[name] = after if use_bn else name
     return out
 
 
 @torch.inference_mode()
-def activations(model: nn.Module, x: torch.Tensor, layers: list[str],
-                batch_size: int, read_at: dict[str, str] | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+def activations(
+    model: nn.Module, x: torch.Tensor, layers: list[str], batch_size: int, read_at: dict[str, str] | None = None
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """One eval pass: per layer the spatial max of each raw conv output [N, C], and softmax [N, K].
 
     ``read_at`` maps a layer to the module whose output is read instead (:func:`read_points`).
@@ -253,12 +264,16 @@ def activations(model: nn.Module, x: torch.Tensor, layers: list[str],
     modules = dict(model.named_modules())
     device = next(model.parameters()).device
     acts: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
-    hooks = [modules[read_at.get(n, n)].register_forward_hook(
-        lambda _m, _i, o, n=n: acts[n].append(o.float().amax((2, 3)).cpu())) for n in layers]
+    hooks = [
+        modules[read_at.get(n, n)].register_forward_hook(
+            lambda _m, _i, o, n=n: acts[n].append(o.float().amax((2, 3)).cpu())
+        )
+        for n in layers
+    ]
     probs = []
     try:
         for start in range(0, len(x), batch_size):
-            xb = to_float(x[start:start + batch_size].to(device))
+            xb = to_float(x[start : start + batch_size].to(device))
             with autocast(device):
                 probs.append(model(xb).float().softmax(1).cpu())
     finally:
@@ -275,8 +290,9 @@ def run(model: nn.Module, ctx: DefenseContext) -> Defended:
     # Flagged samples stay out of the training set in later rounds (NONE drops them for good).
     removed = torch.zeros(len(ctx.x_train), dtype=torch.bool)
     for rnd in range(p.rounds):
-        acts, probs = activations(model, ctx.x_train, layers, ctx.cfg.train.eval_batch_size,
-                                  read_points(model, layers, p.downsample_after_bn))
+        acts, probs = activations(
+            model, ctx.x_train, layers, ctx.cfg.train.eval_batch_size, read_points(model, layers, p.downsample_after_bn)
+        )
         scores = {name: channel_scores(acts[name], probs, p.strong, p.weak, p.std_k) for name in layers}
         selection = {}
         for name, score in scores.items():
@@ -289,15 +305,33 @@ def run(model: nn.Module, ctx: DefenseContext) -> Defended:
         residual = sorted(n for n, who in used.items() if who.residual)
         removed |= flagged
         keep = ~removed
-        fit(model, ctx.x_train[keep], ctx.y_train[keep], ctx.cfg.train, seed=ctx.seed + rnd,
-            lr=p.none_lr, epochs=p.epochs2, bn_eval=True, progress=ctx.progress, schedule=p.schedule,
-            desc=f"NONE round {rnd + 1}")
+        fit(
+            model,
+            ctx.x_train[keep],
+            ctx.y_train[keep],
+            ctx.cfg.train,
+            seed=ctx.seed + rnd,
+            lr=p.none_lr,
+            epochs=p.epochs2,
+            bn_eval=True,
+            progress=ctx.progress,
+            schedule=p.schedule,
+            desc=f"NONE round {rnd + 1}",
+        )
         tensors["flagged"] = removed.clone()
-        history.append({"round": rnd + 1, "flagged": int(removed.sum()), "flagged_this_round": int(flagged.sum()),
-                        **ctx.evaluate(model)})
-    info = {"monitored": layers,
-            # These convs feed a residual sum: their filters and BN are reset, the sum's readers are not.
-            "residual_outputs": residual}
+        history.append(
+            {
+                "round": rnd + 1,
+                "flagged": int(removed.sum()),
+                "flagged_this_round": int(flagged.sum()),
+                **ctx.evaluate(model),
+            }
+        )
+    info = {
+        "monitored": layers,
+        # These convs feed a residual sum: their filters and BN are reset, the sum's readers are not.
+        "residual_outputs": residual,
+    }
     return Defended(model, history, tensors, info)
 
 
@@ -305,6 +339,11 @@ def run(model: nn.Module, ctx: DefenseContext) -> Defended:
 # (on the small CNN: 1-2 channels, nothing changes) to three quarters of every layer.
 TUNING = {"rho": (0.03, 0.1, 0.25, 0.5, 0.75)}
 
-DEFENSE = Defense("none", Params, run, uses=("train",),
-                  cite="Wang et al., Training with More Confidence (NONE), NeurIPS 2022, arXiv 2202.06382",
-                  tuning=TUNING)
+DEFENSE = Defense(
+    "none",
+    Params,
+    run,
+    uses=("train",),
+    cite="Wang et al., Training with More Confidence (NONE), NeurIPS 2022, arXiv 2202.06382",
+    tuning=TUNING,
+)

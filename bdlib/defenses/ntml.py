@@ -10,6 +10,7 @@ Params field. ``reading`` picks how the NT stage reads "non-target label trainin
 ``ml_data`` what the ML stage learns on; each value's docstring below says which words of the
 abstract it reads differently.
 """
+
 from __future__ import annotations
 
 import copy
@@ -21,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bdlib.defenses.base import Defense, DefenseContext, Defended
+from bdlib.defenses.base import Defended, Defense, DefenseContext
 from bdlib.train import fit, logits, to_float
 
 TEACHERS = ("kd", "poisoned")
@@ -63,8 +64,7 @@ class Params:
     ml_curve: bool = False
 
     def validate(self) -> None:
-        for name, choices in (("teacher", TEACHERS), ("init", INITS), ("reading", READINGS),
-                              ("ml_data", ML_DATA)):
+        for name, choices in (("teacher", TEACHERS), ("init", INITS), ("reading", READINGS), ("ml_data", ML_DATA)):
             value = getattr(self, name)
             if value not in choices:
                 raise ValueError(f"{name} {value!r} is unknown; choose one of: {', '.join(choices)}")
@@ -88,12 +88,17 @@ class Params:
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: float) -> torch.Tensor:
     """τ²·KL(softmax(z_T/τ) ‖ softmax(z_S/τ)), averaged over the batch (Hinton et al.'s scaling)."""
-    return tau ** 2 * F.kl_div(F.log_softmax(student_logits / tau, 1), F.log_softmax(teacher_logits / tau, 1),
-                               log_target=True, reduction="batchmean")
+    return tau**2 * F.kl_div(
+        F.log_softmax(student_logits / tau, 1),
+        F.log_softmax(teacher_logits / tau, 1),
+        log_target=True,
+        reduction="batchmean",
+    )
 
 
-def nontarget_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, y: torch.Tensor,
-                      tau: float) -> torch.Tensor:
+def nontarget_kd_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, y: torch.Tensor, tau: float
+) -> torch.Tensor:
     """:func:`kd_loss` over the classes other than each sample's given label ``y``.
 
     The label's column is removed (not set to −∞) from both logit matrices, so the remaining
@@ -117,8 +122,9 @@ def unlearn_loss(student_logits: torch.Tensor, y: torch.Tensor, weight: torch.Te
     return -(weight * log_not_y).sum() / n
 
 
-def isolate(m0_given_logit: torch.Tensor, y: torch.Tensor, fraction: float,
-            estimated: bool) -> tuple[torch.Tensor, int]:
+def isolate(
+    m0_given_logit: torch.Tensor, y: torch.Tensor, fraction: float, estimated: bool
+) -> tuple[torch.Tensor, int]:
     """The training samples whose given label M0 scores highest: a boolean index, and the
     estimated target class (the most frequent given label among them).
 
@@ -133,8 +139,9 @@ def isolate(m0_given_logit: torch.Tensor, y: torch.Tensor, fraction: float,
     return chosen, target
 
 
-def nt_student_loss(student_logits: torch.Tensor, m0_logits: torch.Tensor, y: torch.Tensor,
-                    isolated: torch.Tensor, p: Params) -> torch.Tensor:
+def nt_student_loss(
+    student_logits: torch.Tensor, m0_logits: torch.Tensor, y: torch.Tensor, isolated: torch.Tensor, p: Params
+) -> torch.Tensor:
     """The NT student's loss on a batch under ``p.reading``.
 
     * ``nontarget`` — "non-target label": the sample's *given* label, masked out of M0's and the
@@ -155,8 +162,9 @@ def nt_student_loss(student_logits: torch.Tensor, m0_logits: torch.Tensor, y: to
     return loss
 
 
-def mutual_losses(student_logits: torch.Tensor, teacher_logits: torch.Tensor, y: torch.Tensor,
-                  tau: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+def mutual_losses(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, y: torch.Tensor, tau: float, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Deep mutual learning: each side's CE plus λ·τ²·KL towards its partner, the partner detached."""
     student = F.cross_entropy(student_logits, y) + lam * kd_loss(student_logits, teacher_logits.detach(), tau)
     teacher = F.cross_entropy(teacher_logits, y) + lam * kd_loss(teacher_logits, student_logits.detach(), tau)
@@ -203,8 +211,17 @@ def nt_stage(model: nn.Module, ctx: DefenseContext) -> tuple[nn.ModuleDict, list
 
     changes = {k: v for k, v in (("epochs", p.nt_epochs), ("lr", p.nt_lr)) if v is not None}
     # Epoch losses only: the NT models are evaluated once, after the stage (``run``'s info).
-    history = fit(pair, ctx.x_train, ctx.y_train, ctx.cfg.train, seed=ctx.seed, loss_fn=loss_fn,
-                  progress=ctx.progress, desc="NT", **changes)
+    history = fit(
+        pair,
+        ctx.x_train,
+        ctx.y_train,
+        ctx.cfg.train,
+        seed=ctx.seed,
+        loss_fn=loss_fn,
+        progress=ctx.progress,
+        desc="NT",
+        **changes,
+    )
     if p.teacher == "poisoned":
         pair["teacher"] = copy.deepcopy(m0)
     info = {"isolated": int(isolated.sum()), "estimated_target": estimated}
@@ -236,9 +253,19 @@ def ml_stage(pair: nn.ModuleDict, ctx: DefenseContext) -> list[dict]:
             loss = loss + p.lam * (kd_loss(zs, zt.detach(), p.tau) + kd_loss(zt, zs.detach(), p.tau))
         return loss
 
-    history = fit(pair, ctx.x_clean, ctx.y_clean, ctx.cfg.train, seed=ctx.seed, loss_fn=loss_fn,
-                  on_epoch=(lambda e, m: _record(m, ctx)) if p.ml_curve else None, progress=ctx.progress, desc="ML",
-                  epochs=p.ml_epochs, lr=p.ml_lr)
+    history = fit(
+        pair,
+        ctx.x_clean,
+        ctx.y_clean,
+        ctx.cfg.train,
+        seed=ctx.seed,
+        loss_fn=loss_fn,
+        on_epoch=(lambda e, m: _record(m, ctx)) if p.ml_curve else None,
+        progress=ctx.progress,
+        desc="ML",
+        epochs=p.ml_epochs,
+        lr=p.ml_lr,
+    )
     return [{"stage": "ml", **r} for r in history]
 
 
@@ -264,18 +291,21 @@ def run(model: nn.Module, ctx: DefenseContext) -> Defended:
         models, meta = stage()
     else:
         models, meta = ctx.memo("nt", nt_spec(p), stage)
-    record = {f"nt_{role}.{k}": v.detach().cpu().clone() for role, m in models.items()
-              for k, v in m.state_dict().items()}
+    record = {
+        f"nt_{role}.{k}": v.detach().cpu().clone() for role, m in models.items() for k, v in m.state_dict().items()
+    }
     pair = nn.ModuleDict(models)
     poisoned = ctx.evaluate(model)
-    info = {"poisoned": poisoned, "nt_student": ctx.evaluate(pair["student"]),
-            "nt_teacher": poisoned if p.teacher == "poisoned" else ctx.evaluate(pair["teacher"]),
-            "isolated": meta.get("isolated"),
-            "estimated_target": meta.get("estimated_target")}
+    info = {
+        "poisoned": poisoned,
+        "nt_student": ctx.evaluate(pair["student"]),
+        "nt_teacher": poisoned if p.teacher == "poisoned" else ctx.evaluate(pair["teacher"]),
+        "isolated": meta.get("isolated"),
+        "estimated_target": meta.get("estimated_target"),
+    }
     ml_history = ml_stage(pair, ctx)
     info["ml_teacher"] = ctx.evaluate(pair["teacher"])
-    return Defended(model=pair["student"].eval(), history=meta["history"] + ml_history,
-                    tensors=record, info=info)
+    return Defended(model=pair["student"].eval(), history=meta["history"] + ml_history, tensors=record, info=info)
 
 
 # Tuning grid (bdlib.tune): the distillation temperature τ, which sets how much of M0's output
@@ -283,7 +313,12 @@ def run(model: nn.Module, ctx: DefenseContext) -> Defended:
 # targets (little of M0's knowledge, or of its backdoor).
 TUNING = {"tau": (1.0, 2.0, 4.0, 8.0)}
 
-DEFENSE = Defense("ntml", Params, run, uses=("train", "clean"),
-                  cite="Huo & Wolter, NT-ML: Backdoor Defense via Non-target Label Training and "
-                       "Mutual Learning, arXiv 2508.05404 (2025)",
-                  tuning=TUNING)
+DEFENSE = Defense(
+    "ntml",
+    Params,
+    run,
+    uses=("train", "clean"),
+    cite="Huo & Wolter, NT-ML: Backdoor Defense via Non-target Label Training and "
+    "Mutual Learning, arXiv 2508.05404 (2025)",
+    tuning=TUNING,
+)
