@@ -47,14 +47,16 @@ def label(setting: Mapping[str, Any]) -> str:
     return ", ".join(f"{k}={fmt(v)}" for k, v in setting.items())
 
 
-def _run(cfg: Config, defense: str, attack: str, seed: int, setting: Mapping[str, Any]) -> dict:
+def _run(
+    cfg: Config, defense: str, attack: str, seed: int, setting: Mapping[str, Any], name: str | None = None
+) -> dict:
     from bdlib import experiment as ex
 
     c = override(ex.with_run(cfg, attack=attack, seed=seed), {f"defenses.{defense}.{k}": v for k, v in setting.items()})
     r = ex.defend(c, defense)
     return {
         "defense": defense,
-        "setting": label(setting),
+        "setting": name or label(setting),
         "attack": attack,
         "seed": seed,
         "BA_before": r.before["BA"],
@@ -137,12 +139,26 @@ def variants() -> list[dict[str, Any]]:
     return [{"reading": r, "ml_data": m} for r, m in itertools.product(ntml.READINGS, ntml.ML_DATA)]
 
 
+def variant_setting(variant: Mapping[str, Any]) -> dict[str, Any]:
+    """The NT-ML fields a variant runs with: the variant, and NT-ML's tuned knob(s) at their
+    Params defaults. The reading is chosen first, the knob after (:func:`sweep`), so the choice
+    of the knob never feeds back into the choice of the reading."""
+    ntml = defenses.get("ntml")
+    return {**{k: getattr(ntml.Params(), k) for k in ntml.tuning}, **variant}
+
+
 def variant_sweep(cfg: Config, attacks: Sequence[str]) -> list[dict]:
     """NT-ML under every variant on ``attacks`` (narrowed to ``cfg.tuning.variant_attacks`` where
-    the profile names them) and every tuning seed; one cached NT stage per reading."""
+    the profile names them) and every tuning seed, NT-ML's knob at its default
+    (:func:`variant_setting`); one cached NT stage per reading."""
     chosen = cfg.tuning.variant_attacks
     attacks = [a for a in attacks if chosen is None or a in chosen]
-    return [_run(cfg, "ntml", a, s, v) for a in attacks for s in cfg.tuning.seeds for v in variants()]
+    return [
+        _run(cfg, "ntml", a, s, variant_setting(v), label(v))
+        for a in attacks
+        for s in cfg.tuning.seeds
+        for v in variants()
+    ]
 
 
 def ml_contribution(cfg: Config, attacks: Sequence[str], seeds: Sequence[int]) -> list[dict]:
@@ -200,6 +216,7 @@ __all__ = [
     "select",
     "profile_mismatches",
     "variants",
+    "variant_setting",
     "variant_sweep",
     "ml_contribution",
     "select_variant",
