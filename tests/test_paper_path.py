@@ -59,6 +59,10 @@ OVERRIDES = {
     "defenses.ibau.fp_iters": 1,
     "defenses.ibau.batch_size": 10,
     "defenses.ft.epochs": 1,
+    # The comparison protocol (06's tuning sweep, 03's readings) on one tuning seed and attack.
+    "tuning.seeds": [100],
+    "tuning.attacks": ["badnets"],
+    "tuning.variant_attacks": ["badnets"],
 }
 # Runner calls (each notebook takes only its own parameters): 01 trains a victim for every attack;
 # 06 runs every defense on BadNets; 02-05 run on BadNets with one τ / one clean budget.
