@@ -296,7 +296,12 @@ def _replace_checked(obj: Any, changes: Mapping[str, Any], where: str) -> Any:
 
 
 def _coerce(value: Any, hint: Any) -> Any:
-    # JSON has no tuples and writes 3.0 as 3: accept a list for a tuple, an int for a float.
+    # JSON has no tuples and writes 3.0 as 3: accept a list for a tuple (also in an Optional), an int
+    # for a float.
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        if isinstance(value, list) and any(typing.get_origin(h) is tuple for h in typing.get_args(hint)):
+            return tuple(value)
+        return value
     if typing.get_origin(hint) is tuple and isinstance(value, list):
         return tuple(value)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):

@@ -82,3 +82,9 @@ def test_labels_and_profile_mismatches():
     ]
     with pytest.raises(ValueError, match="unknown"):
         tune.settings("nope")
+
+
+def test_tuning_scope_overrides_from_json_lists():
+    cfg = resolve("paper", overrides={"tuning.seeds": [100], "tuning.variant_attacks": ["badnets"]})
+    assert cfg.tuning.seeds == (100,) and cfg.tuning.variant_attacks == ("badnets",)
+    assert resolve("quick", overrides={"tuning.variant_attacks": None}).tuning.variant_attacks is None
