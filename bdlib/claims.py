@@ -14,6 +14,7 @@ is ``inconclusive`` (the seeds decide it, not the method), else the verdict on t
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping, Sequence
 
@@ -229,7 +230,26 @@ def _involved(c: Claim) -> set[str]:
 
 
 def evaluate(claim: Claim, table: Mapping[tuple[str, str], Cell]) -> dict:
-    """One claim's verdict and evidence on ``table`` (from :func:`cells`)."""
+    """One claim's verdict and evidence on ``table`` (from :func:`cells`).
+
+    Attacks whose cells were not run (a notebook run on fewer attacks) are named in the
+    evidence; the claim is then judged on the rest and can be no better than ``inconclusive``.
+    """
+    missing = [a for a in claim.attacks if any((a, d) not in table for d in _involved(claim))]
+    present = tuple(a for a in claim.attacks if a not in missing)
+    if missing:
+        if not present:
+            raise ValueError(
+                f"the results hold no cell for {claim.id}: it needs "
+                f"{', '.join(sorted(_involved(claim)))} on {', '.join(claim.attacks)}"
+            )
+        entry = evaluate(dataclasses.replace(claim, attacks=present), table)
+        return {
+            **entry,
+            "verdict": "inconclusive",
+            "range": "inconclusive",
+            "evidence": f"not run on {', '.join(missing)}; on the rest: {entry['evidence']}",
+        }
     check = CHECKS[claim.kind]
 
     def view(mode: str) -> View:
@@ -268,6 +288,14 @@ def ledger(rows: Iterable[Mapping], claims: Sequence[Claim] = CLAIMS, defense: s
     return [evaluate(c, table) for c in chosen]
 
 
+def get(claim_id: str) -> Claim:
+    """The claim with this id, or an error listing the ids."""
+    for c in CLAIMS:
+        if c.id == claim_id:
+            return c
+    raise ValueError(f"claim {claim_id!r} is unknown; choose one of: {', '.join(c.id for c in CLAIMS)}")
+
+
 def spread_out_cells(rows: Iterable[Mapping]) -> list[tuple[str, str]]:
     """The (attack, defense) cells whose seeds disagree by more than :data:`SPREAD` ASR points."""
     return [k for k, cell in cells(rows).items() if cell.spread_out]
@@ -298,6 +326,7 @@ __all__ = [
     "CLAIMS",
     "Cell",
     "cells",
+    "get",
     "evaluate",
     "ledger",
     "spread_out_cells",

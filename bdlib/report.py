@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from bdlib import attacks, defenses, metrics
+from bdlib import attacks, defenses, metrics, tune
 from bdlib.config import Config, as_dict, override
 from bdlib.experiment import (
     DefenseRun,
@@ -419,15 +419,64 @@ def target_table(rows: Sequence[dict]):
 
 def reading_diagnosis(cfg: Config, names: Sequence[str], seeds: Sequence[int], readings: Sequence[str]) -> list[dict]:
     """:func:`target_scores` of M0 and, per NT-ML reading, its NT student and final student
-    (ML on the clean subset), on each attack and seed: where each reading leaves the target."""
+    (ML on the clean subset, the knob at its default as in ``tune.variant_sweep``, whose cells
+    these are), on each attack and seed: where each reading leaves the target."""
     rows = []
     for a in names:
         for s in seeds:
             c = with_run(cfg, attack=a, seed=s)
             models = {"M0": poisoned_model(c).model}
             for r in readings:
-                run = defend(override(c, {"defenses.ntml.reading": r, "defenses.ntml.ml_data": "clean"}), "ntml")
+                setting = tune.variant_setting({"reading": r, "ml_data": "clean"})
+                run = defend(override(c, {f"defenses.ntml.{k}": v for k, v in setting.items()}), "ntml")
                 models[f"NT student ({r})"] = record_model(c, run, "nt_student")
                 models[f"final ({r})"] = run.model
             rows += target_scores(c, models)
     return rows
+
+
+def variant_verdicts(rows: Sequence[dict], asr_max: float, cost_max: float):
+    """Per attack: the NT-ML variants whose mean ASR is at most ``asr_max`` at a mean BA cost of
+    at most ``cost_max`` on the tuning seeds ("none": no reading tried defends that attack)."""
+    import pandas as pd
+
+    df = pd.DataFrame(rows).groupby(["attack", "setting"], sort=False)[["ASR", "cost"]].mean().reset_index()
+    out = []
+    for a, g in df.groupby("attack", sort=False):
+        ok = g[(g["ASR"] <= asr_max) & (g["cost"] <= cost_max)]["setting"].tolist()
+        best = g.loc[g["ASR"].idxmin()]
+        out.append(
+            {
+                "attack": a,
+                f"variants with ASR ≤ {asr_max:g} at cost ≤ {cost_max:g}": ", ".join(ok) or "none",
+                "lowest ASR (its BA cost)": f"{best['ASR']:.1f} ({best['cost']:.1f}), {best['setting']}",
+            }
+        )
+    return pd.DataFrame(out).set_index("attack")
+
+
+def ml_effect(rows: Sequence[dict]):
+    """What mutual learning adds, per attack: mean λ = 1 minus mean λ = 0 of ASR and BA, beside
+    the larger ASR spread over seeds of the two (an effect smaller than the spread is noise)."""
+    import pandas as pd
+
+    out = []
+    for a in dict.fromkeys(r["attack"] for r in rows):
+        on = [r for r in rows if r["attack"] == a and r["lam"] > 0]
+        off = [r for r in rows if r["attack"] == a and r["lam"] == 0]
+
+        def mean(rs, k):
+            return sum(r[k] for r in rs) / len(rs)
+
+        spread = max(tune.spread([r["ASR"] for r in on]), tune.spread([r["ASR"] for r in off]))
+        d_asr = mean(on, "ASR") - mean(off, "ASR")
+        out.append(
+            {
+                "attack": a,
+                "ΔASR (λ=1 − λ=0)": round(d_asr, 1),
+                "ΔBA (λ=1 − λ=0)": round(mean(on, "BA") - mean(off, "BA"), 1),
+                "ASR spread over seeds": round(spread, 1),
+                "beyond the spread": abs(d_asr) > spread,
+            }
+        )
+    return pd.DataFrame(out).set_index("attack")

@@ -104,8 +104,11 @@ def test_best_reduction():
 
 
 def test_missing_cells_are_named():
-    with pytest.raises(ValueError, match="sig × x"):
+    with pytest.raises(ValueError, match="no cell for t: it needs x on sig"):
         claims.evaluate(defends(attacks=("sig",)), claims.cells(rows({("badnets", "x"): same(89, 1)})))
+    # Run on fewer attacks than the claim spans: judged on the rest, never better than inconclusive.
+    e = claims.evaluate(defends(attacks=("badnets", "sig")), claims.cells(rows({("badnets", "x"): same(89, 1)})))
+    assert e["verdict"] == "inconclusive" and e["evidence"].startswith("not run on sig; on the rest: 1/1 attacks")
     bad = [r for r in rows({("badnets", "x"): same(89, 1)}) if not (r["defense"] == "undefended" and r["seed"] == 2)]
     with pytest.raises(ValueError, match="no undefended row for badnets, seed"):
         claims.cells(bad)
