@@ -484,13 +484,11 @@ def tradeoff(
     axes[0, 0].set_ylabel("ASR after the defense (%)")
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, labels, ncols=min(7, len(labels)), loc="upper center", bbox_to_anchor=(0.5, 0.02))
-    fig.suptitle("Every defense across its tuning grid\n", fontweight="bold")
-    fig.text(
-        0.5,
-        0.93,
-        "mean over the tuning seeds · ring: the protocol's choice · grey: within the BA-cost bar",
-        ha="center",
-        fontsize=9,
+    fig.suptitle(
+        "Every defense across its tuning grid\n(mean over the tuning seeds · ring: the protocol's choice · "
+        "grey: within the BA-cost bar)",
+        fontweight="bold",
+        fontsize=10,
     )
     fig.tight_layout()
     return fig
