@@ -46,6 +46,9 @@ class TuningConfig:
     seeds: tuple[int, ...] = (100, 101)  # tuning seeds: never among the reported seeds
     attacks: tuple[str, ...] = ("badnets", "blended")  # every defense's strength knob is tuned on these
     variant_attacks: tuple[str, ...] | None = None  # NT-ML's readings are chosen on these (None: all)
+    # The readings sweep runs the attacks outside ``attacks`` on the first N tuning seeds only
+    # (None: all): each is a retraining of NT-ML's student, and the tuning pair keeps both seeds.
+    other_attack_seeds: int | None = 1
     max_cost: float = 3.0  # BA points a chosen setting may cost on each tuning attack
 
 
@@ -388,6 +391,9 @@ def _check_consistency(cfg: Config) -> None:
         raise ConfigError(f"'tuning.seeds' must never be reported: seed(s) {shared} are also in 'seeds'")
     if not cfg.tuning.seeds or not cfg.tuning.attacks:
         raise ConfigError("'tuning.seeds' and 'tuning.attacks' must not be empty")
+    n = cfg.tuning.other_attack_seeds
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ConfigError(f"'tuning.other_attack_seeds' must be an integer >= 1 or None (all tuning seeds), got {n!r}")
 
 
 def as_dict(cfg: Any) -> Any:

@@ -415,11 +415,15 @@ def defend(cfg: Config, defense: str) -> DefenseRun:
 
         def compute_stage():
             found, meta = stage()
-            tensors = {f"{role}.{k}": v for role, m in found.items() for k, v in _state(m).items()}
-            return tensors, {"meta": meta, "roles": sorted(found)}
+            models = {role: m for role, m in found.items() if not isinstance(m, torch.Tensor)}
+            arrays = {role: t.detach().cpu() for role, t in found.items() if isinstance(t, torch.Tensor)}
+            tensors = {f"{role}.{k}": v for role, m in models.items() for k, v in _state(m).items()}
+            tensors.update({f"tensor.{role}": t for role, t in arrays.items()})
+            return tensors, {"meta": meta, "roles": sorted(models), "tensor_roles": sorted(arrays)}
 
         e = store().get_or_compute("defense_stage", full, compute_stage)
         loaded = {role: _load_model(cfg, _under(e.tensors, role)) for role in e.meta["roles"]}
+        loaded.update({role: e.tensors[f"tensor.{role}"] for role in e.meta.get("tensor_roles", [])})
         return loaded, e.meta["meta"]
 
     def compute():

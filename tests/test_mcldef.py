@@ -214,3 +214,94 @@ def test_run_records_detection_and_history(curve):
     assert out.tensors["mask_norms"].shape == (10,) and out.tensors["mask"].shape == (1, 28, 28)
     assert out.info["target"] == int(out.tensors["mask_norms"].argmin())
     assert out.info["true_target_known_to_defense"] is False
+
+
+# Each Params field set to another valid value: the inversion's cache key must change exactly
+# for the fields the inversion reads, and its result must not change for any other field.
+_OTHER_VALUES = {
+    "target": 0,
+    "lam": 0.05,
+    "inv_lr": 0.05,
+    "inv_steps": 4,
+    "inv_patience": 1,
+    "inv_batch_size": 8,
+    "anomaly_threshold": 3.0,
+    "tau": 0.1,
+    "epochs": 3,
+    "lr": 0.2,
+    "first_epoch_lr": 0.1,
+    "lr_decay_epochs": (1,),
+    "lr_decay": 0.5,
+    "momentum": 0.5,
+    "weight_decay": 0.01,
+    "batch_size": 16,
+    "ce_weight": 1.0,
+    "bn_eval": True,
+    "curve": True,
+}
+
+
+def _ctx(params, x, y, memo=None):
+    return DefenseContext(
+        params=params,
+        cfg=resolve("smoke", overrides={"train.batch_size": 10}),
+        x_train=x,
+        y_train=y,
+        x_clean=x,
+        y_clean=y,
+        num_classes=10,
+        seed=0,
+        new_model=_tiny_cnn,
+        evaluate=lambda m: {"BA": 1.0, "ASR": 2.0, "RA": 3.0},
+        memo=memo,
+    )
+
+
+def test_inversion_cache_key_is_exactly_what_the_inversion_reads():
+    base = mcldef.Params(inv_steps=6, inv_batch_size=4)
+    assert set(_OTHER_VALUES) == {f.name for f in dataclasses.fields(base)}, "a new field needs a line here"
+    model, x = PatchModel(), _dark_images(12)
+    y = torch.arange(12) % K
+    classes = torch.arange(K)
+    ref = mcldef.invert(model, x, y, classes, base, seed=0)
+    key = mcldef.inversion_spec(base, _ctx(base, x, y))
+    for name, value in _OTHER_VALUES.items():
+        changed = dataclasses.replace(base, **{name: value})
+        changed.validate()
+        keyed = mcldef.inversion_spec(changed, _ctx(changed, x, y)) != key
+        assert keyed == (name in mcldef.INVERSION_FIELDS), name
+        if not keyed:  # a shared cached inversion must be what this setting would compute
+            out = mcldef.invert(model, x, y, classes, changed, seed=0)
+            assert all(torch.equal(a, b) for a, b in zip(out, ref)), name
+    assert mcldef.inversion_spec(base, _ctx(base, x[:6], y[:6])) != key  # another clean subset
+
+
+def test_run_inverts_once_per_victim_and_inversion_setting():
+    stored, computed = {}, []
+
+    def memo(name, spec, compute):  # the store's behaviour: compute once per (name, spec)
+        key = (name, repr(sorted(spec.items())))
+        if key not in stored:
+            computed.append(spec)
+            found, meta = compute()
+            stored[key] = ({k: v.detach().cpu().clone() for k, v in found.items()}, meta)
+        return stored[key]
+
+    x = _dark_images(20).repeat(1, 1, 4, 4)[:, :, :28, :28]
+    y = torch.arange(20) % 10
+    outs = []
+    for params in (
+        mcldef.Params(inv_steps=3, epochs=1, batch_size=10, lr=0.01),
+        mcldef.Params(inv_steps=3, epochs=1, batch_size=10, lr=0.1, curve=True),  # reuses the inversion
+        mcldef.Params(inv_steps=4, epochs=1, batch_size=10, lr=0.01),  # a new inversion
+    ):
+        outs.append(mcldef.run(_tiny_cnn(0), _ctx(params, x, y, memo)))
+    assert [s["inv_steps"] for s in computed] == [3, 4]
+    uncached = mcldef.run(_tiny_cnn(0), _ctx(mcldef.Params(inv_steps=3, epochs=1, batch_size=10, lr=0.1), x, y))
+    for k in ("mask", "pattern", "mask_norms", "trigger_success"):
+        assert torch.equal(outs[1].tensors[k], uncached.tensors[k]), k
+    assert outs[1].info["target"] == uncached.info["target"]
+    # and the purified model is the same whether the inversion was computed or read back
+    assert all(
+        torch.equal(a, b) for a, b in zip(outs[1].model.state_dict().values(), uncached.model.state_dict().values())
+    )

@@ -88,3 +88,44 @@ def test_tuning_scope_overrides_from_json_lists():
     cfg = resolve("paper", overrides={"tuning.seeds": [100], "tuning.variant_attacks": ["badnets"]})
     assert cfg.tuning.seeds == (100,) and cfg.tuning.variant_attacks == ("badnets",)
     assert resolve("quick", overrides={"tuning.variant_attacks": None}).tuning.variant_attacks is None
+
+
+def test_variants_vary_one_factor_at_a_time_around_the_defaults():
+    from bdlib.defenses import ntml
+
+    base = ntml.Params()
+    vs = tune.variants()
+    assert len({tune.label(v) for v in vs}) == len(vs)  # no variant twice
+    assert {"reading": base.reading, "ml_data": base.ml_data} in vs
+    assert {v["reading"] for v in vs} == set(ntml.READINGS)  # every reading is tried...
+    assert {v["ml_data"] for v in vs} == set(ntml.ML_DATA)  # ...and every ML variant
+    for v in vs:  # each differs from the defaults in at most one field
+        assert (v["reading"] != base.reading) + (v["ml_data"] != base.ml_data) <= 1, v
+        ntml.Params(**v).validate()
+
+
+def test_variant_seeds_keep_both_for_the_tuning_attacks_only():
+    cfg = profile("quick")
+    assert cfg.tuning.seeds == (100, 101) and cfg.tuning.other_attack_seeds == 1
+    assert tune.variant_seeds(cfg, "badnets") == (100, 101)
+    assert tune.variant_seeds(cfg, "narcissus") == (100,)
+    every = resolve("quick", overrides={"tuning.other_attack_seeds": None})
+    assert tune.variant_seeds(every, "narcissus") == (100, 101)
+    for bad in (0, -1):
+        with pytest.raises(ConfigError, match=r"'tuning.other_attack_seeds' must be an integer >= 1 or None"):
+            resolve("quick", overrides={"tuning.other_attack_seeds": bad})
+    for bad in (1.5, True, "1"):
+        with pytest.raises(ConfigError, match=r"'tuning.other_attack_seeds' must be"):
+            resolve("quick", overrides={"tuning.other_attack_seeds": bad})
+
+
+def test_every_attack_weighs_the_same_however_many_seeds_it_ran_on():
+    # v1: great on badnets (two seeds), bad on sig (one seed); v2 the reverse. A mean over rows
+    # would give v1 (2 x 0.9 + 0.1) / 3 = 0.63 against v2's 0.57; per attack both are 0.5.
+    rows = [row("ntml", "v1", "badnets", s, 1.0, 5.0, der=0.9) for s in (100, 101)]
+    rows += [row("ntml", "v1", "sig", 100, 1.0, 90.0, der=0.1)]
+    rows += [row("ntml", "v2", "badnets", s, 1.0, 90.0, der=0.1) for s in (100, 101)]
+    rows += [row("ntml", "v2", "sig", 100, 1.0, 5.0, der=0.95)]
+    chosen = tune.select_variant(rows)
+    assert chosen["setting"] == "v2" and chosen["DER"] == pytest.approx((0.1 + 0.95) / 2)
+    assert chosen["ASR"] == pytest.approx((90.0 + 5.0) / 2)

@@ -30,7 +30,8 @@ class DefenseContext:
     new_model: Callable[[int], nn.Module]  # a freshly initialised model of the run's architecture, by seed
     evaluate: Callable[[nn.Module], dict[str, float]]  # BA / ASR / RA for the record only
     # memo(name, spec, compute) caches an intermediate stage in the store, keyed by the victim,
-    # ``name`` and ``spec``: compute() -> ({role: model}, json_meta); returns the same, loaded.
+    # ``name`` and ``spec``: compute() -> ({role: model or tensor}, json_meta); returns the same,
+    # loaded (tensors on the CPU).
     memo: (
         Callable[[str, dict, Callable[[], tuple[dict[str, nn.Module], dict]]], tuple[dict[str, nn.Module], dict]] | None
     ) = None
