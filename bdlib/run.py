@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence, TextIO
 
-from bdlib import paths, progress
+from bdlib import openmp, paths, progress
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = REPO / "notebooks"
@@ -195,7 +195,12 @@ def run_notebook(
     # One more code cell than the source: the parameters papermill injects.
     cells = 1 + sum(c["cell_type"] == "code" for c in json.loads(path.read_text())["cells"])
     status = Path(tempfile.mkdtemp(prefix="bdlib-status-"))
+    busy = None if any(k in os.environ for k in openmp.USER_KEYS) else openmp.busy_cores()
+    omp = openmp.kernel_env(busy)
+    if (line := openmp.describe(omp, busy)) is not None:
+        print(f"  {path.stem}: {line}", file=stream, flush=True)
     env = {
+        **omp,
         "BDLIB_FIGURES": str(figures.resolve()),
         "BDLIB_CACHE": str((cache or paths.cache_dir()).resolve()),
         "BDLIB_NOTEBOOK": path.stem,

@@ -5,7 +5,7 @@ images/s of bdlib's training loop alone and then while a competitor trains the s
 another process with OpenMP's defaults (what another user's job on a shared machine does).
 Each measurement runs in a fresh process, because OpenMP reads its wait policy once, at start.
 
-    python benchmarks/omp_contention.py [--images 8000] [--epochs 2] [--repeats 2]
+    python benchmarks/omp_contention.py [--images 8000] [--epochs 2] [--repeats 2] [--only TEXT]
 
 Prints one row per setting: idle and contended images/s and contended / idle. Run it on an
 otherwise quiet machine: a third process makes both columns meaningless.
@@ -21,12 +21,17 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-SETTINGS = [  # (torch threads, OMP_WAIT_POLICY); None keeps the runtime's default (spin, then sleep)
-    (2, None),
-    (2, "PASSIVE"),
-    (1, None),
-    (1, "PASSIVE"),
+# (torch threads, OpenMP environment); {} keeps the runtime's default (libgomp: spin
+# GOMP_SPINCOUNT = 300,000 times, then sleep). PASSIVE never spins; a smaller spin count is between.
+SETTINGS = [
+    (2, {}),
+    (2, {"OMP_WAIT_POLICY": "PASSIVE"}),
+    (2, {"GOMP_SPINCOUNT": "10000"}),
+    (2, {"GOMP_SPINCOUNT": "1000"}),
+    (1, {}),
+    (1, {"OMP_WAIT_POLICY": "PASSIVE"}),
 ]
+OMP_KEYS = ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "GOMP_SPINCOUNT")
 
 
 def child(images: int, epochs: int, threads: int) -> None:
@@ -49,16 +54,15 @@ def child(images: int, epochs: int, threads: int) -> None:
     print(f"{images * epochs / (time.perf_counter() - start):.1f}", flush=True)
 
 
-def _env(threads: int, policy: str | None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
+def _env(threads: int, omp: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in OMP_KEYS}
     env["OMP_NUM_THREADS"] = str(threads)
-    if policy is not None:
-        env["OMP_WAIT_POLICY"] = policy
+    env.update(omp)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     return env
 
 
-def measure(args: argparse.Namespace, threads: int, policy: str | None) -> float:
+def measure(args: argparse.Namespace, threads: int, omp: dict[str, str]) -> float:
     cmd = [
         sys.executable,
         __file__,
@@ -70,14 +74,14 @@ def measure(args: argparse.Namespace, threads: int, policy: str | None) -> float
         "--threads",
         str(threads),
     ]
-    out = subprocess.run(cmd, env=_env(threads, policy), capture_output=True, text=True, check=True)
+    out = subprocess.run(cmd, env=_env(threads, omp), capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
 
 def competitor(args: argparse.Namespace) -> subprocess.Popen:
     """A process that trains with OpenMP's defaults (2 threads) until it is killed."""
     cmd = [sys.executable, __file__, "--child", "--images", str(args.images), "--epochs", "1000", "--threads", "2"]
-    return subprocess.Popen(cmd, env=_env(2, None), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(cmd, env=_env(2, {}), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def main() -> None:
@@ -86,26 +90,32 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2, help="idle / contended pairs per setting (best kept)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--only", help="run only the settings whose environment contains this text (e.g. GOMP_SPINCOUNT)"
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args.images, args.epochs, args.threads)
         return
     print(f"{os.cpu_count()} CPUs; {args.images} images x {args.epochs} epochs per measurement; best of {args.repeats}")
-    print(f"{'threads':>7} {'OMP_WAIT_POLICY':>15} {'idle img/s':>11} {'contended img/s':>16} {'contended/idle':>15}")
-    for threads, policy in SETTINGS:
+    print(f"{'threads':>7} {'OpenMP env':>22} {'idle img/s':>11} {'contended img/s':>16} {'contended/idle':>15}")
+    for threads, omp in SETTINGS:
+        label = " ".join(f"{k}={v}" for k, v in omp.items()) or "default"
+        if args.only is not None and args.only not in label:
+            continue
         idle, busy = [], []
         for _ in range(args.repeats):
-            idle.append(measure(args, threads, policy))
+            idle.append(measure(args, threads, omp))
             other = competitor(args)
             try:
                 time.sleep(5)  # the competitor past its start-up, training
-                busy.append(measure(args, threads, policy))
+                busy.append(measure(args, threads, omp))
             finally:
                 other.kill()
                 other.wait()
         i, b = max(idle), max(busy)
-        print(f"{threads:>7} {policy or 'default':>15} {i:>11.0f} {b:>16.0f} {b / i:>15.3f}", flush=True)
+        print(f"{threads:>7} {label:>22} {i:>11.0f} {b:>16.0f} {b / i:>15.3f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 import io
 import json
 import logging
+import os
 
 import pytest
 
@@ -187,3 +188,23 @@ def test_dask_nanny_shutdown_warning_is_dropped_and_other_warnings_are_kept(capl
         log.warning("Worker process still alive after 3.2 seconds, killing")
         log.warning("Worker process 123 was killed by signal 9")
     assert [r.getMessage() for r in caplog.records] == ["Worker process 123 was killed by signal 9"]
+
+
+def test_openmp_waits_passively_only_beside_a_busy_process_and_keeps_the_users_choice(tmp_path):
+    from bdlib import openmp
+
+    assert openmp.kernel_env(0.1, environ={}) == {}  # quiet: OpenMP's default, the fastest idle
+    assert openmp.kernel_env(None, environ={}) == {}  # not measurable (no /proc/stat)
+    assert openmp.kernel_env(1.2, environ={}) == {"OMP_WAIT_POLICY": "PASSIVE"}
+    assert openmp.kernel_env(1.2, environ={"OMP_WAIT_POLICY": "ACTIVE"}) == {}  # the user's choice stays
+    assert openmp.kernel_env(1.2, environ={"GOMP_SPINCOUNT": "10"}) == {}
+    assert "1.2 core(s) busy" in openmp.describe({"OMP_WAIT_POLICY": "PASSIVE"}, 1.2)
+    assert openmp.describe({}, 0.1) is None
+    # /proc/stat's first line: user nice system idle iowait ...; busy = total - idle - iowait
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  100 0 100 700 100 0 0 0 0 0\ncpu0 1 2 3\n")
+    assert openmp.cpu_times(stat) == (200.0, 1000.0)
+    assert openmp.busy_cores(0.0, stat) == 0.0  # nothing moved between the two reads
+    assert openmp.busy_cores(0.0, tmp_path / "absent") is None
+    measured = openmp.busy_cores(0.05)
+    assert measured is None or 0.0 <= measured <= (os.cpu_count() or 1) + 1e-6
