@@ -270,7 +270,8 @@ def main(profile_name: str, names: Sequence[str] = (), out: str | None = None) -
     from bdlib import experiment as ex
 
     try:
-        cfg = ex.setup(profile_name)
+        # Progress bars on a terminal only: piped to a log, a bar per training is thousands of lines.
+        cfg = ex.setup(profile_name, progress=sys.stderr.isatty())
         for name in names:
             defenses.get(name)
     except ValueError as err:
