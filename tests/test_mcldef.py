@@ -168,6 +168,23 @@ def _tiny_cnn(seed: int) -> SmallCNN:
     return SmallCNN(in_channels=1, num_classes=10, width=4)
 
 
+def _ctx(params, x, y, memo=None, evaluate=None):
+    """A context whose training and clean data are both ``x, y``, on the smoke profile."""
+    return DefenseContext(
+        params=params,
+        cfg=resolve("smoke", overrides={"train.batch_size": 10}),
+        x_train=x,
+        y_train=y,
+        x_clean=x,
+        y_clean=y,
+        num_classes=10,
+        seed=0,
+        new_model=_tiny_cnn,
+        evaluate=evaluate or (lambda m: {"BA": 1.0, "ASR": 2.0, "RA": 3.0}),
+        memo=memo,
+    )
+
+
 def test_one_contrastive_step_changes_theta_and_not_frozen_copy():
     model = _tiny_cnn(0)
     frozen = copy.deepcopy(model).eval().requires_grad_(False)
@@ -191,21 +208,9 @@ def test_run_records_detection_and_history(curve):
     model = _tiny_cnn(0)
     x = _dark_images(20).repeat(1, 1, 4, 4)[:, :, :28, :28]
     y = torch.arange(20) % 10
-    cfg = resolve("smoke", overrides={"train.batch_size": 10})
     params = mcldef.Params(inv_steps=3, epochs=2, batch_size=10, curve=curve)
     calls = []
-    ctx = DefenseContext(
-        params=params,
-        cfg=cfg,
-        x_train=x,
-        y_train=y,
-        x_clean=x,
-        y_clean=y,
-        num_classes=10,
-        seed=0,
-        new_model=_tiny_cnn,
-        evaluate=lambda m: calls.append(1) or {"BA": 1.0, "ASR": 2.0, "RA": 3.0},
-    )
+    ctx = _ctx(params, x, y, evaluate=lambda m: calls.append(1) or {"BA": 1.0, "ASR": 2.0, "RA": 3.0})
     out = mcldef.run(model, ctx)
     if curve:  # evaluated before purification and after each epoch
         assert [r["epoch"] for r in out.history] == [0, 1, 2] and len(calls) == 3
@@ -239,22 +244,6 @@ _OTHER_VALUES = {
     "bn_eval": True,
     "curve": True,
 }
-
-
-def _ctx(params, x, y, memo=None):
-    return DefenseContext(
-        params=params,
-        cfg=resolve("smoke", overrides={"train.batch_size": 10}),
-        x_train=x,
-        y_train=y,
-        x_clean=x,
-        y_clean=y,
-        num_classes=10,
-        seed=0,
-        new_model=_tiny_cnn,
-        evaluate=lambda m: {"BA": 1.0, "ASR": 2.0, "RA": 3.0},
-        memo=memo,
-    )
 
 
 def test_inversion_cache_key_is_exactly_what_the_inversion_reads():
