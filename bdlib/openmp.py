@@ -50,11 +50,24 @@ def busy_cores(window: float = 0.3, stat: Path = PROC_STAT) -> float | None:
     return (b1 - b0) / (t1 - t0) * (os.cpu_count() or 1)
 
 
+def user_chose(environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether the user set an OpenMP wait variable (then the runner changes nothing)."""
+    return any(k in environ for k in USER_KEYS)
+
+
 def kernel_env(busy: float | None, environ: Mapping[str, str] = os.environ) -> dict[str, str]:
     """The OpenMP variables to start a kernel with, given the cores others keep ``busy``."""
-    if any(k in environ for k in USER_KEYS) or busy is None or busy < BUSY_CORES:
+    if user_chose(environ) or busy is None or busy < BUSY_CORES:
         return {}
     return {"OMP_WAIT_POLICY": "PASSIVE"}
+
+
+def for_kernel(environ: Mapping[str, str] = os.environ) -> tuple[dict[str, str], str | None]:
+    """What the runner starts the next kernel with: the OpenMP variables and the log line (None
+    when it keeps OpenMP's default). Samples the CPU only when the user has not chosen."""
+    busy = None if user_chose(environ) else busy_cores()
+    env = kernel_env(busy, environ)
+    return env, describe(env, busy)
 
 
 def describe(env: Mapping[str, str], busy: float | None) -> str | None:

@@ -195,9 +195,8 @@ def run_notebook(
     # One more code cell than the source: the parameters papermill injects.
     cells = 1 + sum(c["cell_type"] == "code" for c in json.loads(path.read_text())["cells"])
     status = Path(tempfile.mkdtemp(prefix="bdlib-status-"))
-    busy = None if any(k in os.environ for k in openmp.USER_KEYS) else openmp.busy_cores()
-    omp = openmp.kernel_env(busy)
-    if (line := openmp.describe(omp, busy)) is not None:
+    omp, line = openmp.for_kernel()
+    if line is not None:
         print(f"  {path.stem}: {line}", file=stream, flush=True)
     env = {
         **omp,

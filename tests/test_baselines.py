@@ -7,19 +7,14 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from defense_context import context, tiny_cnn
 from torch import nn
 
 from bdlib.config import ConfigError, resolve
 from bdlib.defenses import anp, ft, ibau, nad
 from bdlib.defenses.base import DefenseContext
-from bdlib.models import SmallCNN
 
 torch.set_num_threads(1)
-
-
-def _tiny_cnn(seed: int = 0) -> SmallCNN:
-    torch.manual_seed(seed)
-    return SmallCNN(1, 10, width=4)
 
 
 def _data(n: int = 20, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -29,21 +24,7 @@ def _data(n: int = 20, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _ctx(params, calls: list | None = None) -> DefenseContext:
-    x, y = _data()
-    cfg = resolve("smoke", overrides={"train.batch_size": 10})
-    calls = [] if calls is None else calls
-    return DefenseContext(
-        params=params,
-        cfg=cfg,
-        x_train=x,
-        y_train=y,
-        x_clean=x,
-        y_clean=y,
-        num_classes=10,
-        seed=0,
-        new_model=_tiny_cnn,
-        evaluate=lambda m: calls.append(1) or {"BA": 1.0, "ASR": 2.0, "RA": 3.0},
-    )
+    return context(params, *_data(), calls)
 
 
 def _changed(before: dict, model: nn.Module) -> list[str]:
@@ -92,7 +73,7 @@ def test_profile_overrides_are_validated():
 
 
 def test_ft_changes_weights_and_records_every_epoch_loss():
-    model, calls = _tiny_cnn(), []
+    model, calls = tiny_cnn(), []
     before = copy.deepcopy(model.state_dict())
     out = ft.run(model, _ctx(ft.Params(epochs=2, lr=0.05), calls))
     assert out.model is model and [r["epoch"] for r in out.history] == [1, 2] and not calls
@@ -126,7 +107,7 @@ def test_at_loss_zero_for_identical_and_scale_invariant():
 
 
 def test_capture_records_stage_outputs_and_removes_hooks():
-    model = _tiny_cnn().eval()
+    model = tiny_cnn().eval()
     x = torch.rand(3, 1, 28, 28)
     with nad.capture(model.stages) as outs:
         model(x)
@@ -136,7 +117,7 @@ def test_capture_records_stage_outputs_and_removes_hooks():
 
 
 def test_nad_loss_pulls_student_towards_teacher_and_leaves_teacher_alone():
-    teacher, student = _tiny_cnn(0).eval(), _tiny_cnn(1)
+    teacher, student = tiny_cnn(0).eval(), tiny_cnn(1)
     t0 = copy.deepcopy(teacher.state_dict())
     x, y = torch.rand(8, 1, 28, 28), torch.arange(8)
     loss_fn = nad.make_loss(teacher, list(student.stages), (1.0, 1.0, 1.0), 2.0)
@@ -157,20 +138,20 @@ def test_nad_loss_pulls_student_towards_teacher_and_leaves_teacher_alone():
 
 
 def test_nad_run_end_to_end_and_beta_count_checked():
-    model, calls = _tiny_cnn(), []
+    model, calls = tiny_cnn(), []
     before = copy.deepcopy(model.state_dict())
     out = nad.run(model, _ctx(nad.Params(teacher_epochs=1, epochs=2, betas=(10.0, 10.0, 10.0)), calls))
     assert [r["stage"] for r in out.history] == ["teacher", "nad", "nad"] and len(calls) == 1
     assert _changed(before, model)
     with pytest.raises(ValueError, match="stages"):
-        nad.run(_tiny_cnn(), _ctx(nad.Params(teacher_epochs=1, epochs=1, betas=(1.0, 1.0))))
+        nad.run(tiny_cnn(), _ctx(nad.Params(teacher_epochs=1, epochs=1, betas=(1.0, 1.0))))
 
 
 # --------------------------------------------------------------------------- ANP
 
 
 def test_prune_by_mask_zeroes_exactly_the_low_channels():
-    model = _tiny_cnn()
+    model = tiny_cnn()
     with torch.no_grad():
         for _, bn in anp.batchnorms(model):
             bn.weight.uniform_(0.5, 1.5)
@@ -191,7 +172,7 @@ def test_prune_by_mask_zeroes_exactly_the_low_channels():
 
 
 def test_masking_hook_equals_bn_with_scaled_weights():
-    model = _tiny_cnn().eval()
+    model = tiny_cnn().eval()
     x = torch.rand(4, 1, 28, 28)
     bns = [bn for _, bn in anp.batchnorms(model)]
     masking = anp.Masking(bns)
@@ -215,7 +196,7 @@ def test_masking_hook_equals_bn_with_scaled_weights():
 
 
 def test_anp_step_keeps_masks_in_unit_interval_and_model_weights_fixed():
-    model = _tiny_cnn().eval()
+    model = tiny_cnn().eval()
     w0 = copy.deepcopy(model.state_dict())
     x, y = torch.rand(8, 1, 28, 28), torch.arange(8)
     masking = anp.Masking([bn for _, bn in anp.batchnorms(model)])
@@ -232,7 +213,7 @@ def test_anp_step_keeps_masks_in_unit_interval_and_model_weights_fixed():
 
 
 def test_anp_run_prunes_and_records_masks():
-    model = _tiny_cnn()
+    model = tiny_cnn()
     ctx = _ctx(anp.Params(steps=5, batch_size=10, threshold=1.01))  # every mask < 1.01: all pruned
     out = anp.run(model, ctx)
     masks = {k[5:]: v for k, v in out.tensors.items() if k.startswith("mask.")}
@@ -245,7 +226,7 @@ def test_anp_run_prunes_and_records_masks():
 
 
 def test_universal_perturbation_respects_bound_and_raises_loss():
-    model = _tiny_cnn().eval()
+    model = tiny_cnn().eval()
     gen = torch.Generator().manual_seed(0)
     x, y = torch.rand(32, 1, 28, 28, generator=gen), torch.arange(32) % 10
     batches = [(x[:16], y[:16]), (x[16:], y[16:])] * 3
@@ -287,7 +268,7 @@ def test_implicit_hypergradient_matches_quadratic_closed_form():
 
 
 def test_unlearn_step_updates_model_and_ibau_run_records_rounds():
-    model, calls = _tiny_cnn(), []
+    model, calls = tiny_cnn(), []
     before = copy.deepcopy(model.state_dict())
     out = ibau.run(model, _ctx(ibau.Params(rounds=2, inner_steps=2, batch_size=10, fp_iters=2), calls))
     assert [r["round"] for r in out.history] == [1, 2] and len(calls) == 2

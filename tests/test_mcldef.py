@@ -8,12 +8,11 @@ import math
 
 import pytest
 import torch
+from defense_context import context, tiny_cnn
 from torch import nn
 
 from bdlib.config import ConfigError, TrainConfig, resolve
 from bdlib.defenses import mcldef
-from bdlib.defenses.base import DefenseContext
-from bdlib.models import SmallCNN
 from bdlib.train import fit
 
 torch.set_num_threads(1)
@@ -163,30 +162,8 @@ def test_params_through_config_overrides():
 # --------------------------------------------------------------------------- purification
 
 
-def _tiny_cnn(seed: int) -> SmallCNN:
-    torch.manual_seed(seed)
-    return SmallCNN(in_channels=1, num_classes=10, width=4)
-
-
-def _ctx(params, x, y, memo=None, evaluate=None):
-    """A context whose training and clean data are both ``x, y``, on the smoke profile."""
-    return DefenseContext(
-        params=params,
-        cfg=resolve("smoke", overrides={"train.batch_size": 10}),
-        x_train=x,
-        y_train=y,
-        x_clean=x,
-        y_clean=y,
-        num_classes=10,
-        seed=0,
-        new_model=_tiny_cnn,
-        evaluate=evaluate or (lambda m: {"BA": 1.0, "ASR": 2.0, "RA": 3.0}),
-        memo=memo,
-    )
-
-
 def test_one_contrastive_step_changes_theta_and_not_frozen_copy():
-    model = _tiny_cnn(0)
+    model = tiny_cnn(0)
     frozen = copy.deepcopy(model).eval().requires_grad_(False)
     theta0 = copy.deepcopy(model.state_dict())
     frozen0 = copy.deepcopy(frozen.state_dict())
@@ -205,12 +182,12 @@ def test_one_contrastive_step_changes_theta_and_not_frozen_copy():
 @pytest.mark.parametrize("curve", [True, False])
 def test_run_records_detection_and_history(curve):
     torch.manual_seed(0)
-    model = _tiny_cnn(0)
+    model = tiny_cnn(0)
     x = _dark_images(20).repeat(1, 1, 4, 4)[:, :, :28, :28]
     y = torch.arange(20) % 10
     params = mcldef.Params(inv_steps=3, epochs=2, batch_size=10, curve=curve)
     calls = []
-    ctx = _ctx(params, x, y, evaluate=lambda m: calls.append(1) or {"BA": 1.0, "ASR": 2.0, "RA": 3.0})
+    ctx = context(params, x, y, calls)
     out = mcldef.run(model, ctx)
     if curve:  # evaluated before purification and after each epoch
         assert [r["epoch"] for r in out.history] == [0, 1, 2] and len(calls) == 3
@@ -253,16 +230,16 @@ def test_inversion_cache_key_is_exactly_what_the_inversion_reads():
     y = torch.arange(12) % K
     classes = torch.arange(K)
     ref = mcldef.invert(model, x, y, classes, base, seed=0)
-    key = mcldef.inversion_spec(base, _ctx(base, x, y))
+    key = mcldef.inversion_spec(base, context(base, x, y))
     for name, value in _OTHER_VALUES.items():
         changed = dataclasses.replace(base, **{name: value})
         changed.validate()
-        keyed = mcldef.inversion_spec(changed, _ctx(changed, x, y)) != key
+        keyed = mcldef.inversion_spec(changed, context(changed, x, y)) != key
         assert keyed == (name in mcldef.INVERSION_FIELDS), name
         if not keyed:  # a shared cached inversion must be what this setting would compute
             out = mcldef.invert(model, x, y, classes, changed, seed=0)
             assert all(torch.equal(a, b) for a, b in zip(out, ref)), name
-    assert mcldef.inversion_spec(base, _ctx(base, x[:6], y[:6])) != key  # another clean subset
+    assert mcldef.inversion_spec(base, context(base, x[:6], y[:6])) != key  # another clean subset
 
 
 def test_run_inverts_once_per_victim_and_inversion_setting():
@@ -284,9 +261,9 @@ def test_run_inverts_once_per_victim_and_inversion_setting():
         mcldef.Params(inv_steps=3, epochs=1, batch_size=10, lr=0.1, curve=True),  # reuses the inversion
         mcldef.Params(inv_steps=4, epochs=1, batch_size=10, lr=0.01),  # a new inversion
     ):
-        outs.append(mcldef.run(_tiny_cnn(0), _ctx(params, x, y, memo)))
+        outs.append(mcldef.run(tiny_cnn(0), context(params, x, y, memo=memo)))
     assert [s["inv_steps"] for s in computed] == [3, 4]
-    uncached = mcldef.run(_tiny_cnn(0), _ctx(mcldef.Params(inv_steps=3, epochs=1, batch_size=10, lr=0.1), x, y))
+    uncached = mcldef.run(tiny_cnn(0), context(mcldef.Params(inv_steps=3, epochs=1, batch_size=10, lr=0.1), x, y))
     for k in ("mask", "pattern", "mask_norms", "trigger_success"):
         assert torch.equal(outs[1].tensors[k], uncached.tensors[k]), k
     assert outs[1].info["target"] == uncached.info["target"]

@@ -200,6 +200,7 @@ def test_openmp_waits_passively_only_beside_a_busy_process_and_keeps_the_users_c
     assert openmp.kernel_env(1.2, environ={"GOMP_SPINCOUNT": "10"}) == {}
     assert "1.2 core(s) busy" in openmp.describe({"OMP_WAIT_POLICY": "PASSIVE"}, 1.2)
     assert openmp.describe({}, 0.1) is None
+    assert openmp.for_kernel({"OMP_WAIT_POLICY": "PASSIVE"}) == ({}, None)  # the user chose: no sampling
     # /proc/stat's first line: user nice system idle iowait ...; busy = total - idle - iowait
     stat = tmp_path / "stat"
     stat.write_text("cpu  100 0 100 700 100 0 0 0 0 0\ncpu0 1 2 3\n")
