@@ -28,13 +28,25 @@ from bdlib.config import Config, TuningConfig, override
 MAX_BA_COST = TuningConfig().max_cost  # the default bar, for callers without a Config
 
 
-def settings(defense: str) -> list[dict[str, Any]]:
-    """Every combination of the defense's declared grid, as ``{field: value}``."""
+def thin(values: Sequence[Any], points: int | None) -> list[Any]:
+    """At most ``points`` of ``values``, evenly spread from the first to the last (both kept);
+    all of them when ``points`` is None or not smaller."""
+    values = list(values)
+    if points is None or points >= len(values):
+        return values
+    if points < 2:
+        raise ValueError(f"points must be at least 2 (the weakest and the strongest value), got {points}")
+    return [values[round(i * (len(values) - 1) / (points - 1))] for i in range(points)]
+
+
+def settings(defense: str, points: int | None = None) -> list[dict[str, Any]]:
+    """Every combination of the defense's declared grid, as ``{field: value}``; with ``points``,
+    each knob thinned to that many values (:func:`thin`, ``cfg.tuning.grid_points``)."""
     grid = defenses.get(defense).tuning
     if not grid:
         raise ValueError(f"defense {defense!r} declares no tuning grid")
     names = list(grid)
-    return [dict(zip(names, values)) for values in itertools.product(*(grid[n] for n in names))]
+    return [dict(zip(names, values)) for values in itertools.product(*(thin(grid[n], points) for n in names))]
 
 
 def label(setting: Mapping[str, Any]) -> str:
@@ -73,7 +85,7 @@ def sweep(cfg: Config, names: Sequence[str]) -> list[dict]:
     return [
         _run(cfg, d, a, s, setting)
         for d in names
-        for setting in settings(d)
+        for setting in settings(d, cfg.tuning.grid_points)
         for a in cfg.tuning.attacks
         for s in cfg.tuning.seeds
     ]
@@ -226,6 +238,7 @@ def summarize(rows: Iterable[Mapping], by: Sequence[str]) -> list[dict]:
 
 __all__ = [
     "MAX_BA_COST",
+    "thin",
     "settings",
     "label",
     "sweep",

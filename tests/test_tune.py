@@ -129,3 +129,18 @@ def test_every_attack_weighs_the_same_however_many_seeds_it_ran_on():
     chosen = tune.select_variant(rows)
     assert chosen["setting"] == "v2" and chosen["DER"] == pytest.approx((0.1 + 0.95) / 2)
     assert chosen["ASR"] == pytest.approx((90.0 + 5.0) / 2)
+
+
+def test_grid_points_keep_both_ends_and_spread_between_them():
+    assert tune.thin([1, 2, 3, 4, 5], 2) == [1, 5]
+    assert tune.thin([1, 2, 3, 4, 5], 3) == [1, 3, 5]
+    assert tune.thin([1, 2, 3, 4], 3) == [1, 3, 4]
+    assert tune.thin([1, 2, 3], None) == [1, 2, 3] and tune.thin([1, 2, 3], 7) == [1, 2, 3]
+    with pytest.raises(ValueError, match="at least 2"):
+        tune.thin([1, 2, 3], 1)
+    grid = defenses.get("none").tuning["rho"]
+    assert [s["rho"] for s in tune.settings("none", 2)] == [grid[0], grid[-1]]
+    assert profile("smoke").tuning.grid_points == 2 and profile("quick").tuning.grid_points is None
+    for bad in (1, 0, 2.5, True):
+        with pytest.raises(ConfigError, match="tuning.grid_points"):
+            resolve("smoke", overrides={"tuning.grid_points": bad})
