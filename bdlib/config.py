@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass
@@ -50,6 +51,9 @@ class TuningConfig:
     # (None: all): each is a retraining of NT-ML's student, and the tuning pair keeps both seeds.
     other_attack_seeds: int | None = 1
     max_cost: float = 3.0  # BA points a chosen setting may cost on each tuning attack
+    # At most this many values of each knob's grid, spread from weakest to strongest (both ends
+    # kept; bdlib.tune.thin); None: the whole grid. For CI-sized runs of the protocol's code path.
+    grid_points: int | None = None
 
 
 @dataclass(frozen=True)
@@ -93,8 +97,8 @@ _PROFILE_BASE: dict[str, dict[str, Any]] = {
         target=0,
         clean_fraction=0.05,
         seeds=(0,),
-        # CI-sized protocol: one tuning seed and attack, the same grids and rule.
-        tuning=TuningConfig(seeds=(100,), attacks=("badnets",), variant_attacks=("badnets",)),
+        # CI-sized protocol: one tuning seed and attack, each grid's two ends, the same rule.
+        tuning=TuningConfig(seeds=(100,), attacks=("badnets",), variant_attacks=("badnets",), grid_points=2),
     ),
     "quick": dict(
         # 8k training images: the full grid (6 attacks x 7 defenses x 3 seeds) and every other
@@ -125,12 +129,16 @@ _PROFILE_METHODS: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
         "attacks": {
             # Seconds per trigger: tiny budgets; attacks need not succeed at 2 epochs on 2k images.
             "trojan": {"steps": 30, "n_background": 64},
+            # Narcissus: quick's gentle warm-up (lr 0.01 on one class collapsed the surrogate to
+            # "always target": δ peaked at 1.6e-10 and poisoned nothing) and 20 synthesis epochs
+            # (δ peaks at ~9/255; 5 gave under 1/255, rounded away in uint8).
             "narcissus": {
                 "poison_rate": 0.05,
                 "pood_size": 2000,
                 "surrogate_epochs": 1,
                 "warmup_epochs": 1,
-                "synth_epochs": 5,
+                "warmup_lr": 0.0005,
+                "synth_epochs": 20,
                 "synth_batch": 128,
                 "aug_crop_pad": 2,
             },
@@ -383,20 +391,32 @@ def _check_consistency(cfg: Config) -> None:
     _check_choice("model", cfg.model, tuple(MODELS))
     for name in ("n_train", "n_test"):
         n = getattr(cfg, name)
-        if n is not None and n <= 0:
-            raise ConfigError(f"'{name}' must be a positive integer or None, got {n}")
+        if n is not None and n < 10:
+            raise ConfigError(f"'{name}' must be at least 10 (one image of each class) or None (all), got {n}")
     if not 0 < cfg.clean_fraction <= 1:
         raise ConfigError(f"'clean_fraction' must be in (0, 1], got {cfg.clean_fraction}")
     if not 0 <= cfg.target < 10:
         raise ConfigError(f"'target' must be a class index 0..9, got {cfg.target}")
     t = cfg.train
-    if t.epochs < 1 or t.batch_size < 1 or t.lr <= 0 or t.crop_pad < 0:
-        raise ConfigError(f"'train' has a non-positive value: {t}")
+    for name, ok, need in (
+        ("epochs", t.epochs >= 1, "an integer >= 1"),
+        ("batch_size", t.batch_size >= 1, "an integer >= 1"),
+        ("eval_batch_size", t.eval_batch_size >= 1, "an integer >= 1"),
+        ("lr", t.lr > 0 and math.isfinite(t.lr), "a finite number > 0"),
+        ("momentum", 0 <= t.momentum < 1, "in [0, 1)"),
+        ("weight_decay", t.weight_decay >= 0, "a number >= 0"),
+        ("crop_pad", t.crop_pad >= 0, "an integer >= 0"),
+    ):
+        if not ok:
+            raise ConfigError(f"'train.{name}' must be {need}, got {getattr(t, name)!r}")
     shared = sorted(set(cfg.tuning.seeds) & set(cfg.seeds))
     if shared:
         raise ConfigError(f"'tuning.seeds' must never be reported: seed(s) {shared} are also in 'seeds'")
     if not cfg.tuning.seeds or not cfg.tuning.attacks:
         raise ConfigError("'tuning.seeds' and 'tuning.attacks' must not be empty")
+    g = cfg.tuning.grid_points
+    if g is not None and (isinstance(g, bool) or not isinstance(g, int) or g < 2):
+        raise ConfigError(f"'tuning.grid_points' must be an integer >= 2 or None (every value), got {g!r}")
     n = cfg.tuning.other_attack_seeds
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
         raise ConfigError(f"'tuning.other_attack_seeds' must be an integer >= 1 or None (all tuning seeds), got {n!r}")

@@ -22,7 +22,7 @@ from filelock import FileLock
 
 from bdlib import paths, progress
 from bdlib.config import Config, as_dict
-from bdlib.store import canonical_json
+from bdlib.store import UMASK, canonical_json, no_space_message
 
 _clock = {"last": time.perf_counter()}
 # A saved PNG (150 dpi) is shown at the size matplotlib's inline backend (100 dpi) would give it.
@@ -39,22 +39,36 @@ def start_clock() -> None:
 _RUNTIME_DEFAULTS = {"deterministic": True, "compile": False}
 
 
+# Fields added later enter it only when set, for the same reason: (group, field) -> default.
+_ADDED_DEFAULTS = {("tuning", "grid_points"): None}
+
+
 def config_key(cfg: Config) -> str:
     import hashlib
 
     fields = {k: v for k, v in as_dict(cfg).items() if not (k in _RUNTIME_DEFAULTS and v == _RUNTIME_DEFAULTS[k])}
+    for (group, name), default in _ADDED_DEFAULTS.items():
+        if fields.get(group, {}).get(name, default) == default:
+            fields[group] = {k: v for k, v in fields[group].items() if k != name}
     return hashlib.sha256(canonical_json(fields).encode()).hexdigest()[:16]
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes it private; a figure is for everyone
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as err:
+        message = no_space_message(err, path.parent, "figures directory")
+        if message:
+            raise OSError(28, message) from None
         raise
 
 
@@ -120,3 +134,23 @@ def _record(name: str, entry: dict, cfg: Config) -> None:
         manifest = json.loads(path.read_text()) if path.exists() else {}
         manifest[name] = entry
         _atomic_write(path, (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode())
+
+
+def publish(staging: Path, dest: Path) -> list[Path]:
+    """Move a finished run's files from ``staging`` into ``dest`` and merge its manifest entries
+    into ``dest``/manifest.json (the runner stages each notebook's output, so that a failed run
+    leaves ``dest`` as it was). Returns the files moved."""
+    dest.mkdir(parents=True, exist_ok=True)
+    moved = []
+    for f in sorted(staging.iterdir()):
+        if f.is_file() and f.name != "manifest.json" and not f.name.endswith(".lock"):
+            os.replace(f, dest / f.name)
+            moved.append(dest / f.name)
+    staged = staging / "manifest.json"
+    if staged.exists():
+        path = dest / "manifest.json"
+        with FileLock(str(path) + ".lock"):
+            manifest = json.loads(path.read_text()) if path.exists() else {}
+            manifest.update(json.loads(staged.read_text()))
+            _atomic_write(path, (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode())
+    return moved

@@ -160,7 +160,9 @@ def feature_embedding(cfg: Config, n: int = 1500, poisoned_n: int = 150, model: 
 
     def compute():
         feats = features(model, p.x[idx], cfg.train.eval_batch_size).numpy()
-        points = TSNE(n_components=2, init="pca", perplexity=30, random_state=cfg.seed).fit_transform(feats)
+        # perplexity 30, or less where there are too few points for it (it must stay below n)
+        perplexity = min(30.0, max(1.0, (len(feats) - 1) / 3))
+        points = TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=cfg.seed).fit_transform(feats)
         return {"points": torch.from_numpy(points)}, {}
 
     points = store().get_or_compute("tsne", spec, compute).tensors["points"].numpy()

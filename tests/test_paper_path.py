@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from poisoning_checks import assert_every_attack_poisons
 from test_data import make_cifar10, make_cifar100
 
 from bdlib import attacks, data, defenses
@@ -59,10 +60,12 @@ OVERRIDES = {
     "defenses.ibau.fp_iters": 1,
     "defenses.ibau.batch_size": 10,
     "defenses.ft.epochs": 1,
-    # The comparison protocol (06's tuning sweep, 03's readings) on one tuning seed and attack.
+    # The comparison protocol (06's tuning sweep, 03's readings) on one tuning seed and attack,
+    # each grid's two ends.
     "tuning.seeds": [100],
     "tuning.attacks": ["badnets"],
     "tuning.variant_attacks": ["badnets"],
+    "tuning.grid_points": 2,
 }
 # Runner calls (each notebook takes only its own parameters): 01 trains a victim for every attack;
 # 06 runs every defense on BadNets; 02-05 run on BadNets with one τ / one clean budget.
@@ -171,25 +174,8 @@ def test_each_attacks_trigger_changes_the_images(paper_run, monkeypatch):
     stored = len(list((paper_run / "cache").glob("*/*/meta.json")))
     try:
         cfg = ex.setup("paper", device="cpu", overrides=OVERRIDES, progress=False)
-        d = ex.run_data(cfg)
-        assert d.shape == (3, 32, 32)
-        x_test = d.x_test[d.y_test != cfg.target]
-        for name in attacks.REGISTRY:
-            c = ex.with_run(cfg, attack=name)
-            _, poisoned, trig = ex.poisoned_data(c)
-            triggered = attacks.get(name).test_transform(trig, c.attack_params)(x_test)
-            changed = (triggered != x_test).flatten(1).any(1)
-            assert changed.all(), f"{name}: the test trigger left {int((~changed).sum())} test images unchanged"
-            idx = poisoned.poison_idx
-            assert idx.any(), f"{name} poisoned no training image"
-            stamped = (poisoned.x[idx] != d.x_train[idx]).flatten(1).any(1)
-            assert stamped.all(), f"{name}: {int((~stamped).sum())} poisoned training images are unchanged"
-            untouched = ~idx & ~poisoned.extra.get("noise_idx", torch.zeros_like(idx))
-            assert torch.equal(poisoned.x[untouched], d.x_train[untouched]), f"{name} changed unpoisoned images"
-            if attacks.get(name).clean_label:
-                assert torch.equal(poisoned.y, d.y_train), f"{name} is clean-label but changed labels"
-            else:
-                assert (poisoned.y[idx] == cfg.target).all()
+        assert ex.run_data(cfg).shape == (3, 32, 32)
+        assert_every_attack_poisons(ex, cfg)
         # Every trigger came from the store the notebooks filled: nothing was recomputed here.
         assert len(list((paper_run / "cache").glob("*/*/meta.json"))) == stored
     finally:
@@ -203,7 +189,7 @@ def test_missing_cifar100_fails_in_the_setup_cell_before_any_training(tmp_path):
     proc = _runner(tmp_path, ["01"], [], tmp_path / "data", tmp_path / "cache")
     assert proc.returncode == 1
     err = proc.stderr
-    assert "01_poisoning.ipynb failed in cell" in err and "DataNotFound" in err
+    assert "01_poisoning.ipynb failed in code cell" in err and "DataNotFound" in err
     assert "bdlib.setup(" in err  # the failing cell is the setup cell
     assert "CIFAR-100" in err and "cifar-100-python/" in err and "BDLIB_DATA" in err
     assert not list((tmp_path / "cache").glob("*/*/meta.json")), "something was trained before the data check"
