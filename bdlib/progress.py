@@ -68,6 +68,10 @@ def read_stage(directory: Path) -> dict[str, Any]:
 
 def store_event(kind: str, outcome: str) -> None:
     """Count one store lookup (``outcome`` is ``loaded`` or ``computed``) in ``store.log``."""
+    _append(f"{outcome} {kind}")
+
+
+def _append(line: str) -> None:
     d = status_dir()
     if d is None:
         return
@@ -75,23 +79,32 @@ def store_event(kind: str, outcome: str) -> None:
         # One short line per O_APPEND write: lines from concurrent processes never interleave.
         fd = os.open(d / STORE_LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            os.write(fd, f"{outcome} {kind}\n".encode())
+            os.write(fd, f"{line}\n".encode())
         finally:
             os.close(fd)
     except OSError:
         pass
 
 
-def read_store_log(directory: Path) -> dict[str, dict[str, int]]:
-    """``{"loaded": {kind: n}, "computed": {kind: n}}`` from a status directory's ``store.log``."""
-    counts: dict[str, dict[str, int]] = {"loaded": {}, "computed": {}}
+def store_notice(text: str) -> None:
+    """Report one store repair or retry (a corrupt entry discarded, a wait for another process)
+    to the runner, which prints it and counts it in the notebook's summary line."""
+    _append(f"notice {' '.join(text.split())}")
+
+
+def read_store_log(directory: Path) -> dict[str, Any]:
+    """``{"loaded": {kind: n}, "computed": {kind: n}, "notices": [text, ...]}`` from a status
+    directory's ``store.log``."""
+    counts: dict[str, Any] = {"loaded": {}, "computed": {}, "notices": []}
     try:
         lines = (directory / STORE_LOG).read_text(encoding="utf-8").splitlines()
     except OSError:
         return counts
     for line in lines:
         outcome, _, kind = line.partition(" ")
-        if outcome in counts:
+        if outcome == "notice":
+            counts["notices"].append(kind)
+        elif outcome in counts:
             counts[outcome][kind] = counts[outcome].get(kind, 0) + 1
     return counts
 
@@ -224,5 +237,6 @@ __all__ = [
     "store_event",
     "read_stage",
     "read_store_log",
+    "store_notice",
     "status_dir",
 ]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import logging
 import os
 import shutil
 import sys
@@ -34,7 +35,12 @@ NOTEBOOKS = REPO / "notebooks"
 
 
 class RunError(RuntimeError):
-    pass
+    """A run that did not finish: its message is the one paragraph the user reads; ``code`` the
+    exit status (1, or 130 for Ctrl-C)."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def notebooks(names: Sequence[str] = ()) -> list[Path]:
@@ -45,6 +51,9 @@ def notebooks(names: Sequence[str] = ()) -> list[Path]:
     chosen = []
     for name in names:
         path = Path(name)
+        if path.suffix == ".ipynb" and path.is_file() and path.resolve().parent != NOTEBOOKS:
+            chosen.append(path.resolve())  # a notebook of the user's own, run the same way
+            continue
         match = [
             p
             for p in available
@@ -69,11 +78,84 @@ def parameters(path: Path) -> dict[str, Any]:
     return out
 
 
-def _parse_value(text: str) -> Any:
+def parse_value(text: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError:
-        return text
+        return _Plain(text)
+
+
+class _Plain(str):
+    """A ``-p`` value that is not JSON, kept as a string (checked against the parameter's default)."""
+
+
+def check_parameters(path: Path, params: dict[str, Any], valid: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Validate ``params`` for the notebook at ``path`` before a kernel starts: known names,
+    values of the default's kind (a value that is not JSON only where the default is a string),
+    the profile and overrides (``bdlib.config.resolve``), attack / defense names, seeds.
+    Returns the parameters as plain values; raises RunError naming the parameter."""
+    from bdlib import attacks, defenses
+    from bdlib.config import ConfigError, resolve
+
+    valid = parameters(path) if valid is None else valid
+    unknown = sorted(set(params) - set(valid))
+    if unknown:
+        raise RunError(
+            f"{path.name}: parameter(s) {', '.join(unknown)} unknown; this notebook takes: {', '.join(valid)}"
+        )
+    out = {}
+    for name, value in params.items():
+        default = valid[name]
+        looks_json = isinstance(value, _Plain) and value.lstrip()[:1] in ("[", "{")
+        if isinstance(value, _Plain) and (looks_json or not (default is None or isinstance(default, str))):
+            raise RunError(
+                f"{path.name}: -p {name} {str(value)!r} is not valid JSON (strings inside a list or dict need "
+                f"double quotes); {name}'s default is {json.dumps(default)}, e.g. -p {name} '{json.dumps(default)}'"
+            )
+        out[name] = str(value) if isinstance(value, _Plain) else value
+    try:
+        resolve(str(out.get("profile", valid.get("profile"))), overrides=out.get("overrides", valid.get("overrides")))
+        for name, value in out.items():
+            if name.endswith("attacks") and value != "all":
+                for a in [value] if isinstance(value, str) else list(value):
+                    attacks.get(a)
+            elif name == "defenses" and value != "all":
+                for d in [value] if isinstance(value, str) else list(value):
+                    defenses.get(d)
+            elif name.endswith("seeds") and value is not None:
+                if not isinstance(value, list) or any(
+                    not isinstance(v, int) or isinstance(v, bool) or v < 0 for v in value
+                ):
+                    raise ConfigError(f"'{name}' must be a list of non-negative integers, got {value!r}")
+            elif isinstance(valid[name], list) and not isinstance(value, list):
+                raise ConfigError(f"'{name}' must be a list like its default {valid[name]!r}, got {value!r}")
+    except (ConfigError, ValueError, TypeError) as err:
+        raise RunError(f"{path.name}: {err}") from None
+    return out
+
+
+def own_cell(path: Path, execution_count: int | None) -> int | None:
+    """The notebook's own number of the code cell that ran as ``execution_count``: papermill's
+    injected parameters cell runs right after the ``parameters`` cell and is not the notebook's."""
+    if execution_count is None:
+        return None
+    code = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+    tagged = [i + 1 for i, c in enumerate(code) if "parameters" in c.get("metadata", {}).get("tags", [])]
+    injected = (tagged[0] + 1) if tagged else 0
+    return execution_count - 1 if injected and execution_count > injected else execution_count
+
+
+def memory_note() -> str:
+    """``this machine has 23.5 GiB of memory, 20.1 GiB available now`` (from /proc/meminfo)."""
+    try:
+        info = {
+            line.split(":")[0]: int(line.split()[1]) / 2**20
+            for line in Path("/proc/meminfo").read_text().splitlines()
+            if line.startswith(("MemTotal:", "MemAvailable:"))
+        }
+        return f"this machine has {info['MemTotal']:.1f} GiB of memory, {info['MemAvailable']:.1f} GiB available now"
+    except (OSError, KeyError, ValueError, IndexError):
+        return "this machine's memory is unknown"
 
 
 # Kernel options: Jupyter's "Kernel is running over TCP without encryption" warning (the kernel
@@ -96,16 +178,25 @@ def last_seconds(figures: Path, notebook: str, profile: str) -> float | None:
     return float(sum(mine)) if mine else None
 
 
-def store_summary(counts: dict[str, dict[str, int]]) -> str:
-    """``3 results computed (2 poisoned_model, 1 trigger), 25 loaded from the store``."""
+def store_summary(counts: dict[str, Any]) -> str:
+    """``3 results computed (2 poisoned_model, 1 trigger), 25 loaded from the store`` (and
+    ``, 1 store repair`` when the store reported any, :func:`bdlib.progress.store_notice`)."""
     computed, loaded = counts["computed"], counts["loaded"]
     n_computed, n_loaded = sum(computed.values()), sum(loaded.values())
     kinds = ", ".join(f"{n} {k}" for k, n in sorted(computed.items()))
+    n_notices = len(counts.get("notices", ()))
     return (
         f"{n_computed} result{'s' if n_computed != 1 else ''} computed"
         + (f" ({kinds})" if kinds else "")
         + f", {n_loaded} loaded from the store"
+        + (f", {n_notices} store repair{'s' if n_notices != 1 else ''} (listed above)" if n_notices else "")
     )
+
+
+def _where(path: Path, status: Path) -> str:
+    state = progress.read_stage(status)
+    cell = own_cell(path, state.get("cell"))
+    return f"in code cell {cell}" + (f" ({state['stage']})" if state.get("stage") else "") if cell else "while running"
 
 
 def notebook_warnings(nb: dict, limit: int = 5) -> list[str]:
@@ -126,8 +217,17 @@ class Live:
     (``bdlib.progress``): on a terminal one line rewritten in place (``cell 5/17 · training the
     badnets victim, seed 1 · epoch 3/6 · 40 s``); otherwise a plain line every ``every`` seconds."""
 
-    def __init__(self, name: str, status: Path, cells: int, stream: TextIO = sys.stdout, every: float = 60.0):
+    def __init__(
+        self,
+        name: str,
+        status: Path,
+        cells: int,
+        stream: TextIO = sys.stdout,
+        every: float = 60.0,
+        cell_of: Any = None,
+    ):
         self.name, self.status, self.cells, self.stream, self.every = name, status, cells, stream, every
+        self.cell_of = cell_of or (lambda n: n)  # kernel execution count -> the cell number shown
         self.tty = stream.isatty()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
@@ -137,7 +237,7 @@ class Live:
         state = progress.read_stage(self.status)
         parts = [self.name]
         if state.get("cell"):
-            parts.append(f"cell {state['cell']}/{self.cells}")
+            parts.append(f"cell {self.cell_of(state['cell'])}/{self.cells}")
         if state.get("stage"):
             parts.append(state["stage"])
         parts.append(f"{time.perf_counter() - self._start:.0f} s")
@@ -178,12 +278,10 @@ def run_notebook(
     """Execute one notebook with papermill, showing its progress on ``stream``; return its wall time."""
     import papermill as pm
 
+    from bdlib import figures as figs
+
     valid = parameters(path)
-    unknown = sorted(set(params) - set(valid))
-    if unknown:
-        raise RunError(
-            f"{path.name}: parameter(s) {', '.join(unknown)} unknown; this notebook takes: {', '.join(valid)}"
-        )
+    params = check_parameters(path, params, valid)
     out_dir.mkdir(parents=True, exist_ok=True)
     profile = str(params.get("profile", valid.get("profile")))
     before = last_seconds(figures, path.stem, profile)
@@ -192,15 +290,18 @@ def run_notebook(
         file=stream,
         flush=True,
     )
-    # One more code cell than the source: the parameters papermill injects.
-    cells = 1 + sum(c["cell_type"] == "code" for c in json.loads(path.read_text())["cells"])
+    cells = sum(c["cell_type"] == "code" for c in json.loads(path.read_text())["cells"])
     status = Path(tempfile.mkdtemp(prefix="bdlib-status-"))
+    # Figures and metrics go to a staging directory beside ``figures``, moved into place only when
+    # the notebook succeeds: a failed run leaves ``figures`` as it was.
+    figures.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{figures.name}-staging-", dir=figures.parent))
     omp, line = openmp.for_kernel()
     if line is not None:
         print(f"  {path.stem}: {line}", file=stream, flush=True)
     env = {
         **omp,
-        "BDLIB_FIGURES": str(figures.resolve()),
+        "BDLIB_FIGURES": str(staging.resolve()),
         "BDLIB_CACHE": str((cache or paths.cache_dir()).resolve()),
         "BDLIB_NOTEBOOK": path.stem,
         "BDLIB_PARAMETERS": json.dumps(params, sort_keys=True),
@@ -209,8 +310,14 @@ def run_notebook(
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     start = time.perf_counter()
+    # The runner reports failures itself, in one paragraph; papermill's and nbclient's own error
+    # lines ("Kernel died while waiting for execute reply.") would only repeat them as noise.
+    quiet = [logging.getLogger(n) for n in ("papermill", "traitlets", "nbclient")]
+    levels = [log.level for log in quiet]
+    for log in quiet:
+        log.setLevel(logging.CRITICAL)
     try:
-        with Live(path.stem, status, cells, stream):
+        with Live(path.stem, status, cells, stream, cell_of=lambda n: own_cell(path, n)):
             # Once the last cell has run the kernel is stopped at once: a graceful shutdown waits
             # ~2 s per notebook for a kernel with torch loaded (a third of a warm notebook's time).
             # Notebooks release what they start themselves (06 closes its Dask cluster).
@@ -224,20 +331,43 @@ def run_notebook(
                 shutdown_kernel="immediate",
                 extra_arguments=list(KERNEL_ARGUMENTS),
             )
+        figs.publish(staging, figures)
     except pm.PapermillExecutionError as err:
         raise RunError(
-            f"{path.name} failed in cell {err.cell_index} (execution count {err.exec_count}): "
+            f"{path.name} failed in code cell {own_cell(path, err.exec_count)} of {cells}: "
             f"{err.ename}: {err.evalue}\n  cell source: {err.source.strip()[:400]}\n"
-            f"  the executed copy with the full traceback is {out_dir / path.name}"
+            f"  the executed copy with the full traceback is {out_dir / path.name}; {figures} is unchanged"
+        ) from None
+    except KeyboardInterrupt:
+        counts = progress.read_store_log(status)
+        raise RunError(
+            f"{path.name} interrupted (Ctrl-C) {_where(path, status)}; the {sum(counts['computed'].values())} "
+            f"result(s) it finished are in the store ({os.environ.get('BDLIB_CACHE') or paths.cache_dir()}), so "
+            f"rerunning the same command resumes from there; {figures} is unchanged",
+            code=130,
+        ) from None
+    except Exception as err:
+        if type(err).__name__ != "DeadKernelError":  # nbclient's, raised when the kernel process dies
+            raise
+        raise RunError(
+            f"{path.name}: the kernel died {_where(path, status)} without a Python error: the system "
+            f"killed it, most often for lack of memory ({memory_note()}). Results it finished are in the "
+            "store; rerun to resume, with fewer attacks or seeds (-p attacks '[\"badnets\"]') or a smaller "
+            f"profile if memory is short; {figures} is unchanged"
         ) from None
     finally:
+        for log, level in zip(quiet, levels):
+            log.setLevel(level)
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
         counts = progress.read_store_log(status)
+        for notice in counts["notices"]:
+            print(f"  {path.stem}: store: {notice}", file=stream, flush=True)
         shutil.rmtree(status, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)
     seconds = time.perf_counter() - start
     print(f"{path.stem}: {seconds:.1f} s; {store_summary(counts)}", file=stream, flush=True)
     for warning in notebook_warnings(nb):
@@ -270,7 +400,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run notebooks through papermill")
     run.add_argument("notebooks", nargs="*", help="notebook names or stems (default: all)")
-    run.add_argument("--profile", default="quick", help="smoke | quick | paper (default quick)")
+    run.add_argument("--profile", default=None, help="smoke | quick | paper (default quick)")
     run.add_argument(
         "-p",
         "--parameter",
@@ -313,7 +443,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             for name, value in parameters(notebooks([args.notebook])[0]).items():
                 print(f"{name} = {value!r}")
             return 0
-        params = {"profile": args.profile, **{k: _parse_value(v) for k, v in args.parameter}}
+        given = {k: parse_value(v) for k, v in args.parameter}
+        if "profile" in given and args.profile is not None and str(given["profile"]) != args.profile:
+            raise RunError(
+                f"--profile {args.profile} and -p profile {given['profile']} disagree; give the profile once"
+            )
+        params = {"profile": args.profile or "quick", **given}
+        params["profile"] = str(params["profile"])
         figures = args.figures or paths.figures_dir(str(params["profile"]))
         out = args.out or paths.executed_dir()
         total = 0.0
@@ -323,6 +459,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except RunError as err:
         print(f"error: {err}", file=sys.stderr)
+        return err.code
+    except KeyboardInterrupt:
+        print("interrupted (Ctrl-C); results already finished are in the store, a rerun resumes", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if os.environ.get("BDLIB_DEBUG"):
+            raise
+        print(
+            f"error: {type(err).__name__}: {err}\n  (an unexpected failure of the runner: rerun with BDLIB_DEBUG=1 "
+            "for the traceback, and please report it with the command you ran)",
+            file=sys.stderr,
+        )
         return 1
 
 

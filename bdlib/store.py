@@ -11,6 +11,12 @@ Layout under ``root``::
     <key[:2]>/<key>/meta.json
     locks/<key>.lock        one file lock per key
     tmp/<random>/           entries being written, renamed into place when complete
+
+Shared by several users (a class on one machine): entries are created with the permissions the
+writer's umask allows (a umask of 002 and a group-writable, setgid ``root`` let a group read
+and extend one store); an entry another user cannot read is reported as a permission problem
+(:class:`StoreAccessError`), never discarded as corrupt. Every repair (a corrupt entry discarded,
+a wait for another process) is reported to the runner (:func:`bdlib.progress.store_notice`).
 """
 
 from __future__ import annotations
@@ -40,7 +46,62 @@ from safetensors.torch import save_file
 from bdlib import progress
 from bdlib.paths import cache_dir
 
-__all__ = ["CODE_SALT", "CORE_MODULES", "source_hash", "Entry", "Store", "canonical_json"]
+__all__ = [
+    "CODE_SALT",
+    "CORE_MODULES",
+    "source_hash",
+    "Entry",
+    "Store",
+    "StoreAccessError",
+    "canonical_json",
+    "no_space_message",
+    "UMASK",
+]
+
+
+class StoreAccessError(PermissionError):
+    """A store entry or directory exists but this user may not read or write it."""
+
+
+def _read_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# The process's umask, read once at import (setting the umask to read it is not thread-safe):
+# what new entries and figures are opened up to.
+UMASK = _read_umask()
+
+
+def _access_error(path: Path, root: Path, doing: str) -> StoreAccessError:
+    try:
+        st = path.stat()
+        whose = f"owner uid {st.st_uid}, group gid {st.st_gid}, mode {st.st_mode & 0o7777:o}"
+    except OSError:
+        whose = "owner unknown"
+    return StoreAccessError(
+        f"bdlib store: permission denied {doing} {path} ({whose}; you are uid {os.getuid()}). The store "
+        f"{root} belongs to another user: to share it, its owner runs `chmod -R g+rwX {root}` and "
+        f"`chmod g+s {root}` with a group you share and works with umask 002 (README, 'A shared cache'); "
+        "or set BDLIB_CACHE to a store of your own. Nothing was discarded."
+    )
+
+
+def no_space_message(err: BaseException, directory: Path, what: str) -> str | None:
+    """One paragraph for a write that failed because ``directory``'s disk is full; None otherwise."""
+    if getattr(err, "errno", None) != 28 and "No space left on device" not in str(err):
+        return None
+    try:
+        free = f"{shutil.disk_usage(directory).free / 2**20:.0f} MiB free"
+    except OSError:
+        free = "free space unknown"
+    return (
+        f"no space left on the disk of the {what} {directory} ({free}): nothing was half-written; free some "
+        f"space there, or point {'BDLIB_CACHE' if what == 'store' else 'BDLIB_FIGURES (--figures)'} at a "
+        "disk with room, and rerun (finished results are kept in the store)."
+    )
+
 
 logger = logging.getLogger(__name__)
 
@@ -205,6 +266,8 @@ class Store:
             meta_text = (p / META_FILE).read_text(encoding="utf-8")
         except FileNotFoundError:
             raise _Corrupt(f"{META_FILE} is missing") from None
+        except PermissionError:
+            raise _access_error(p, self.root, "reading") from None
         except (OSError, UnicodeDecodeError) as e:
             raise _Corrupt(f"{META_FILE} unreadable: {e}") from None
         try:
@@ -221,13 +284,19 @@ class Store:
         for name, digest in files.items():
             if name != TENSORS_FILE:
                 fp = p / name
-                if "/" in name or "\\" in name or not fp.is_file() or _sha256_file(fp) != digest:
+                try:
+                    bad = "/" in name or "\\" in name or not fp.is_file() or _sha256_file(fp) != digest
+                except PermissionError:
+                    raise _access_error(fp, self.root, "reading") from None
+                if bad:
                     raise _Corrupt(f"file {name!r} is missing or fails its sha256 check")
         try:
             # One read for both the hash and the parse, so they see the same bytes.
             data = (p / TENSORS_FILE).read_bytes()
         except FileNotFoundError:
             raise _Corrupt(f"{TENSORS_FILE} is missing") from None
+        except PermissionError:
+            raise _access_error(p / TENSORS_FILE, self.root, "reading") from None
         except OSError as e:
             raise _Corrupt(f"{TENSORS_FILE} unreadable: {e}") from None
         digest = hashlib.sha256(data).hexdigest()
@@ -247,7 +316,7 @@ class Store:
                 return
             tmp_root = self.root / "tmp"
             tmp_root.mkdir(parents=True, exist_ok=True)
-            aside = Path(tempfile.mkdtemp(prefix=f"corrupt-{p.name[:8]}-", dir=tmp_root))
+            aside = self._mkdtemp(f"corrupt-{p.name[:8]}-", tmp_root)
             # Rename first so readers never observe a half-deleted entry.
             os.replace(p, aside / p.name)
             shutil.rmtree(aside, ignore_errors=True)
@@ -263,6 +332,8 @@ class Store:
             ino: int | None = p.stat().st_ino
         except FileNotFoundError:
             return None
+        except PermissionError:  # its shard directory is closed to this user
+            raise _access_error(p.parent, self.root, "reading") from None
         try:
             return self._load(key, p)
         except _Corrupt as e:
@@ -270,6 +341,7 @@ class Store:
                 # Removed by someone else while we were reading: simply missing.
                 return None
             logger.warning("bdlib store: entry %s is corrupt (%s); discarding it", key, e)
+            progress.store_notice(f"entry {key[:12]} is corrupt ({e}); discarded, to be recomputed")
             self._discard(p, ino)
             return None
 
@@ -343,37 +415,37 @@ class Store:
                 seen_storage.add(ptr)
             to_save[name] = t
 
-        self._ensure_root()
         tmp_root = self.root / "tmp"
-        tmp_root.mkdir(parents=True, exist_ok=True)
-        self._sweep_tmp()
-        tmp = Path(tempfile.mkdtemp(prefix=f"{key[:8]}-", dir=tmp_root))
         try:
-            save_file(to_save, str(tmp / TENSORS_FILE))
-            doc = dict(meta_doc)
-            # Store bookkeeping wins over producer fields of the same name.
-            doc.update(
-                key=key,
-                kind=kind,
-                spec=spec_doc,
-                salt=CODE_SALT,
-                created=_dt.datetime.now(_dt.timezone.utc).isoformat(),
-                files={TENSORS_FILE: _sha256_file(tmp / TENSORS_FILE)},
-            )
-            text = json.dumps(doc, sort_keys=True, indent=1, ensure_ascii=True, allow_nan=False)
-            with open(tmp / META_FILE, "w", encoding="utf-8") as f:
-                f.write(text + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            final.parent.mkdir(parents=True, exist_ok=True)
+            self._ensure_root()
+            tmp_root.mkdir(parents=True, exist_ok=True)
+            self._sweep_tmp()
+            tmp = self._mkdtemp(f"{key[:8]}-", tmp_root)
+        except PermissionError as err:
+            raise _access_error(Path(err.filename or tmp_root), self.root, "writing to") from None
+        except OSError as err:
+            message = no_space_message(err, self.root, "store")
+            if message:
+                raise OSError(28, message) from None
+            raise
+        try:
+            self._write(tmp, key, to_save, meta_doc, kind, spec_doc)
             try:
+                final.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(tmp, final)
+            except PermissionError:
+                raise _access_error(final.parent, self.root, "writing to") from None
             except OSError:
                 # Destination exists (non-empty dir): keep it if valid, else replace it.
                 existing = self.get(key)
                 if existing is not None:
                     return existing
                 os.replace(tmp, final)
+        except Exception as err:
+            message = no_space_message(err, self.root, "store")
+            if message:
+                raise OSError(28, message) from None
+            raise
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -381,6 +453,34 @@ class Store:
         if entry is None:  # pragma: no cover - only if someone deletes it right away
             raise RuntimeError(f"entry {key} vanished or is invalid right after being written")
         return entry
+
+    @staticmethod
+    def _mkdtemp(prefix: str, parent: Path) -> Path:
+        """A private temp dir, then opened up to what the umask allows (the entry keeps this mode)."""
+        tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+        os.chmod(tmp, 0o777 & ~UMASK)
+        return tmp
+
+    @staticmethod
+    def _write(tmp: Path, key: str, to_save: dict, meta_doc: Any, kind: str, spec_doc: Any) -> None:
+        """The entry's files, complete and synced, in ``tmp``."""
+        save_file(to_save, str(tmp / TENSORS_FILE))
+        os.chmod(tmp / TENSORS_FILE, 0o666 & ~UMASK)  # safetensors writes it private
+        doc = dict(meta_doc)
+        # Store bookkeeping wins over producer fields of the same name.
+        doc.update(
+            key=key,
+            kind=kind,
+            spec=spec_doc,
+            salt=CODE_SALT,
+            created=_dt.datetime.now(_dt.timezone.utc).isoformat(),
+            files={TENSORS_FILE: _sha256_file(tmp / TENSORS_FILE)},
+        )
+        text = json.dumps(doc, sort_keys=True, indent=1, ensure_ascii=True, allow_nan=False)
+        with open(tmp / META_FILE, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+            f.flush()
+            os.fsync(f.fileno())
 
     def get_or_compute(
         self,
@@ -407,6 +507,7 @@ class Store:
             lock.acquire(timeout=0)
         except Timeout:
             logger.info("bdlib store: waiting for another process computing %s %s", kind or "entry", key[:12])
+            progress.store_notice(f"waited for another process computing {kind or 'entry'} {key[:12]}")
             lock.acquire()
         try:
             entry = self.get(key)

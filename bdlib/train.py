@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
 import random
 from contextlib import nullcontext
@@ -154,6 +155,10 @@ def cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: torch
     return F.cross_entropy(model(x), y)
 
 
+class TrainingDiverged(RuntimeError):
+    """The loss of a training became NaN or infinite (checked once per epoch, no per-step sync)."""
+
+
 def fit(
     model: nn.Module,
     x: torch.Tensor,
@@ -213,6 +218,13 @@ def fit(
             seen += len(idx)
             step += 1
         record = {"epoch": epoch + 1, "loss": float(loss_sum) / max(seen, 1)}
+        if not math.isfinite(record["loss"]):
+            raise TrainingDiverged(
+                f"training diverged ({desc}): the mean loss of epoch {epoch + 1}/{train.epochs} is "
+                f"{record['loss']} at learning rate {train.lr:g}; nothing of this training was stored. "
+                "Lower the learning rate (for the victims: -p overrides '{\"train.lr\": 0.01}'; "
+                "for a defense: its own lr field, e.g. defenses.ft.lr)."
+            )
         if on_epoch is not None:
             record.update(on_epoch(epoch + 1, model))
         history.append(record)

@@ -94,7 +94,7 @@ def test_store_events_are_counted_from_the_log(tmp_path, monkeypatch):
     for spec in ({"a": 1}, {"a": 1}, {"a": 2}, {"a": 1}):
         s.get_or_compute("thing", spec, lambda: ({"w": torch.ones(1)}, {}))
     counts = progress.read_store_log(tmp_path / "status")
-    assert counts == {"computed": {"thing": 2}, "loaded": {"thing": 2}}
+    assert counts == {"computed": {"thing": 2}, "loaded": {"thing": 2}, "notices": []}
     assert run.store_summary(counts) == "2 results computed (2 thing), 2 loaded from the store"
     assert run.store_summary({"computed": {}, "loaded": {"x": 1}}) == "0 results computed, 1 loaded from the store"
 
