@@ -22,7 +22,7 @@ from filelock import FileLock
 
 from bdlib import paths, progress
 from bdlib.config import Config, as_dict
-from bdlib.store import UMASK, canonical_json, no_space_message
+from bdlib.store import UMASK, canonical_json, disk_full_named
 
 _clock = {"last": time.perf_counter()}
 # A saved PNG (150 dpi) is shown at the size matplotlib's inline backend (100 dpi) would give it.
@@ -34,27 +34,28 @@ def start_clock() -> None:
     _clock["last"] = time.perf_counter()
 
 
-# Kernel choices enter the key only when changed from these defaults, so the keys of runs that
-# leave them alone stayed what they were before the fields existed.
-_RUNTIME_DEFAULTS = {"deterministic": True, "compile": False}
-
-
-# Fields added later enter it only when set, for the same reason: (group, field) -> default.
-_ADDED_DEFAULTS = {("tuning", "grid_points"): None}
+# Fields that enter the key only when changed from these defaults, so the keys of runs that leave
+# them alone stayed what they were before the fields existed: the kernel choices, and fields added
+# later. Dotted paths into ``as_dict(cfg)`` -> default.
+_OMITTED_AT_DEFAULT = {"deterministic": True, "compile": False, "tuning.grid_points": None}
 
 
 def config_key(cfg: Config) -> str:
     import hashlib
 
-    fields = {k: v for k, v in as_dict(cfg).items() if not (k in _RUNTIME_DEFAULTS and v == _RUNTIME_DEFAULTS[k])}
-    for (group, name), default in _ADDED_DEFAULTS.items():
-        if fields.get(group, {}).get(name, default) == default:
-            fields[group] = {k: v for k, v in fields[group].items() if k != name}
+    fields = as_dict(cfg)
+    for dotted, default in _OMITTED_AT_DEFAULT.items():
+        *groups, name = dotted.split(".")
+        parent = fields
+        for g in groups:
+            parent = parent[g]
+        if parent.get(name, default) == default:
+            parent.pop(name, None)
     return hashlib.sha256(canonical_json(fields).encode()).hexdigest()[:16]
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    try:
+    with disk_full_named(path.parent, "figures directory"):
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
         try:
@@ -65,11 +66,6 @@ def _atomic_write(path: Path, data: bytes) -> None:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-    except OSError as err:
-        message = no_space_message(err, path.parent, "figures directory")
-        if message:
-            raise OSError(28, message) from None
-        raise
 
 
 def save(fig: Any, name: str, cfg: Config) -> list[Path]:

@@ -134,15 +134,20 @@ def check_parameters(path: Path, params: dict[str, Any], valid: dict[str, Any] |
     return out
 
 
-def own_cell(path: Path, execution_count: int | None) -> int | None:
-    """The notebook's own number of the code cell that ran as ``execution_count``: papermill's
-    injected parameters cell runs right after the ``parameters`` cell and is not the notebook's."""
-    if execution_count is None:
-        return None
-    code = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+def parameters_position(nb: dict) -> int | None:
+    """The 1-based position, among the notebook's code cells, of its cell tagged ``parameters``."""
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
     tagged = [i + 1 for i, c in enumerate(code) if "parameters" in c.get("metadata", {}).get("tags", [])]
-    injected = (tagged[0] + 1) if tagged else 0
-    return execution_count - 1 if injected and execution_count > injected else execution_count
+    return tagged[0] if tagged else None
+
+
+def own_cell(execution_count: int | None, parameters_at: int | None) -> int | None:
+    """The notebook's own number of the code cell that ran as ``execution_count``: papermill's
+    injected cell runs right after the ``parameters`` cell (at ``parameters_at``) and is not the
+    notebook's."""
+    if execution_count is None or parameters_at is None:
+        return execution_count
+    return execution_count - 1 if execution_count > parameters_at + 1 else execution_count
 
 
 def memory_note() -> str:
@@ -193,9 +198,9 @@ def store_summary(counts: dict[str, Any]) -> str:
     )
 
 
-def _where(path: Path, status: Path) -> str:
+def _where(status: Path, parameters_at: int | None) -> str:
     state = progress.read_stage(status)
-    cell = own_cell(path, state.get("cell"))
+    cell = own_cell(state.get("cell"), parameters_at)
     return f"in code cell {cell}" + (f" ({state['stage']})" if state.get("stage") else "") if cell else "while running"
 
 
@@ -290,7 +295,9 @@ def run_notebook(
         file=stream,
         flush=True,
     )
-    cells = sum(c["cell_type"] == "code" for c in json.loads(path.read_text())["cells"])
+    source = json.loads(path.read_text())
+    cells = sum(c["cell_type"] == "code" for c in source["cells"])
+    at = parameters_position(source)
     status = Path(tempfile.mkdtemp(prefix="bdlib-status-"))
     # Figures and metrics go to a staging directory beside ``figures``, moved into place only when
     # the notebook succeeds: a failed run leaves ``figures`` as it was.
@@ -317,7 +324,7 @@ def run_notebook(
     for log in quiet:
         log.setLevel(logging.CRITICAL)
     try:
-        with Live(path.stem, status, cells, stream, cell_of=lambda n: own_cell(path, n)):
+        with Live(path.stem, status, cells, stream, cell_of=lambda n: own_cell(n, at)):
             # Once the last cell has run the kernel is stopped at once: a graceful shutdown waits
             # ~2 s per notebook for a kernel with torch loaded (a third of a warm notebook's time).
             # Notebooks release what they start themselves (06 closes its Dask cluster).
@@ -334,14 +341,14 @@ def run_notebook(
         figs.publish(staging, figures)
     except pm.PapermillExecutionError as err:
         raise RunError(
-            f"{path.name} failed in code cell {own_cell(path, err.exec_count)} of {cells}: "
+            f"{path.name} failed in code cell {own_cell(err.exec_count, at)} of {cells}: "
             f"{err.ename}: {err.evalue}\n  cell source: {err.source.strip()[:400]}\n"
             f"  the executed copy with the full traceback is {out_dir / path.name}; {figures} is unchanged"
         ) from None
     except KeyboardInterrupt:
         counts = progress.read_store_log(status)
         raise RunError(
-            f"{path.name} interrupted (Ctrl-C) {_where(path, status)}; the {sum(counts['computed'].values())} "
+            f"{path.name} interrupted (Ctrl-C) {_where(status, at)}; the {sum(counts['computed'].values())} "
             f"result(s) it finished are in the store ({os.environ.get('BDLIB_CACHE') or paths.cache_dir()}), so "
             f"rerunning the same command resumes from there; {figures} is unchanged",
             code=130,
@@ -350,7 +357,7 @@ def run_notebook(
         if type(err).__name__ != "DeadKernelError":  # nbclient's, raised when the kernel process dies
             raise
         raise RunError(
-            f"{path.name}: the kernel died {_where(path, status)} without a Python error: the system "
+            f"{path.name}: the kernel died {_where(status, at)} without a Python error: the system "
             f"killed it, most often for lack of memory ({memory_note()}). Results it finished are in the "
             "store; rerun to resume, with fewer attacks or seeds (-p attacks '[\"badnets\"]') or a smaller "
             f"profile if memory is short; {figures} is unchanged"
@@ -450,7 +457,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         params = {"profile": args.profile or "quick", **given}
         params["profile"] = str(params["profile"])
-        figures = args.figures or paths.figures_dir(str(params["profile"]))
+        figures = args.figures or paths.figures_dir(params["profile"])
         out = args.out or paths.executed_dir()
         total = 0.0
         for path in notebooks(args.notebooks):

@@ -21,8 +21,10 @@ a wait for another process) is reported to the runner (:func:`bdlib.progress.sto
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
+import errno
 import hashlib
 import json
 import logging
@@ -33,7 +35,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,7 +56,7 @@ __all__ = [
     "Store",
     "StoreAccessError",
     "canonical_json",
-    "no_space_message",
+    "disk_full_named",
     "UMASK",
 ]
 
@@ -88,19 +90,26 @@ def _access_error(path: Path, root: Path, doing: str) -> StoreAccessError:
     )
 
 
-def no_space_message(err: BaseException, directory: Path, what: str) -> str | None:
-    """One paragraph for a write that failed because ``directory``'s disk is full; None otherwise."""
-    if getattr(err, "errno", None) != 28 and "No space left on device" not in str(err):
-        return None
+@contextlib.contextmanager
+def disk_full_named(directory: Path, what: str) -> Iterator[None]:
+    """Turn a write in the block that failed because ``directory``'s disk is full (an ENOSPC
+    OSError, or safetensors' error with "No space left on device") into one OSError(ENOSPC)
+    paragraph naming ``what`` and ``directory`` and its free space; other errors pass unchanged."""
     try:
-        free = f"{shutil.disk_usage(directory).free / 2**20:.0f} MiB free"
-    except OSError:
-        free = "free space unknown"
-    return (
-        f"no space left on the disk of the {what} {directory} ({free}): nothing was half-written; free some "
-        f"space there, or point {'BDLIB_CACHE' if what == 'store' else 'BDLIB_FIGURES (--figures)'} at a "
-        "disk with room, and rerun (finished results are kept in the store)."
-    )
+        yield
+    except Exception as err:
+        if getattr(err, "errno", None) != errno.ENOSPC and "No space left on device" not in str(err):
+            raise
+        try:
+            free = f"{shutil.disk_usage(directory).free / 2**20:.0f} MiB free"
+        except OSError:
+            free = "free space unknown"
+        raise OSError(
+            errno.ENOSPC,
+            f"no space left on the disk of the {what} {directory} ({free}): nothing was half-written; free some "
+            f"space there, or point {'BDLIB_CACHE' if what == 'store' else 'BDLIB_FIGURES (--figures)'} at a "
+            "disk with room, and rerun (finished results are kept in the store).",
+        ) from None
 
 
 logger = logging.getLogger(__name__)
@@ -416,39 +425,30 @@ class Store:
             to_save[name] = t
 
         tmp_root = self.root / "tmp"
-        try:
-            self._ensure_root()
-            tmp_root.mkdir(parents=True, exist_ok=True)
-            self._sweep_tmp()
-            tmp = self._mkdtemp(f"{key[:8]}-", tmp_root)
-        except PermissionError as err:
-            raise _access_error(Path(err.filename or tmp_root), self.root, "writing to") from None
-        except OSError as err:
-            message = no_space_message(err, self.root, "store")
-            if message:
-                raise OSError(28, message) from None
-            raise
-        try:
-            self._write(tmp, key, to_save, meta_doc, kind, spec_doc)
+        with disk_full_named(self.root, "store"):
             try:
-                final.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(tmp, final)
-            except PermissionError:
-                raise _access_error(final.parent, self.root, "writing to") from None
-            except OSError:
-                # Destination exists (non-empty dir): keep it if valid, else replace it.
-                existing = self.get(key)
-                if existing is not None:
-                    return existing
-                os.replace(tmp, final)
-        except Exception as err:
-            message = no_space_message(err, self.root, "store")
-            if message:
-                raise OSError(28, message) from None
-            raise
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+                self._ensure_root()
+                tmp_root.mkdir(parents=True, exist_ok=True)
+                self._sweep_tmp()
+                tmp = self._mkdtemp(f"{key[:8]}-", tmp_root)
+            except PermissionError as err:
+                raise _access_error(Path(err.filename or tmp_root), self.root, "writing to") from None
+            try:
+                self._write(tmp, key, to_save, meta_doc, kind, spec_doc)
+                try:
+                    final.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(tmp, final)
+                except PermissionError:
+                    raise _access_error(final.parent, self.root, "writing to") from None
+                except OSError:
+                    # Destination exists (non-empty dir): keep it if valid, else replace it.
+                    existing = self.get(key)
+                    if existing is not None:
+                        return existing
+                    os.replace(tmp, final)
+            finally:
+                if tmp.exists():
+                    shutil.rmtree(tmp, ignore_errors=True)
         entry = self.get(key)
         if entry is None:  # pragma: no cover - only if someone deletes it right away
             raise RuntimeError(f"entry {key} vanished or is invalid right after being written")
