@@ -11,7 +11,7 @@ def __getattr__(name: str):
     # ``bdlib.setup`` (the notebooks' entry point) imports torch on first use, not on ``import
     # bdlib``: the runner and the assignments command never need torch (1.5 s saved per call).
     if name == "setup":
-        from bdlib.experiment import setup
+        from bdlib.session import setup
 
         return setup
     raise AttributeError(f"module 'bdlib' has no attribute {name!r}")

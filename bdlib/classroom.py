@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from bdlib.config import PROFILES
-from bdlib.run import REPO, RunError, notebooks
+from bdlib.notebooks import REPO, NotebookError, notebooks
 
 BEGIN_SOLUTION, END_SOLUTION = "### BEGIN SOLUTION", "### END SOLUTION"
 BEGIN_HIDDEN, END_HIDDEN = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
@@ -28,7 +28,7 @@ PLACEHOLDER_URL = "<REPOSITORY-URL: regenerate with python -m bdlib assignments 
 Notebook = dict[str, Any]
 
 
-class AssignmentError(RunError):
+class AssignmentError(NotebookError):
     """A notebook's exercise markup is malformed, or a request cannot be met."""
 
 

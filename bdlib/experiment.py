@@ -9,107 +9,21 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 import time
-import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from bdlib import attacks, data, defenses, figures, kernel, metrics, models, progress
+from bdlib import attacks, data, defenses, metrics, models, progress
 from bdlib.attacks.base import Poisoned, Trigger, TriggerContext
-from bdlib.config import Config, as_dict, resolve
+from bdlib.config import Config, as_dict
 from bdlib.defenses.base import DefenseContext
-from bdlib.store import Store, source_hash
-from bdlib.train import configure, fit, seed_everything, select_device
+from bdlib.store import Store, module_hash, tensors_digest
+from bdlib.train import features, fit, seed_everything, select_device
 
 DATA_SEED = 0  # the train / test subsets are the same for every run seed: seeds vary the attack and training
-
-
-def setup(
-    profile: str = "quick",
-    attack: str = "badnets",
-    seed: int = 0,
-    device: str = "auto",
-    overrides: dict | None = None,
-    progress: bool | None = None,
-    attack_names: str | Sequence[str] = "all",
-) -> Config:
-    """Validate a notebook's parameters, check its data, seed everything, and pick the device.
-
-    Returns the frozen Config every later call takes. ``device='auto'`` is resolved here. Every
-    dataset the profile will need for ``attack_names`` (default: all attacks) is loaded now, so a
-    missing one fails here, before any training, in one message (:func:`check_data`). On the
-    CPU, a profile that would take hours there says so (:func:`cpu_estimate`).
-    """
-    kernel.prepare()  # in a notebook: refuse unknown papermill parameters, report cells to the runner
-    if progress is None:
-        progress = os.environ.get("BDLIB_PROGRESS", "1") != "0"
-    cfg = resolve(profile, attack=attack, seed=seed, device=device, overrides=overrides, progress=progress)
-    dev = select_device(cfg.device)
-    cfg = dataclasses.replace(cfg, device=dev.type)
-    configure(cfg.deterministic, cfg.compile)
-    seed_everything(cfg.seed)
-    check_data(cfg, attack_names)
-    note = cpu_estimate(cfg)
-    if note:
-        warnings.warn(note, stacklevel=2)
-    figures.start_clock()
-    return cfg
-
-
-def required_datasets(cfg: Config, attack_names: str | Sequence[str] = "all") -> list[str]:
-    """The datasets a run of these attacks on this config loads: the profile's own, and CIFAR-100
-    where Narcissus' surrogate trains on it (``pood = "cifar100"``, the paper profile)."""
-    if attack_names == "all":
-        names = list(cfg.attacks)
-    else:
-        names = [attack_names] if isinstance(attack_names, str) else list(attack_names)
-        for name in names:
-            attacks.get(name)  # raises, naming the valid attacks
-    needed = [cfg.dataset]
-    if any(getattr(cfg.attacks[n], "pood", None) == "cifar100" for n in names):
-        needed.append("cifar100")
-    return needed
-
-
-def check_data(cfg: Config, attack_names: str | Sequence[str] = "all") -> None:
-    """Load every dataset :func:`required_datasets` names; raise one ``DataNotFound`` naming each
-    missing one, its files, where to put them and ``$BDLIB_DATA``."""
-    missing = []
-    for name in required_datasets(cfg, attack_names):
-        try:
-            data.load(name)
-        except data.DataNotFound as err:
-            missing.append(f"- {err}")
-    if missing:
-        raise data.DataNotFound(
-            f"profile {cfg.profile!r} needs data that is not here (checked before any training; "
-            f"BDLIB_DATA={data.data_root()}):\n" + "\n".join(missing)
-        )
-
-
-# ResNet-18 training images per second on a 2-core x86-64 CPU: 9-10 measured on one (loaded) thread
-# with benchmarks/train_throughput.py --model resnet18 --device cpu (issue #16); 20 for both cores.
-CPU_TRAIN_RATE = {"resnet18": 20.0, "preact_resnet18": 20.0}
-
-
-def cpu_estimate(cfg: Config) -> str | None:
-    """A warning for the CPU when one standard training of this config would take over an hour."""
-    if cfg.device != "cpu" or cfg.model not in CPU_TRAIN_RATE:
-        return None
-    n = cfg.n_train or len(data.load(cfg.dataset).y_train)
-    hours = cfg.train.epochs * n / CPU_TRAIN_RATE[cfg.model] / 3600
-    if hours < 1:
-        return None
-    return (
-        f"profile {cfg.profile!r} on the CPU: one standard training ({cfg.model}, {cfg.train.epochs} epochs "
-        f"x {n:,} images) takes about {hours:,.0f} h at ~{CPU_TRAIN_RATE[cfg.model]:.0f} images/s "
-        f"(a 2-core CPU), and each notebook trains several such models: days in all. Run it on a GPU "
-        f"(device='cuda'), or use profile 'quick'."
-    )
 
 
 def with_run(cfg: Config, **changes: Any) -> Config:
@@ -173,20 +87,39 @@ def run_data(cfg: Config) -> RunData:
     return _run_data(cfg.dataset, cfg.n_train, cfg.n_test)
 
 
-def new_model(cfg: Config, seed: int) -> nn.Module:
-    """A freshly initialised model for this config, seeded, on the config's device.
+@dataclass(frozen=True)
+class ModelFactory:
+    """Freshly initialised models of a run's architecture, by seed, on its device.
 
+    What a defense is handed to build a new model: the architecture and nothing else of the run.
     The weights are drawn from the CPU generator seeded with ``seed`` inside ``fork_rng``, so
-    building (or loading) a model leaves the global random state as it was.
+    building a model leaves the global random state as it was.
     """
+
+    model: str
+    dataset: str
+    in_channels: int
+    num_classes: int
+    device: str
+
+    def __call__(self, seed: int) -> nn.Module:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            m = models.build(self.model, self.in_channels, self.num_classes, self.dataset)
+        # channels_last on every device: 1.4x the CPU training and ~2x the CPU inference speed of
+        # the small CNN (benchmarks/README.md), and the layout CUDA's bf16 kernels want.
+        return m.to(torch.device(self.device)).to(memory_format=torch.channels_last)
+
+
+def model_factory(cfg: Config) -> ModelFactory:
     d = run_data(cfg)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        m = models.build(cfg.model, d.shape[0], d.num_classes, cfg.dataset)
-    dev = torch.device(cfg.device if cfg.device != "auto" else select_device("auto"))
-    # channels_last on every device: 1.4x the CPU training and ~2x the CPU inference speed of
-    # the small CNN (benchmarks/README.md), and the layout CUDA's bf16 kernels want.
-    return m.to(dev).to(memory_format=torch.channels_last)
+    device = cfg.device if cfg.device != "auto" else select_device("auto").type
+    return ModelFactory(cfg.model, cfg.dataset, d.shape[0], d.num_classes, device)
+
+
+def new_model(cfg: Config, seed: int) -> nn.Module:
+    """A freshly initialised model for this config, seeded, on the config's device."""
+    return model_factory(cfg)(seed)
 
 
 def _train_spec(cfg: Config) -> dict:
@@ -209,10 +142,6 @@ def _load_model(cfg: Config, tensors: dict[str, torch.Tensor], seed: int = 0) ->
 def _under(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     """The tensors stored under ``prefix.`` (one store entry holds several), prefix removed."""
     return {k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
-
-
-def _state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
 
 
 @dataclass
@@ -244,7 +173,7 @@ def clean_model(cfg: Config, seed: int | None = None) -> ModelRun:
             desc=f"training the clean model, seed {seed}",
         )
         ev = metrics.evaluate(m, d.x_test, d.y_test, cfg.target, None, cfg.train.eval_batch_size)
-        return _state(m), {"metrics": ev, "history": hist}
+        return models.cpu_state(m), {"metrics": ev, "history": hist}
 
     e = store().get_or_compute("clean_model", spec, compute)
     return ModelRun(e.key, _load_model(cfg, e.tensors), e.meta["metrics"], e.meta["seconds"], e.meta)
@@ -264,7 +193,7 @@ def trigger(cfg: Config) -> tuple[str, Trigger]:
         "seed": cfg.seed,
         "shape": list(d.shape),
         "data": d.fingerprint,
-        "code": _module_hash(atk.make_trigger),
+        "code": module_hash(atk.make_trigger),
     }
     clean: Callable[[], nn.Module] | None = None
     if atk.needs_clean_model:
@@ -292,15 +221,6 @@ def trigger(cfg: Config) -> tuple[str, Trigger]:
 
     e = store().get_or_compute("trigger", spec, compute)
     return e.key, e.tensors
-
-
-def _module_hash(fn: Callable) -> str:
-    """The source hash of the bdlib module defining ``fn`` (an attack's or defense's own file)."""
-    import inspect
-    from pathlib import Path
-
-    path = Path(inspect.getfile(fn)).resolve()
-    return source_hash(path.relative_to(Path(__file__).resolve().parent).as_posix())
 
 
 def _train_fresh(cfg: Config, x: torch.Tensor, y: torch.Tensor, seed: int, **changes) -> nn.Module:
@@ -339,7 +259,7 @@ def poisoned_model(cfg: Config) -> PoisonRun:
         "attack": cfg.attack,
         "params": as_dict(cfg.attack_params),
         "target": cfg.target,
-        "code": _module_hash(atk.apply),
+        "code": module_hash(atk.apply),
     }
 
     def compute():
@@ -354,7 +274,7 @@ def poisoned_model(cfg: Config) -> PoisonRun:
             desc=f"training the {cfg.attack} victim, seed {cfg.seed}",
         )
         ev = metrics.evaluate(m, d.x_test, d.y_test, cfg.target, test_trigger, cfg.train.eval_batch_size)
-        return _state(m), {"metrics": ev, "history": hist, "n_poisoned": int(p.poison_idx.sum())}
+        return models.cpu_state(m), {"metrics": ev, "history": hist, "n_poisoned": int(p.poison_idx.sum())}
 
     e = store().get_or_compute("poisoned_model", spec, compute)
     return PoisonRun(
@@ -392,16 +312,11 @@ def defend(cfg: Config, defense: str) -> DefenseRun:
         "victim": victim.key,
         "seed": cfg.seed,
         "clean_fraction": cfg.clean_fraction,
-        "code": _module_hash(dfn.run),
+        "code": module_hash(dfn.run),
     }
-    evaluate = functools.partial(
-        metrics.evaluate,
-        x=d.x_test,
-        y=d.y_test,
-        target=cfg.target,
-        trigger=victim.test_trigger,
-        batch_size=cfg.train.eval_batch_size,
-    )
+
+    def evaluate(model: nn.Module) -> dict[str, float]:
+        return metrics.evaluate(model, d.x_test, d.y_test, cfg.target, victim.test_trigger, cfg.train.eval_batch_size)
 
     def memo(name: str, stage_spec: dict, stage: Callable[[], tuple[dict[str, nn.Module], dict]]):
         full = {
@@ -417,7 +332,7 @@ def defend(cfg: Config, defense: str) -> DefenseRun:
             found, meta = stage()
             models = {role: m for role, m in found.items() if not isinstance(m, torch.Tensor)}
             arrays = {role: t.detach().cpu() for role, t in found.items() if isinstance(t, torch.Tensor)}
-            tensors = {f"{role}.{k}": v for role, m in models.items() for k, v in _state(m).items()}
+            tensors = {f"{role}.{k}": v for role, m in models.items() for k, v in models.cpu_state(m).items()}
             tensors.update({f"tensor.{role}": t for role, t in arrays.items()})
             return tensors, {"meta": meta, "roles": sorted(models), "tensor_roles": sorted(arrays)}
 
@@ -432,21 +347,21 @@ def defend(cfg: Config, defense: str) -> DefenseRun:
         dev = torch.device(cfg.device)
         ctx = DefenseContext(
             params=params,
-            cfg=cfg,
+            train=cfg.train,
             x_train=victim.poisoned.x.to(dev),
             y_train=victim.poisoned.y.to(dev),
             x_clean=x_clean.to(dev),
             y_clean=y_clean.to(dev),
             num_classes=d.num_classes,
             seed=cfg.seed,
-            new_model=functools.partial(new_model, cfg),
-            evaluate=lambda m: evaluate(m),
+            new_model=model_factory(cfg),
+            evaluate=evaluate,
             memo=memo,
             progress=cfg.progress,
         )
         start = time.perf_counter()
         with progress.task(f"{defense} on the {cfg.attack} victim, seed {cfg.seed}"):
-            out = dfn.run(_load_model(cfg, _state(victim.model)), ctx)
+            out = dfn.run(_load_model(cfg, models.cpu_state(victim.model)), ctx)
         seconds = time.perf_counter() - start
         after = evaluate(out.model)
         meta = {
@@ -458,7 +373,7 @@ def defend(cfg: Config, defense: str) -> DefenseRun:
             "seconds": seconds,
             "record_keys": sorted(out.tensors),
         }
-        tensors = {f"model.{k}": v for k, v in _state(out.model).items()}
+        tensors = {f"model.{k}": v for k, v in models.cpu_state(out.model).items()}
         tensors.update({f"record.{k}": v.detach().cpu().contiguous() for k, v in out.tensors.items()})
         return tensors, meta
 
@@ -486,3 +401,42 @@ def record_model(cfg: Config, run: DefenseRun, role: str) -> nn.Module:
         roles = sorted({k.split(".")[0] for k in run.tensors})
         raise ValueError(f"{run.defense} recorded no model {role!r}; it recorded: {', '.join(roles)}")
     return _load_model(cfg, state)
+
+
+def feature_embedding(cfg: Config, n: int = 1500, poisoned_n: int = 150, model: nn.Module | None = None) -> dict:
+    """A 2-D t-SNE of penultimate features of training samples, poisoned ones included.
+
+    Takes ``n`` clean samples and up to ``poisoned_n`` poisoned ones of this run's poisoned
+    set, embedded with the poisoned model (or ``model``, e.g. a defended one).
+    """
+    from sklearn.manifold import TSNE
+
+    run = poisoned_model(cfg)
+    p = run.poisoned
+    gen = torch.Generator().manual_seed(cfg.seed)
+    clean_idx = torch.nonzero(~p.poison_idx).flatten()
+    pois_idx = torch.nonzero(p.poison_idx).flatten()
+    clean_idx = clean_idx[torch.randperm(len(clean_idx), generator=gen)[:n]]
+    pois_idx = pois_idx[torch.randperm(len(pois_idx), generator=gen)[:poisoned_n]]
+    idx = torch.cat([clean_idx, pois_idx])
+    model = model or run.model
+    spec = {
+        "poisoned_run": run.key,
+        "weights": tensors_digest(models.cpu_state(model)),
+        "n": n,
+        "poisoned_n": poisoned_n,
+        "seed": cfg.seed,
+        "code": module_hash(feature_embedding),
+    }
+
+    def compute():
+        feats = features(model, p.x[idx], cfg.train.eval_batch_size).numpy()
+        # perplexity 30, or less where there are too few points for it (it must stay below n)
+        perplexity = min(30.0, max(1.0, (len(feats) - 1) / 3))
+        points = TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=cfg.seed).fit_transform(feats)
+        return {"points": torch.from_numpy(points)}, {}
+
+    points = store().get_or_compute("tsne", spec, compute).tensors["points"].numpy()
+    labels = run_data(cfg).y_train[idx].numpy()  # true classes, so poisoned points show where they came from
+    poisoned = p.poison_idx[idx].numpy()
+    return {"points": points, "labels": labels, "poisoned": poisoned}

@@ -55,7 +55,7 @@ def _run_cell_remote(cfg_dict: dict, cell: Cell) -> dict[str, Any]:
     # Workers rebuild the Config from plain data, so nothing but JSON-like values is shipped, and
     # set themselves up exactly as a notebook does (bdlib.setup): the same validation, data check,
     # kernel choices (deterministic or cudnn.benchmark, torch.compile) and seeds.
-    from bdlib.experiment import setup
+    from bdlib.session import setup
 
     cfg = setup(
         cfg_dict["profile"],
@@ -86,7 +86,7 @@ def run(cfg: Config, grid: Sequence[Cell], client: Any = None) -> list[dict[str,
 
 def _overrides(cfg: Config) -> dict[str, Any]:
     """The dotted overrides that turn the profile's Config into ``cfg`` (for workers)."""
-    from bdlib.config import profile
+    from bdlib.profiles import profile
 
     base, mine = _flatten(as_dict(profile(cfg.profile))), _flatten(as_dict(cfg))
     skip = {"attack", "seed", "device", "progress"}
@@ -101,3 +101,24 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{k}"] = v
     return out
+
+
+def dask_client(address: str | None):
+    """None -> no cluster (sequential); "local" -> a LocalCluster on this machine; else a scheduler address."""
+    if address is None:
+        return None
+    from dask.distributed import Client, LocalCluster
+
+    if address == "local":
+        return Client(LocalCluster(n_workers=2, threads_per_worker=1, processes=True))
+    return Client(address)
+
+
+def close_dask(client) -> None:
+    """Close the notebook's client, and its LocalCluster if it started one (a remote one is left running)."""
+    if client is None:
+        return
+    cluster = client.cluster  # None when connected to a scheduler address
+    client.close()
+    if cluster is not None:
+        cluster.close()

@@ -158,3 +158,8 @@ def build(name: str, in_channels: int, num_classes: int, dataset: str) -> nn.Mod
 def conv_layers(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
     """Every ``nn.Conv2d`` of the model with its qualified name, in forward order."""
     return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+
+
+def cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A model's parameters and buffers, detached, on the CPU, contiguous: what the store saves."""
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}

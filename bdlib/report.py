@@ -1,13 +1,11 @@
-"""What notebooks show: tables, summaries and embeddings read from the cached results.
+"""What notebooks show: tables and summaries read from the cached results.
 
-Nothing here computes a trained result (that is ``bdlib.experiment``), so editing a table does
-not invalidate the store. The one stored thing is a t-SNE embedding (seconds each, every warm
-run): it is keyed by the model's weights and this module's own source, nothing else.
+Nothing here computes or stores a result (that is ``bdlib.experiment``), so editing a table does
+not invalidate the store.
 """
 
 from __future__ import annotations
 
-import hashlib
 from typing import Sequence
 
 import torch
@@ -17,18 +15,15 @@ from bdlib import attacks, defenses, metrics, tune
 from bdlib.config import Config, as_dict, override
 from bdlib.experiment import (
     DefenseRun,
-    _module_hash,
-    _state,
     clean_model,
     defend,
     poisoned_model,
     record_model,
     run_data,
-    store,
     trigger,
     with_run,
 )
-from bdlib.train import amp_dtype, features, logits
+from bdlib.train import amp_dtype, logits
 
 
 def describe(cfg: Config, methods: Sequence[str] = (), seeds: Sequence[int] | None = None) -> str:
@@ -132,54 +127,6 @@ def summarize(
     return out
 
 
-def feature_embedding(cfg: Config, n: int = 1500, poisoned_n: int = 150, model: nn.Module | None = None) -> dict:
-    """A 2-D t-SNE of penultimate features of training samples, poisoned ones included.
-
-    Takes ``n`` clean samples and up to ``poisoned_n`` poisoned ones of this run's poisoned
-    set, embedded with the poisoned model (or ``model``, e.g. a defended one).
-    """
-    from sklearn.manifold import TSNE
-
-    run = poisoned_model(cfg)
-    p = run.poisoned
-    gen = torch.Generator().manual_seed(cfg.seed)
-    clean_idx = torch.nonzero(~p.poison_idx).flatten()
-    pois_idx = torch.nonzero(p.poison_idx).flatten()
-    clean_idx = clean_idx[torch.randperm(len(clean_idx), generator=gen)[:n]]
-    pois_idx = pois_idx[torch.randperm(len(pois_idx), generator=gen)[:poisoned_n]]
-    idx = torch.cat([clean_idx, pois_idx])
-    model = model or run.model
-    spec = {
-        "poisoned_run": run.key,
-        "weights": _weights_digest(model),
-        "n": n,
-        "poisoned_n": poisoned_n,
-        "seed": cfg.seed,
-        "code": _module_hash(feature_embedding),
-    }
-
-    def compute():
-        feats = features(model, p.x[idx], cfg.train.eval_batch_size).numpy()
-        # perplexity 30, or less where there are too few points for it (it must stay below n)
-        perplexity = min(30.0, max(1.0, (len(feats) - 1) / 3))
-        points = TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=cfg.seed).fit_transform(feats)
-        return {"points": torch.from_numpy(points)}, {}
-
-    points = store().get_or_compute("tsne", spec, compute).tensors["points"].numpy()
-    labels = run_data(cfg).y_train[idx].numpy()  # true classes, so poisoned points show where they came from
-    poisoned = p.poison_idx[idx].numpy()
-    return {"points": points, "labels": labels, "poisoned": poisoned}
-
-
-def _weights_digest(model: nn.Module) -> str:
-    """sha256 of a model's parameters and buffers: which model an embedding was made with."""
-    h = hashlib.sha256()
-    for name, t in _state(model).items():
-        h.update(name.encode())
-        h.update(t.numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
 def summary_table(summary: dict[str, dict[str, list[float]]]):
     """A pandas table of ``mean ± std`` strings from :func:`summarize`, for display."""
     import pandas as pd
@@ -213,8 +160,6 @@ def defense_rows(
     cfg: Config, defense: str, names: Sequence[str], seeds: Sequence[int], overrides: dict | None = None
 ) -> tuple[list[dict], dict[tuple[str, int], DefenseRun]]:
     """Run ``defense`` on each attack and seed; rows of BA/ASR/RA undefended and defended."""
-    from bdlib.config import override
-
     rows, runs = [], {}
     for name in names:
         for seed in seeds:
@@ -244,27 +189,6 @@ def flagged_examples(cfg: Config, run: DefenseRun, n: int = 8) -> tuple[dict, di
         captions[label] = [d.classes[int(c)] for c in d.y_train[idx]]
     missed = d.y_train[groups["missed"]]
     return rows, captions, {name: int((missed == c).sum()) for c, name in enumerate(d.classes)}
-
-
-def dask_client(address: str | None):
-    """None -> no cluster (sequential); "local" -> a LocalCluster on this machine; else a scheduler address."""
-    if address is None:
-        return None
-    from dask.distributed import Client, LocalCluster
-
-    if address == "local":
-        return Client(LocalCluster(n_workers=2, threads_per_worker=1, processes=True))
-    return Client(address)
-
-
-def close_dask(client) -> None:
-    """Close the notebook's client, and its LocalCluster if it started one (a remote one is left running)."""
-    if client is None:
-        return
-    cluster = client.cluster  # None when connected to a scheduler address
-    client.close()
-    if cluster is not None:
-        cluster.close()
 
 
 def narcissus_control(cfg: Config, seeds: Sequence[int], paper_rate: float = 0.0005) -> list[dict]:

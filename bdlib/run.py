@@ -16,7 +16,6 @@ in one paragraph — notebook, cell, error — and the exit status is non-zero.
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import logging
 import os
@@ -29,109 +28,12 @@ from pathlib import Path
 from typing import Any, Sequence, TextIO
 
 from bdlib import openmp, paths, progress
-
-REPO = Path(__file__).resolve().parent.parent
-NOTEBOOKS = REPO / "notebooks"
+from bdlib.notebooks import NotebookError, check_parameters, notebooks, parameters, parse_value
 
 
-class RunError(RuntimeError):
+class RunError(NotebookError):
     """A run that did not finish: its message is the one paragraph the user reads; ``code`` the
     exit status (1, or 130 for Ctrl-C)."""
-
-    def __init__(self, message: str, code: int = 1) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def notebooks(names: Sequence[str] = ()) -> list[Path]:
-    """The notebooks to run: all numbered ones by default, else those named (by stem or path)."""
-    available = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
-    if not names:
-        return available
-    chosen = []
-    for name in names:
-        path = Path(name)
-        if path.suffix == ".ipynb" and path.is_file() and path.resolve().parent != NOTEBOOKS:
-            chosen.append(path.resolve())  # a notebook of the user's own, run the same way
-            continue
-        match = [
-            p
-            for p in available
-            if p == path.resolve() or p.stem == path.stem or p.stem.startswith(path.stem + "_") or p.name == name
-        ]
-        if len(match) != 1:
-            raise RunError(f"notebook {name!r} is unknown; choose from: {', '.join(p.stem for p in available)}")
-        chosen.append(match[0])
-    return chosen
-
-
-def parameters(path: Path) -> dict[str, Any]:
-    """The literals of the notebook's one cell tagged ``parameters``."""
-    nb = json.loads(path.read_text())
-    cells = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
-    if len(cells) != 1:
-        raise RunError(f"{path.name}: expected one cell tagged 'parameters', found {len(cells)}")
-    out = {}
-    for node in ast.parse("".join(cells[0]["source"])).body:
-        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
-            out[node.targets[0].id] = ast.literal_eval(node.value)
-    return out
-
-
-def parse_value(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return _Plain(text)
-
-
-class _Plain(str):
-    """A ``-p`` value that is not JSON, kept as a string (checked against the parameter's default)."""
-
-
-def check_parameters(path: Path, params: dict[str, Any], valid: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Validate ``params`` for the notebook at ``path`` before a kernel starts: known names,
-    values of the default's kind (a value that is not JSON only where the default is a string),
-    the profile and overrides (``bdlib.config.resolve``), attack / defense names, seeds.
-    Returns the parameters as plain values; raises RunError naming the parameter."""
-    from bdlib import attacks, defenses
-    from bdlib.config import ConfigError, resolve
-
-    valid = parameters(path) if valid is None else valid
-    unknown = sorted(set(params) - set(valid))
-    if unknown:
-        raise RunError(
-            f"{path.name}: parameter(s) {', '.join(unknown)} unknown; this notebook takes: {', '.join(valid)}"
-        )
-    out = {}
-    for name, value in params.items():
-        default = valid[name]
-        looks_json = isinstance(value, _Plain) and value.lstrip()[:1] in ("[", "{")
-        if isinstance(value, _Plain) and (looks_json or not (default is None or isinstance(default, str))):
-            raise RunError(
-                f"{path.name}: -p {name} {str(value)!r} is not valid JSON (strings inside a list or dict need "
-                f"double quotes); {name}'s default is {json.dumps(default)}, e.g. -p {name} '{json.dumps(default)}'"
-            )
-        out[name] = str(value) if isinstance(value, _Plain) else value
-    try:
-        resolve(str(out.get("profile", valid.get("profile"))), overrides=out.get("overrides", valid.get("overrides")))
-        for name, value in out.items():
-            if name.endswith("attacks") and value != "all":
-                for a in [value] if isinstance(value, str) else list(value):
-                    attacks.get(a)
-            elif name == "defenses" and value != "all":
-                for d in [value] if isinstance(value, str) else list(value):
-                    defenses.get(d)
-            elif name.endswith("seeds") and value is not None:
-                if not isinstance(value, list) or any(
-                    not isinstance(v, int) or isinstance(v, bool) or v < 0 for v in value
-                ):
-                    raise ConfigError(f"'{name}' must be a list of non-negative integers, got {value!r}")
-            elif isinstance(valid[name], list) and not isinstance(value, list):
-                raise ConfigError(f"'{name}' must be a list like its default {valid[name]!r}, got {value!r}")
-    except (ConfigError, ValueError, TypeError) as err:
-        raise RunError(f"{path.name}: {err}") from None
-    return out
 
 
 def parameters_position(nb: dict) -> int | None:
@@ -464,7 +366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             total += run_notebook(path, params, out, figures)
         print(f"all notebooks: {total:.1f} s; figures in {figures}", flush=True)
         return 0
-    except RunError as err:
+    except NotebookError as err:  # RunError, an unknown notebook or parameter, AssignmentError
         print(f"error: {err}", file=sys.stderr)
         return err.code
     except KeyboardInterrupt:

@@ -52,6 +52,8 @@ __all__ = [
     "CODE_SALT",
     "CORE_MODULES",
     "source_hash",
+    "module_hash",
+    "tensors_digest",
     "Entry",
     "Store",
     "StoreAccessError",
@@ -153,6 +155,25 @@ def source_hash(*relative: str) -> str:
 
 
 CODE_SALT: str = source_hash(*CORE_MODULES)
+
+
+def module_hash(fn: Callable) -> str:
+    """The source hash of the bdlib module defining ``fn`` (an attack's or defense's own file):
+    part of the key of every result that module computes."""
+    import inspect
+
+    pkg = Path(__file__).resolve().parent
+    return source_hash(Path(inspect.getfile(fn)).resolve().relative_to(pkg).as_posix())
+
+
+def tensors_digest(tensors: Mapping[str, torch.Tensor]) -> str:
+    """sha256 (first 16 hex) of named CPU tensors, e.g. a model's weights: which model a result
+    was made with, for the key of a result computed from it."""
+    h = hashlib.sha256()
+    for name, t in tensors.items():
+        h.update(name.encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def _fmt_path(path: str) -> str:

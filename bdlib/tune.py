@@ -280,11 +280,11 @@ def main(profile_name: str, names: Sequence[str] = (), out: str | None = None) -
     import sys
     from pathlib import Path
 
-    from bdlib import experiment as ex
+    from bdlib.session import setup
 
     try:
         # Progress bars on a terminal only: piped to a log, a bar per training is thousands of lines.
-        cfg = ex.setup(profile_name, progress=sys.stderr.isatty())
+        cfg = setup(profile_name, progress=sys.stderr.isatty())
         for name in names:
             defenses.get(name)
     except ValueError as err:

@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from bdlib.config import profile
 from bdlib.models import build
+from bdlib.profiles import profile
 
 N_TRAIN, N_TEST, TARGET_SHARE = 50_000, 10_000, 0.1  # CIFAR-10
 

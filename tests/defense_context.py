@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from bdlib.config import resolve
 from bdlib.defenses.base import DefenseContext
 from bdlib.models import SmallCNN
+from bdlib.profiles import resolve
 
 FAKE_METRICS = {"BA": 1.0, "ASR": 2.0, "RA": 3.0}
 
@@ -21,7 +21,7 @@ def context(params, x: torch.Tensor, y: torch.Tensor, calls: list | None = None,
     to ``calls`` (where given) and returns :data:`FAKE_METRICS`."""
     return DefenseContext(
         params=params,
-        cfg=resolve("smoke", overrides={"train.batch_size": 10}),
+        train=resolve("smoke", overrides={"train.batch_size": 10}).train,
         x_train=x,
         y_train=y,
         x_clean=x,

@@ -10,9 +10,10 @@ import torch.nn.functional as F
 from defense_context import context, tiny_cnn
 from torch import nn
 
-from bdlib.config import ConfigError, resolve
+from bdlib.config import ConfigError
 from bdlib.defenses import anp, ft, ibau, nad
 from bdlib.defenses.base import DefenseContext
+from bdlib.profiles import resolve
 
 torch.set_num_threads(1)
 

@@ -9,7 +9,8 @@ import nbformat
 import pytest
 
 from bdlib import classroom
-from bdlib.run import main, notebooks
+from bdlib.notebooks import notebooks
+from bdlib.run import main
 
 SOURCES = {p.stem: json.loads(p.read_text(encoding="utf-8")) for p in notebooks()}
 WITH_EXERCISES = [name for name, nb in SOURCES.items() if classroom.has_exercises(nb)]

@@ -2,7 +2,8 @@ import dataclasses
 
 import pytest
 
-from bdlib.config import PROFILES, ConfigError, profile, resolve
+from bdlib.config import PROFILES, ConfigError
+from bdlib.profiles import profile, resolve
 
 
 def test_every_profile_resolves_with_every_method_params():

@@ -20,7 +20,9 @@ import pytest
 import torch
 
 from bdlib import figures, progress, run
-from bdlib.config import TrainConfig, profile
+from bdlib.config import TrainConfig
+from bdlib.notebooks import check_parameters, notebooks, parse_value
+from bdlib.profiles import profile
 from bdlib.store import Store
 from bdlib.train import TrainingDiverged, fit
 
@@ -161,11 +163,11 @@ def test_bad_parameters_are_refused_before_a_kernel_starts_naming_the_field(argv
 
 
 def test_good_parameters_pass_and_a_plain_string_is_accepted_where_the_default_is_a_string():
-    nb = run.notebooks(["01"])[0]
-    out = run.check_parameters(nb, {"device": run.parse_value("cpu"), "attacks": run.parse_value("badnets")})
+    nb = notebooks(["01"])[0]
+    out = check_parameters(nb, {"device": parse_value("cpu"), "attacks": parse_value("badnets")})
     assert out == {"device": "cpu", "attacks": "badnets"} and type(out["device"]) is str
     given = {"profile": "paper", "budgets": [0.05], "budget_attacks": ["badnets"], "seeds": [0], "defenses": "all"}
-    assert run.check_parameters(run.notebooks(["06"])[0], given) == given
+    assert check_parameters(notebooks(["06"])[0], given) == given
 
 
 def test_fit_stops_at_the_first_non_finite_epoch_naming_the_stage_and_learning_rate():

@@ -6,7 +6,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from bdlib import figures  # noqa: E402
-from bdlib.config import resolve  # noqa: E402
+from bdlib.profiles import resolve  # noqa: E402
 
 
 def test_save_writes_png_pdf_without_volatile_metadata_and_records_manifest(tmp_path, monkeypatch):
@@ -60,16 +60,16 @@ def test_embedding_cache_key_follows_the_weights():
 
     import torch
 
-    from bdlib.models import SmallCNN
-    from bdlib.report import _weights_digest
+    from bdlib.models import SmallCNN, cpu_state
+    from bdlib.store import tensors_digest
 
     torch.manual_seed(0)
     a = SmallCNN(width=4)
     b = copy.deepcopy(a).to(memory_format=torch.channels_last)
-    assert _weights_digest(a) == _weights_digest(b)  # memory layout is not part of the model
+    assert tensors_digest(cpu_state(a)) == tensors_digest(cpu_state(b))  # memory layout is not part of the model
     with torch.no_grad():
         b.fc.bias[0] += 1e-3
-    assert _weights_digest(a) != _weights_digest(b)
+    assert tensors_digest(cpu_state(a)) != tensors_digest(cpu_state(b))
 
 
 def test_flagged_examples_group_poisons_by_the_defense_flags(monkeypatch):

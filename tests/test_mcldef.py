@@ -11,8 +11,9 @@ import torch
 from defense_context import context, tiny_cnn
 from torch import nn
 
-from bdlib.config import ConfigError, TrainConfig, resolve
+from bdlib.config import ConfigError, TrainConfig
 from bdlib.defenses import mcldef
+from bdlib.profiles import resolve
 from bdlib.train import fit
 
 torch.set_num_threads(1)

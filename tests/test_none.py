@@ -10,11 +10,11 @@ import math
 import pytest
 import torch
 
-from bdlib.config import profile
 from bdlib.defenses import none
 from bdlib.defenses.base import DefenseContext
 from bdlib.metrics import evaluate
 from bdlib.models import ResNet18, SmallCNN
+from bdlib.profiles import profile
 
 torch.set_num_threads(1)
 
@@ -209,7 +209,7 @@ def _tiny_run(rounds: int):
     model = SmallCNN(1, 10, width=4)
     ctx = DefenseContext(
         params=none.Params(epochs2=1, none_lr=0.01, rounds=rounds),
-        cfg=cfg,
+        train=cfg.train,
         x_train=x,
         y_train=y,
         x_clean=x[:0],

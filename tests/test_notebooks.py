@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bdlib.run import NOTEBOOKS, notebooks, parameters
+from bdlib.notebooks import NOTEBOOKS, notebooks, parameters
 
 REPO = Path(__file__).resolve().parent.parent
 ALL = notebooks()
@@ -146,12 +146,13 @@ def test_every_attack_poisons_on_smoke(smoke_run, monkeypatch):
     from poisoning_checks import assert_every_attack_poisons
 
     from bdlib import experiment as ex
+    from bdlib import session
 
     monkeypatch.setenv("BDLIB_CACHE", str(smoke_run / "cache"))
     ex.store.cache_clear()
     stored = len(list((smoke_run / "cache").glob("*/*/meta.json")))
     try:
-        assert_every_attack_poisons(ex, ex.setup("smoke", device="cpu", progress=False))
+        assert_every_attack_poisons(ex, session.setup("smoke", device="cpu", progress=False))
         # Everything came from the store the notebooks filled: nothing was recomputed here.
         assert len(list((smoke_run / "cache").glob("*/*/meta.json"))) == stored
     finally:

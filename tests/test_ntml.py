@@ -11,9 +11,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from bdlib import metrics
-from bdlib.config import ConfigError, profile, resolve
+from bdlib.config import ConfigError
 from bdlib.defenses import DefenseContext, ntml
 from bdlib.models import SmallCNN
+from bdlib.profiles import profile, resolve
 
 torch.set_num_threads(1)
 
@@ -97,7 +98,7 @@ def _tiny_ctx(**params) -> DefenseContext:
 
     return DefenseContext(
         params=ntml.Params(**params),
-        cfg=cfg,
+        train=cfg.train,
         x_train=x,
         y_train=y,
         x_clean=x[:12],

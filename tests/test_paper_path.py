@@ -23,7 +23,7 @@ from poisoning_checks import assert_every_attack_poisons
 from test_data import make_cifar10, make_cifar100
 
 from bdlib import attacks, data, defenses
-from bdlib.run import notebooks
+from bdlib.notebooks import notebooks
 
 REPO = Path(__file__).resolve().parent.parent
 SEEDS = [0]
@@ -165,6 +165,7 @@ def test_every_attack_and_defense_ran_on_resnet18_with_3x32x32_inputs(paper_run)
 
 def test_each_attacks_trigger_changes_the_images(paper_run, monkeypatch):
     from bdlib import experiment as ex
+    from bdlib import session
 
     monkeypatch.setenv("BDLIB_DATA", str(paper_run / "data"))
     monkeypatch.setenv("BDLIB_CACHE", str(paper_run / "cache"))
@@ -173,7 +174,7 @@ def test_each_attacks_trigger_changes_the_images(paper_run, monkeypatch):
     ex._run_data.cache_clear()
     stored = len(list((paper_run / "cache").glob("*/*/meta.json")))
     try:
-        cfg = ex.setup("paper", device="cpu", overrides=OVERRIDES, progress=False)
+        cfg = session.setup("paper", device="cpu", overrides=OVERRIDES, progress=False)
         assert ex.run_data(cfg).shape == (3, 32, 32)
         assert_every_attack_poisons(ex, cfg)
         # Every trigger came from the store the notebooks filled: nothing was recomputed here.
@@ -214,11 +215,11 @@ def tiny_data(tmp_path, monkeypatch):
 
 
 def test_setup_names_every_missing_dataset_in_one_message(tiny_data):
-    from bdlib import experiment as ex
+    from bdlib import session
 
     tiny_data.mkdir()
     with pytest.raises(data.DataNotFound) as err:
-        ex.setup("paper", device="cpu", overrides=OVERRIDES)
+        session.setup("paper", device="cpu", overrides=OVERRIDES)
     msg = str(err.value)
     assert msg.startswith("profile 'paper' needs data that is not here") and f"BDLIB_DATA={tiny_data}" in msg
     for title, folder, files in (
@@ -229,33 +230,34 @@ def test_setup_names_every_missing_dataset_in_one_message(tiny_data):
     write_data(tiny_data, cifar100=False)
     data.clear_cache()
     # BadNets alone does not need CIFAR-100; every attack (Narcissus' surrogate) does.
-    cfg = ex.setup("paper", device="cpu", overrides=OVERRIDES, attack_names=["badnets"])
-    assert ex.required_datasets(cfg, ["badnets"]) == ["cifar10"]
-    assert ex.required_datasets(cfg) == ["cifar10", "cifar100"]
+    cfg = session.setup("paper", device="cpu", overrides=OVERRIDES, attack_names=["badnets"])
+    assert session.required_datasets(cfg, ["badnets"]) == ["cifar10"]
+    assert session.required_datasets(cfg) == ["cifar10", "cifar100"]
     with pytest.raises(data.DataNotFound, match="CIFAR-100 not found"):
-        ex.setup("paper", device="cpu", overrides=OVERRIDES)
+        session.setup("paper", device="cpu", overrides=OVERRIDES)
     with pytest.raises(ValueError, match="badnet.*choose one of"):
-        ex.setup("paper", device="cpu", overrides=OVERRIDES, attack_names=["badnet"])
+        session.setup("paper", device="cpu", overrides=OVERRIDES, attack_names=["badnet"])
 
 
 def test_paper_on_the_cpu_warns_with_an_estimate(tiny_data):
-    from bdlib import experiment as ex
+    from bdlib import session
 
     write_data(tiny_data)
     with pytest.warns(
         UserWarning, match=r"profile 'paper' on the CPU: .* 100 epochs x 50,000 images\) takes about \d+ h"
     ):
-        ex.setup("paper", device="cpu", overrides={"n_train": 50000})
-    cfg = ex.setup("paper", device="cpu", overrides=OVERRIDES)  # shrunk: no warning needed
-    assert ex.cpu_estimate(cfg) is None
+        session.setup("paper", device="cpu", overrides={"n_train": 50000})
+    cfg = session.setup("paper", device="cpu", overrides=OVERRIDES)  # shrunk: no warning needed
+    assert session.cpu_estimate(cfg) is None
 
 
 def test_describe_prints_the_seeds_used_and_new_model_keeps_the_global_rng(tiny_data):
     from bdlib import experiment as ex
+    from bdlib import session
     from bdlib.report import describe, seed_list
 
     write_data(tiny_data)
-    cfg = ex.setup("paper", device="cpu", overrides=OVERRIDES)
+    cfg = session.setup("paper", device="cpu", overrides=OVERRIDES)
     assert "seeds [0, 1, 2]" in describe(cfg)
     text = describe(cfg, ["none"], seed_list(cfg, [7, 3]))
     assert "seeds [7, 3]" in text and "seeds [0, 1, 2]" not in text

@@ -44,7 +44,7 @@ def test_figures_save_writes_a_smoke_figure_under_build_not_figures(tmp_path, mo
     import matplotlib.pyplot as plt
 
     from bdlib import figures
-    from bdlib.config import resolve
+    from bdlib.profiles import resolve
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("BDLIB_FIGURES", raising=False)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from bdlib import defenses, tune
-from bdlib.config import PROFILES, ConfigError, profile, resolve
+from bdlib.config import PROFILES, ConfigError
+from bdlib.profiles import profile, resolve
 
 
 def row(defense, setting, attack, seed, cost, asr, der=0.5):

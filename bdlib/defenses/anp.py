@@ -182,7 +182,7 @@ def prune_by_mask(model: nn.Module, masks: dict[str, torch.Tensor], threshold: f
 def run(model: nn.Module, ctx: DefenseContext) -> Defended:
     """Optimise the masks on the clean subset, then prune ``model`` (in place) by them."""
     p: Params = ctx.params
-    t = ctx.cfg.train
+    t = ctx.train
     names, masks, losses = optimize_masks(model, ctx.x_clean, ctx.y_clean, p, t.crop_pad, t.flip, ctx.seed)
     by_name = dict(zip(names, masks))
     pruned = prune_by_mask(model, by_name, p.threshold)

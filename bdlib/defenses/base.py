@@ -1,9 +1,11 @@
 """What every defense shares: its context (what the defender is given) and its result.
 
 A defense is one function ``run(model, ctx) -> Defended``. ``ctx`` holds exactly what the
-threat model grants it (the poisoned training set, the small clean subset); the test set and
-trigger are only reachable through ``ctx.evaluate``, which a defense calls to *record*
-per-epoch metrics for the notebooks, never to make a decision.
+threat model grants it (the poisoned training set, the small clean subset) and the standard
+training settings; never the run's Config, so neither the target class nor the attack's
+parameters are within reach. The test set and trigger are only reachable through
+``ctx.evaluate``, which a defense calls to *record* per-epoch metrics for the notebooks, never
+to make a decision.
 """
 
 from __future__ import annotations
@@ -14,13 +16,13 @@ from typing import Any, Callable, Literal, Mapping
 import torch
 from torch import nn
 
-from bdlib.config import Config
+from bdlib.config import TrainConfig
 
 
 @dataclass(frozen=True)
 class DefenseContext:
     params: Any  # the defense's Params
-    cfg: Config
+    train: TrainConfig  # the profile's standard training (epochs, batch sizes, optimiser)
     x_train: torch.Tensor  # the poisoned training set (uint8) as the victim trained on it
     y_train: torch.Tensor
     x_clean: torch.Tensor  # the defender's clean subset (uint8)

@@ -39,7 +39,7 @@ def run(model: nn.Module, ctx: DefenseContext) -> Defended:
         model,
         ctx.x_clean,
         ctx.y_clean,
-        ctx.cfg.train,
+        ctx.train,
         seed=ctx.seed,
         bn_eval=p.bn_eval,
         progress=ctx.progress,

@@ -258,7 +258,7 @@ def run(model: nn.Module, ctx: DefenseContext) -> Defended:
         model,
         ctx.x_clean,
         ctx.y_clean,
-        ctx.cfg.train,
+        ctx.train,
         seed=ctx.seed,
         loss_fn=make_loss(frozen, mask.to(device), pattern.to(device), p.tau, p.ce_weight),
         schedule=schedule,

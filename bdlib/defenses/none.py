@@ -291,7 +291,7 @@ def run(model: nn.Module, ctx: DefenseContext) -> Defended:
     removed = torch.zeros(len(ctx.x_train), dtype=torch.bool)
     for rnd in range(p.rounds):
         acts, probs = activations(
-            model, ctx.x_train, layers, ctx.cfg.train.eval_batch_size, read_points(model, layers, p.downsample_after_bn)
+            model, ctx.x_train, layers, ctx.train.eval_batch_size, read_points(model, layers, p.downsample_after_bn)
         )
         scores = {name: channel_scores(acts[name], probs, p.strong, p.weak, p.std_k) for name in layers}
         selection = {}
@@ -309,7 +309,7 @@ def run(model: nn.Module, ctx: DefenseContext) -> Defended:
             model,
             ctx.x_train[keep],
             ctx.y_train[keep],
-            ctx.cfg.train,
+            ctx.train,
             seed=ctx.seed + rnd,
             lr=p.none_lr,
             epochs=p.epochs2,

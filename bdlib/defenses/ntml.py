@@ -193,7 +193,7 @@ def nt_stage(model: nn.Module, ctx: DefenseContext) -> tuple[nn.ModuleDict, list
     """
     p: Params = ctx.params
     m0 = model.eval()
-    z0_all = logits(m0, ctx.x_train, ctx.cfg.train.eval_batch_size)
+    z0_all = logits(m0, ctx.x_train, ctx.train.eval_batch_size)
     given = z0_all[torch.arange(len(ctx.y_train)), ctx.y_train.cpu()]
     isolated, estimated = isolate(given, ctx.y_train.cpu(), p.isolate, p.reading == "estimated")
     isolated = isolated.to(ctx.y_train.device)
@@ -215,7 +215,7 @@ def nt_stage(model: nn.Module, ctx: DefenseContext) -> tuple[nn.ModuleDict, list
         pair,
         ctx.x_train,
         ctx.y_train,
-        ctx.cfg.train,
+        ctx.train,
         seed=ctx.seed,
         loss_fn=loss_fn,
         progress=ctx.progress,
@@ -257,7 +257,7 @@ def ml_stage(pair: nn.ModuleDict, ctx: DefenseContext) -> list[dict]:
         pair,
         ctx.x_clean,
         ctx.y_clean,
-        ctx.cfg.train,
+        ctx.train,
         seed=ctx.seed,
         loss_fn=loss_fn,
         on_epoch=(lambda e, m: _record(m, ctx)) if p.ml_curve else None,
