@@ -4,7 +4,8 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.bdlib-installed
+# The stamp names the extras installed: a .venv made before an extra was added is brought up to date.
+STAMP  := $(VENV)/.bdlib-installed-dev-dask-classroom
 PROFILE ?= quick
 
 .PHONY: figures test lint bench setup data clean-cache
@@ -34,7 +35,7 @@ setup: $(STAMP) data
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,dask]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,dask,classroom]'
 	touch $@
 
 # Fashion-MNIST: found under $$BDLIB_DATA or from Debian's dataset-fashion-mnist; installed with

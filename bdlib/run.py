@@ -2,7 +2,7 @@
 
     python -m bdlib run [NOTEBOOK ...] --profile quick [-p name value ...]
     python -m bdlib params NOTEBOOK
-    python -m bdlib assignments [NOTEBOOK ...] [--out student/] [--repo-url URL] [--profile smoke]
+    python -m bdlib assignments [NOTEBOOK ...] [--course course/] [--assignment ps1] [--repo-url URL]
     python -m bdlib tune --profile quick [DEFENSE ...]
 
 Executed copies go to ``build/executed/`` of the user's project (never over the sources);
@@ -288,13 +288,19 @@ def _assignments(args: argparse.Namespace) -> int:
     from bdlib import classroom
 
     url = args.repo_url or classroom.default_repo_url()
-    args.out = args.out or paths.project_dir() / "student"
-    written = classroom.write_assignments(
-        notebooks(args.notebooks), args.out, url, args.profile, chosen=bool(args.notebooks)
+    course = args.course or paths.project_dir() / "course"
+    written = classroom.write_course(
+        notebooks(args.notebooks), course, args.assignment, url, args.profile, chosen=bool(args.notebooks)
     )
-    for path in written:
-        titles = classroom.exercise_titles(json.loads(path.read_text(encoding="utf-8")))
-        print(f"{path}: {len(titles)} exercise(s)")
+    exercises, *copies = written
+    titles = classroom.exercise_titles(json.loads(exercises.read_text(encoding="utf-8")))
+    print(f"{exercises}: {len(titles)} exercise(s), with their solutions and hidden tests (nbgrader's source)")
+    for path in copies:
+        print(f"{path}: the whole notebook for students, profile {args.profile}, not graded")
+    print(
+        f"next, in {course}: nbgrader generate_assignment {args.assignment}, then release, collect, autograde "
+        "(README, 'For instructors')"
+    )
     if url == classroom.PLACEHOLDER_URL:
         print(
             "note: no --repo-url and no http(s) git remote 'origin': the Colab cell holds a placeholder URL "
@@ -331,9 +337,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     par = sub.add_parser("params", help="list a notebook's parameters and defaults")
     par.add_argument("notebook")
-    asg = sub.add_parser("assignments", help="write student copies of the notebooks with exercises")
+    asg = sub.add_parser(
+        "assignments", help="write an nbgrader course: the exercises to grade, the whole notebooks for students"
+    )
     asg.add_argument("notebooks", nargs="*", help="notebook names or stems (default: all with exercises)")
-    asg.add_argument("--out", type=Path, default=None, help="default: student/ of the project you work in")
+    asg.add_argument(
+        "--course", type=Path, default=None, help="the nbgrader course directory (default: course/ of the project)"
+    )
+    asg.add_argument("--assignment", default="ps1", help="the nbgrader assignment's name (default ps1)")
     asg.add_argument("--repo-url", help="what the Colab cell installs bdlib from (default: git remote origin)")
     asg.add_argument("--profile", default="smoke", help="the student copies' default profile (default smoke)")
     tun = sub.add_parser("tune", help="run the comparison protocol: every defense's grid on the tuning seeds")
