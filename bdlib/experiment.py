@@ -19,7 +19,7 @@ from torch import nn
 from bdlib import attacks, data, defenses, metrics, models, progress
 from bdlib.attacks.base import Poisoned, Trigger, TriggerContext
 from bdlib.config import Config, as_dict
-from bdlib.defenses.base import DefenseContext
+from bdlib.defenses.base import DefenseContext, record_from_store, record_to_store
 from bdlib.store import Store, module_hash, tensors_digest
 from bdlib.train import features, fit, seed_everything, select_device
 
@@ -292,11 +292,14 @@ def clean_subset(cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
 
 @dataclass
 class DefenseRun(ModelRun):
+    """A defended model (``metrics``: after the defense, with DER), the undefended model's
+    metrics (``before``), the config it ran under, and the defense's own ``Record`` (flagged
+    samples, inverted triggers, stage models, per-epoch rows: see each defense's module)."""
+
     defense: str
     before: dict[str, float]
-    history: list[dict]
-    tensors: dict[str, torch.Tensor]
-    info: dict
+    cfg: Config
+    record: Any
 
 
 def defend(cfg: Config, defense: str) -> DefenseRun:
@@ -330,11 +333,11 @@ def defend(cfg: Config, defense: str) -> DefenseRun:
 
         def compute_stage():
             found, meta = stage()
-            models = {role: m for role, m in found.items() if not isinstance(m, torch.Tensor)}
+            nets = {role: m for role, m in found.items() if not isinstance(m, torch.Tensor)}
             arrays = {role: t.detach().cpu() for role, t in found.items() if isinstance(t, torch.Tensor)}
-            tensors = {f"{role}.{k}": v for role, m in models.items() for k, v in models.cpu_state(m).items()}
+            tensors = {f"{role}.{k}": v for role, m in nets.items() for k, v in models.cpu_state(m).items()}
             tensors.update({f"tensor.{role}": t for role, t in arrays.items()})
-            return tensors, {"meta": meta, "roles": sorted(models), "tensor_roles": sorted(arrays)}
+            return tensors, {"meta": meta, "roles": sorted(nets), "tensor_roles": sorted(arrays)}
 
         e = store().get_or_compute("defense_stage", full, compute_stage)
         loaded = {role: _load_model(cfg, _under(e.tensors, role)) for role in e.meta["roles"]}
@@ -364,43 +367,34 @@ def defend(cfg: Config, defense: str) -> DefenseRun:
             out = dfn.run(_load_model(cfg, models.cpu_state(victim.model)), ctx)
         seconds = time.perf_counter() - start
         after = evaluate(out.model)
+        record_tensors, record_meta = record_to_store(out.record)
         meta = {
             "metrics": after,
             "before": victim.metrics,
             "DER": metrics.der(victim.metrics, after),
-            "history": out.history,
-            "info": out.info,
             "seconds": seconds,
-            "record_keys": sorted(out.tensors),
+            "record": record_meta,
         }
         tensors = {f"model.{k}": v for k, v in models.cpu_state(out.model).items()}
-        tensors.update({f"record.{k}": v.detach().cpu().contiguous() for k, v in out.tensors.items()})
+        tensors.update({f"record.{k}": v for k, v in record_tensors.items()})
         return tensors, meta
 
     e = store().get_or_compute("defended_model", spec, compute)
-    model_state, record = _under(e.tensors, "model"), _under(e.tensors, "record")
+    record = record_from_store(
+        dfn.Record, _under(e.tensors, "record"), e.meta["record"], functools.partial(_load_model, cfg)
+    )
     after = dict(e.meta["metrics"], DER=e.meta["DER"])
     return DefenseRun(
         e.key,
-        _load_model(cfg, model_state),
+        _load_model(cfg, _under(e.tensors, "model")),
         after,
         e.meta["seconds"],
         e.meta,
         defense,
         e.meta["before"],
-        e.meta["history"],
+        cfg,
         record,
-        e.meta["info"],
     )
-
-
-def record_model(cfg: Config, run: DefenseRun, role: str) -> nn.Module:
-    """A model a defense kept in its record under ``role`` (e.g. NT-ML's ``nt_student``)."""
-    state = _under(run.tensors, role)
-    if not state:
-        roles = sorted({k.split(".")[0] for k in run.tensors})
-        raise ValueError(f"{run.defense} recorded no model {role!r}; it recorded: {', '.join(roles)}")
-    return _load_model(cfg, state)
 
 
 def feature_embedding(cfg: Config, n: int = 1500, poisoned_n: int = 150, model: nn.Module | None = None) -> dict:

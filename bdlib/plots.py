@@ -247,7 +247,7 @@ def metric_panels(
 def curves(
     records: Sequence[Mapping],
     x: str,
-    series: Mapping[str, str],
+    series: str = "series",
     metrics: Sequence[str] = ("BA", "ASR", "RA"),
     reference: Mapping[str, Mapping] | None = None,
     title: str = "",
@@ -256,17 +256,19 @@ def curves(
 ) -> plt.Figure:
     """BA / ASR / RA against ``x``, one panel per metric, one line per series.
 
-    ``series`` maps a legend label to the key prefix in each record (``"student_"`` reads
-    ``student_ASR``; ``""`` reads ``ASR``). Several records at one x (seeds) give mean ± std bands.
+    ``records`` are long rows: each holds its x value, its line's legend label in the ``series``
+    column (lines in order of first appearance) and its metrics, e.g. ``{"epoch": 3, "series":
+    "student", "BA": 80.1, "ASR": 4.2}``. Several records at one x (seeds) give mean ± std bands.
     ``reference`` draws a dashed horizontal line per label (e.g. fine-tuning, undefended).
     """
     import pandas as pd
 
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.2), squeeze=False)
-    palette = sns.color_palette("colorblind", len(series) + len(reference or {}))
+    lines = list(dict.fromkeys(r[series] for r in records))
+    palette = sns.color_palette("colorblind", len(lines) + len(reference or {}))
     for ax, m in zip(axes[0], metrics):
-        for i, (label, prefix) in enumerate(series.items()):
-            df = pd.DataFrame([{"x": r[x], "v": r[prefix + m]} for r in records if prefix + m in r])
+        for i, label in enumerate(lines):
+            df = pd.DataFrame([{"x": r[x], "v": r[m]} for r in records if r[series] == label and m in r])
             if df.empty:
                 continue
             g = df.groupby("x")["v"].agg(["mean", "std"]).reset_index().fillna(0.0)
@@ -274,7 +276,7 @@ def curves(
             ax.fill_between(g["x"], g["mean"] - g["std"], g["mean"] + g["std"], color=palette[i], alpha=0.18)
         for j, (label, values) in enumerate((reference or {}).items()):
             if m in values:
-                ax.axhline(values[m], ls="--", lw=1.2, color=palette[len(series) + j], label=label)
+                ax.axhline(values[m], ls="--", lw=1.2, color=palette[len(lines) + j], label=label)
         ax.set_title(m), ax.set_ylim(-3, 103), ax.set_xlabel(xlabel or x)
         if logx:
             # Ticks at the measured x values, plainly labelled: log-axis minor labels collide.

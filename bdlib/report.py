@@ -1,7 +1,9 @@
-"""What notebooks show: tables and summaries read from the cached results.
+"""What notebooks show: tables, summaries and figure rows read from the cached results.
 
 Nothing here computes or stores a result (that is ``bdlib.experiment``), so editing a table does
-not invalidate the store.
+not invalidate the store. Defense results are read through each defense's typed ``Record``
+(``run.record.flagged``, ``run.record.mask``, ...). Rows for :func:`bdlib.plots.curves` are
+long: one row per x value and line, the line's legend label in ``"series"``.
 """
 
 from __future__ import annotations
@@ -11,14 +13,14 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from bdlib import attacks, defenses, metrics, tune
+from bdlib import attacks, claims, defenses, grid, metrics, tune
 from bdlib.config import Config, as_dict, override
 from bdlib.experiment import (
     DefenseRun,
     clean_model,
     defend,
+    feature_embedding,
     poisoned_model,
-    record_model,
     run_data,
     trigger,
     with_run,
@@ -171,16 +173,16 @@ def defense_rows(
     return rows, runs
 
 
-def flagged_examples(cfg: Config, run: DefenseRun, n: int = 8) -> tuple[dict, dict, dict[str, int]]:
+def flagged_examples(run: DefenseRun, n: int = 8) -> tuple[dict, dict, dict[str, int]]:
     """Poisoned training images a defense flagged ("caught") and did not ("missed").
 
-    ``run`` is the defense's result on ``cfg``'s attack and seed, with a ``flagged`` record.
-    Returns up to ``n`` images per group for :func:`bdlib.plots.image_rows`, their true classes
-    as captions, and the missed poisons counted by true class.
+    ``run``'s record has a ``flagged`` sample mask (NONE's). Returns up to ``n`` images per group
+    for :func:`bdlib.plots.image_rows`, their true classes as captions, and the missed poisons
+    counted by true class.
     """
-    d = run_data(cfg)
-    poisoned = poisoned_model(cfg).poisoned
-    flagged = run.tensors["flagged"]
+    d = run_data(run.cfg)
+    poisoned = poisoned_model(run.cfg).poisoned
+    flagged = run.record.flagged
     groups = {"caught": poisoned.poison_idx & flagged, "missed": poisoned.poison_idx & ~flagged}
     rows, captions = {}, {}
     for label, mask in groups.items():
@@ -252,8 +254,6 @@ def extra_seed_cells(rows: Sequence[dict], seeds: Sequence[int], clean_fraction:
     """Grid cells that add ``seeds`` to every attack × defense cell whose seeds disagree by more
     than ``claims.SPREAD`` ASR points (with the undefended model of those attacks and seeds),
     so such a cell's verdict rests on more seeds; the rule is the same for every defense."""
-    from bdlib import claims, grid
-
     spread = claims.spread_out_cells(rows)
     have = {(r["attack"], r["defense"], r["seed"]) for r in rows}
     out = []
@@ -355,7 +355,7 @@ def reading_diagnosis(cfg: Config, names: Sequence[str], seeds: Sequence[int], r
             for r in readings:
                 setting = tune.variant_setting({"reading": r, "ml_data": "clean"})
                 run = defend(override(c, {f"defenses.ntml.{k}": v for k, v in setting.items()}), "ntml")
-                models[f"NT student ({r})"] = record_model(c, run, "nt_student")
+                models[f"NT student ({r})"] = run.record.nt_student
                 models[f"final ({r})"] = run.model
             rows += target_scores(c, models)
     return rows
@@ -406,3 +406,288 @@ def ml_effect(rows: Sequence[dict]):
             }
         )
     return pd.DataFrame(out).set_index("attack")
+
+
+# --- helpers behind the notebooks' cells: each turns cached results into the rows a figure or
+# --- a metrics file takes, so that a cell is a call, a plot and a save.
+
+
+def class_names(cfg: Config) -> tuple[str, ...]:
+    """The dataset's class names."""
+    return run_data(cfg).classes
+
+
+def attack_embeddings(cfg: Config, names: Sequence[str], prefer: Sequence[str] = ("badnets", "sig", "narcissus")):
+    """t-SNE panels (:func:`bdlib.plots.embeddings`) of the poisoned models of the first two of
+    ``prefer`` that were run (else of the first attack)."""
+    shown = [n for n in prefer if n in names][:2] or list(names[:1])
+    return [{"title": n, **feature_embedding(with_run(cfg, attack=n))} for n in shown]
+
+
+def before_after_embeddings(run: DefenseRun, label: str) -> list[dict]:
+    """t-SNE panels of the backdoored model and of ``run``'s defended model (titled ``label``)."""
+    return [
+        {"title": "backdoored", **feature_embedding(run.cfg)},
+        {"title": label, **feature_embedding(run.cfg, model=run.model)},
+    ]
+
+
+def per_attack(rows: Sequence[dict]) -> dict[str, dict[str, dict[str, list[float]]]]:
+    """:func:`summarize` of each attack's rows: ``{attack: {model: {metric: [mean, std]}}}``."""
+    return {a: summarize([r for r in rows if r["attack"] == a]) for a in dict.fromkeys(r["attack"] for r in rows)}
+
+
+def per_attack_table(summary: dict[str, dict[str, dict[str, list[float]]]]):
+    """:func:`per_attack`'s summary as one :func:`summary_table`, rows ``attack · model``."""
+    return summary_table({f"{a} · {m}": v for a, by_model in summary.items() for m, v in by_model.items()})
+
+
+def means(rows: Sequence[dict], attack: str, model: str) -> dict[str, float]:
+    """The mean BA / ASR / RA over seeds of one attack's ``model`` rows (rounded as :func:`summarize`)."""
+    mine = [r for r in rows if r["attack"] == attack and r["model"] == model]
+    return {k: v[0] for k, v in summarize(mine)[model].items()}
+
+
+def ledger(cfg: Config, defense: str, names: Sequence[str], seeds: Sequence[int]) -> list:
+    """The claims ledger of ``defense`` on the grid of ``names`` × ``seeds`` at the profile's budget."""
+    cells = grid.cells(names, [grid.UNDEFENDED, defense], seeds, [cfg.clean_fraction])
+    return claims.ledger(grid.run(cfg, cells), defense=defense)
+
+
+def table(rows: Sequence[dict]):
+    """Rows as a pandas table, for display."""
+    import pandas as pd
+
+    return pd.DataFrame(rows)
+
+
+# --- NT-ML (notebooks 02 and 03)
+
+
+def nt_stage_rows(runs: dict[tuple[str, int], DefenseRun]) -> list[dict]:
+    """BA / ASR / RA of M0, the NT teacher (unless it is M0) and the NT student, per NT-ML run."""
+    rows = []
+    for (a, s), run in runs.items():
+        rec = run.record
+        models = {"poisoned": rec.poisoned, "nt teacher": rec.nt_teacher_metrics, "nt student": rec.nt_student_metrics}
+        if run.cfg.defenses["ntml"].teacher == "poisoned":  # the NT teacher is M0 itself
+            del models["nt teacher"]
+        rows += [{"attack": a, "seed": s, "model": m, **v} for m, v in models.items()]
+    return rows
+
+
+def nt_confidences(run: DefenseRun) -> dict:
+    """:func:`confidences` of M0, the KD teacher and the NT student of an NT-ML run (the KD
+    teacher from the same run with ``teacher="kd"`` when the run's teacher is M0)."""
+    c = run.cfg
+    kd = run if c.defenses["ntml"].teacher == "kd" else defend(override(c, {"defenses.ntml.teacher": "kd"}), "ntml")
+    named = {
+        "poisoned model M0": poisoned_model(c).model,
+        "KD teacher": kd.record.nt_teacher,
+        "NT student": run.record.nt_student,
+    }
+    return confidences(c, named)
+
+
+def tau_rows(run: DefenseRun, taus: Sequence[float]) -> list[dict]:
+    """Per τ, the NT student's and the final student's BA / ASR / RA (``series`` rows), on ``run``'s
+    attack and seed."""
+    rows = []
+    for tau in taus:
+        rt = defend(override(run.cfg, {"defenses.ntml.tau": tau}), "ntml")
+        rows.append({"tau": tau, "series": "NT student", **rt.record.nt_student_metrics})
+        rows.append({"tau": tau, "series": "after ML (final)", **rt.metrics})
+    return rows
+
+
+def ml_epoch_rows(runs: Sequence[DefenseRun]) -> list[dict]:
+    """Student and teacher BA / ASR / RA per ML epoch of NT-ML runs made with ``ml_curve``; epoch 0
+    is the NT stage's pair."""
+    rows = []
+    for run in runs:
+        rec = run.record
+        rows.append({"epoch": 0, "series": "student", **rec.nt_student_metrics})
+        rows.append({"epoch": 0, "series": "teacher", **rec.nt_teacher_metrics})
+    for run in runs:
+        for h in run.record.ml_history:
+            rows += [{"epoch": h["epoch"], "series": role, **h[role]} for role in ("student", "teacher") if role in h]
+    return rows
+
+
+def budget_rows(cfg: Config, attack: str, budgets: Sequence[float], seeds: Sequence[int]) -> list[dict]:
+    """NT-ML and fine-tuning at each clean-data budget (fraction of the training set) and seed."""
+    rows = []
+    for b in budgets:
+        for s in seeds:
+            cb = override(with_run(cfg, attack=attack, seed=s), {"clean_fraction": b})
+            nt, ft = defend(cb, "ntml"), defend(cb, "ft")
+            rows.append({"clean %": 100 * b, "seed": s, "series": "NT-ML", **nt.metrics})
+            rows.append({"clean %": 100 * b, "seed": s, "series": "fine-tuning", **ft.metrics})
+    return rows
+
+
+def ntml_ablation(cfg: Config, attack: str, seed: int) -> list[dict]:
+    """NT-ML's free choices one at a time (the other teacher, τ = 2, λ = 0 and 2) beside its
+    default and fine-tuning on the same clean data, on one attack and seed."""
+    other = {"kd": ("teacher = M0", "poisoned"), "poisoned": ("teacher = KD", "kd")}[cfg.defenses["ntml"].teacher]
+    variants = {
+        "default": {},
+        other[0]: {"defenses.ntml.teacher": other[1]},
+        "τ = 2": {"defenses.ntml.tau": 2.0},
+        "λ = 0": {"defenses.ntml.lam": 0.0},
+        "λ = 2": {"defenses.ntml.lam": 2.0},
+    }
+    c0 = with_run(cfg, attack=attack, seed=seed)
+    rows = [{"variant": k, **defend(override(c0, v), "ntml").metrics} for k, v in variants.items()]
+    return rows + [{"variant": "fine-tuning", **defend(c0, "ft").metrics}]
+
+
+def variant_choice(cfg: Config, variant: dict) -> str:
+    """One line: the NT-ML variant the protocol's rule chooses, and the one the profile runs."""
+    current = tune.label({k: getattr(cfg.defenses["ntml"], k) for k in tune.VARIANT_FIELDS})
+    return (
+        f"the rule chooses {variant['setting']} (within the BA bar: {variant['qualified']}); the profile runs {current}"
+    )
+
+
+# --- NONE (notebook 04)
+
+
+def detection_rows(runs: dict[tuple[str, int], DefenseRun]) -> list[dict]:
+    """Precision / recall of each run's flagged samples against the true poison index."""
+    rows = []
+    for (a, s), run in runs.items():
+        truth = poisoned_model(run.cfg).poisoned.poison_idx
+        rows.append(
+            {"attack": a, "seed": s, **metrics.detection(run.record.flagged, truth), "poisoned": int(truth.sum())}
+        )
+    return rows
+
+
+def detection_table(rows: Sequence[dict]):
+    """:func:`detection_rows` averaged per attack, as a pandas table."""
+    import pandas as pd
+
+    df = pd.DataFrame(rows)
+    return df.groupby("attack", sort=False)[["precision", "recall", "flagged", "poisoned"]].mean().round(1)
+
+
+def round_rows(runs: dict[tuple[str, int], DefenseRun], label: str = "NONE") -> list[dict]:
+    """Per NONE run, BA / ASR / RA after each round; round 0 is the undefended model."""
+    rows = [{"round": 0, **run.before, "attack": a, "series": label} for (a, s), run in runs.items()]
+    return rows + [{**h, "attack": a, "series": label} for (a, s), run in runs.items() for h in run.record.rounds]
+
+
+# --- MCLDef (notebook 05)
+
+
+def inversion_rows(runs: dict[tuple[str, int], DefenseRun], seed: int) -> list[dict]:
+    """Per attack (the runs of ``seed``): true trigger, inverted mask and pattern, mask norms per
+    class, true and detected target (:func:`bdlib.plots.inversion_panels`)."""
+    rows = []
+    for (a, s), run in runs.items():
+        if s != seed:
+            continue
+        d, rec = run_data(run.cfg), run.record
+        x0 = d.x_test[d.y_test != run.cfg.target][:1]
+        diff = poisoned_model(run.cfg).test_trigger(x0)[0].float() - x0[0].float()
+        rows.append(
+            {
+                "attack": a,
+                "true_diff": diff,
+                "mask": rec.mask,
+                "pattern": rec.pattern,
+                "norms": rec.mask_norms.tolist(),
+                "target": run.cfg.target,
+                "detected": rec.target,
+            }
+        )
+    return rows
+
+
+def mcldef_epoch_rows(runs: Sequence[DefenseRun], label: str = "MCLDef") -> list[dict]:
+    """BA / ASR / RA per purification epoch of MCLDef runs made with ``curve`` (epoch 0: before)."""
+    return [{**h, "series": label} for run in runs for h in run.record.epochs]
+
+
+def target_detection(runs: dict[tuple[str, int], DefenseRun]) -> list[dict]:
+    """Per MCLDef run: the class it purified against, the true target, and whether it was sure."""
+    return [
+        {
+            "attack": a,
+            "seed": s,
+            "detected": r.record.target,
+            "true": r.cfg.target,
+            "confident": r.record.detection_confident,
+        }
+        for (a, s), r in runs.items()
+    ]
+
+
+# --- the comparison (notebook 06)
+
+
+def tuning_intro(cfg: Config, seeds: Sequence[int]) -> str:
+    """What the comparison protocol tunes on."""
+    t = cfg.tuning
+    return (
+        f"tuning seeds {list(t.seeds)} (reported: {list(seeds)}), attacks {list(t.attacks)}, "
+        f"BA-cost bar {t.max_cost:g} points"
+    )
+
+
+def protocol_note(cfg: Config, chosen: dict) -> str:
+    """Where the profile's settings differ from the protocol's choices (or that they agree)."""
+    return (
+        "\n".join(tune.profile_mismatches(cfg, chosen)) or f"profile {cfg.profile} holds every choice of the protocol"
+    )
+
+
+def extra_seeds_note(extra: Sequence, seeds: Sequence[int]) -> str:
+    """Which attack × defense cells :func:`extra_seed_cells` added ``seeds`` to."""
+    spread = sorted({f"{x.attack} × {x.defense}" for x in extra if x.defense != grid.UNDEFENDED}) or "none"
+    return f"cells whose seeds disagree by more than {claims.SPREAD:g} ASR points, run on seeds {seeds} too: {spread}"
+
+
+def attacks_among(spec: str | Sequence[str], names: Sequence[str]) -> list[str]:
+    """The attacks of ``spec`` (validated) that are among ``names``."""
+    return [a for a in attack_names(spec) if a in names]
+
+
+def clean_data_defenses(names: Sequence[str]) -> list[str]:
+    """The defenses of ``names`` that are given the clean subset (their results depend on its size)."""
+    return [d for d in names if "clean" in defenses.get(d).uses]
+
+
+def budget_cells(
+    cfg: Config,
+    names: Sequence[str],
+    dnames: Sequence[str],
+    seeds: Sequence[int],
+    budgets: Sequence[float],
+    reported: Sequence[int],
+) -> list:
+    """Grid cells of the clean-budget comparison that the main grid (the profile's budget, the
+    ``reported`` seeds) does not already hold."""
+    cells = grid.cells(names, dnames, seeds, budgets)
+    return [x for x in cells if x.clean_fraction != cfg.clean_fraction or x.seed not in reported]
+
+
+def budget_curve_rows(rows: Sequence[dict], attack: str, dnames: Sequence[str], seeds: Sequence[int]) -> list[dict]:
+    """Grid rows of one attack, the ``dnames`` defenses and ``seeds`` as :func:`bdlib.plots.curves`
+    rows against ``clean %``, one line per defense (in the order of ``dnames``)."""
+    return [
+        {"clean %": 100 * r["clean_fraction"], "series": d, **{k: r[k] for k in ("BA", "ASR", "RA")}}
+        for d in dnames
+        for r in rows
+        if r["attack"] == attack and r["defense"] == d and r["seed"] in seeds
+    ]
+
+
+def defense_summary(rows: Sequence[dict], names: Sequence[str], dnames: Sequence[str]) -> dict:
+    """``{attack: {defense: {metric: (mean, std)}}}`` of BA / ASR / RA / DER over grid rows."""
+    keys = ("BA", "ASR", "RA", "DER")
+    return {
+        a: {d: metrics.mean_std([r for r in rows if r["attack"] == a and r["defense"] == d], keys) for d in dnames}
+        for a in names
+    }

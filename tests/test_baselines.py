@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from defense_context import context, tiny_cnn
+from defense_context import FAKE_METRICS, context, tiny_cnn
 from torch import nn
 
 from bdlib.config import ConfigError
@@ -77,7 +77,7 @@ def test_ft_changes_weights_and_records_every_epoch_loss():
     model, calls = tiny_cnn(), []
     before = copy.deepcopy(model.state_dict())
     out = ft.run(model, _ctx(ft.Params(epochs=2, lr=0.05), calls))
-    assert out.model is model and [r["epoch"] for r in out.history] == [1, 2] and not calls
+    assert out.model is model and [r["epoch"] for r in out.record.epochs] == [1, 2] and not calls
     changed = _changed(before, model)
     assert any(k.startswith("stage1.0") for k in changed) and any(k.startswith("fc") for k in changed)
 
@@ -142,7 +142,8 @@ def test_nad_run_end_to_end_and_beta_count_checked():
     model, calls = tiny_cnn(), []
     before = copy.deepcopy(model.state_dict())
     out = nad.run(model, _ctx(nad.Params(teacher_epochs=1, epochs=2, betas=(10.0, 10.0, 10.0)), calls))
-    assert [r["stage"] for r in out.history] == ["teacher", "nad", "nad"] and len(calls) == 1
+    assert len(out.record.teacher_epochs) == 1 and len(out.record.epochs) == 2 and len(calls) == 1
+    assert out.record.teacher == FAKE_METRICS
     assert _changed(before, model)
     with pytest.raises(ValueError, match="stages"):
         nad.run(tiny_cnn(), _ctx(nad.Params(teacher_epochs=1, epochs=1, betas=(1.0, 1.0))))
@@ -217,9 +218,9 @@ def test_anp_run_prunes_and_records_masks():
     model = tiny_cnn()
     ctx = _ctx(anp.Params(steps=5, batch_size=10, threshold=1.01))  # every mask < 1.01: all pruned
     out = anp.run(model, ctx)
-    masks = {k[5:]: v for k, v in out.tensors.items() if k.startswith("mask.")}
-    assert set(masks) == {n for n, _ in anp.batchnorms(model)} and out.tensors["loss"].shape == (5,)
-    assert out.info["pruned"] == out.info["channels"] == sum(len(m) for m in masks.values())
+    masks = out.record.masks
+    assert set(masks) == {n for n, _ in anp.batchnorms(model)} and out.record.losses.shape == (5,)
+    assert out.record.pruned == out.record.channels == sum(len(m) for m in masks.values())
     assert all(torch.all(bn.weight == 0) for _, bn in anp.batchnorms(model))
 
 
@@ -272,8 +273,8 @@ def test_unlearn_step_updates_model_and_ibau_run_records_rounds():
     model, calls = tiny_cnn(), []
     before = copy.deepcopy(model.state_dict())
     out = ibau.run(model, _ctx(ibau.Params(rounds=2, inner_steps=2, batch_size=10, fp_iters=2), calls))
-    assert [r["round"] for r in out.history] == [1, 2] and len(calls) == 2
-    assert out.tensors["delta"].norm() <= ibau.Params().eps + 1e-5
-    assert all(r["perturbed_loss"] >= r["clean_loss"] for r in out.history)
+    assert [r["round"] for r in out.record.rounds] == [1, 2] and len(calls) == 2
+    assert out.record.delta.norm() <= ibau.Params().eps + 1e-5
+    assert all(r["perturbed_loss"] >= r["clean_loss"] for r in out.record.rounds)
     changed = _changed(before, model)
     assert any(k.startswith("fc") for k in changed) and not any("running" in k for k in changed)

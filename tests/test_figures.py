@@ -34,8 +34,8 @@ def test_save_writes_png_pdf_without_volatile_metadata_and_records_manifest(tmp_
 def test_log_x_curves_label_exactly_the_measured_budgets():
     from bdlib import plots
 
-    recs = [{"clean %": b, "a_BA": 80.0 + b, "a_ASR": 10.0 / b, "a_RA": 50.0} for b in (0.5, 1.0, 2.0, 5.0)]
-    fig = plots.curves(recs, x="clean %", series={"a": "a_"}, logx=True)
+    recs = [{"clean %": b, "series": "a", "BA": 80.0 + b, "ASR": 10.0 / b, "RA": 50.0} for b in (0.5, 1.0, 2.0, 5.0)]
+    fig = plots.curves(recs, x="clean %", logx=True)
     for ax in fig.axes:
         assert [t.get_text() for t in ax.get_xticklabels()] == ["0.5", "1", "2", "5"]
         assert not ax.xaxis.get_minor_ticks() or not any(
@@ -46,8 +46,8 @@ def test_log_x_curves_label_exactly_the_measured_budgets():
 def test_integer_x_curves_tick_whole_numbers_only():
     from bdlib import plots
 
-    recs = [{"round": r, "BA": 80.0, "ASR": 90.0 - 80 * r, "RA": 5.0 + 70 * r} for r in (0, 1)]
-    fig = plots.curves(recs, x="round", series={"NONE": ""})
+    recs = [{"round": r, "series": "NONE", "BA": 80.0, "ASR": 90.0 - 80 * r, "RA": 5.0 + 70 * r} for r in (0, 1)]
+    fig = plots.curves(recs, x="round")
     fig.canvas.draw()
     for ax in fig.axes:
         ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
@@ -87,7 +87,7 @@ def test_flagged_examples_group_poisons_by_the_defense_flags(monkeypatch):
     monkeypatch.setattr(
         report, "poisoned_model", lambda cfg: SimpleNamespace(poisoned=SimpleNamespace(x=x, poison_idx=poison_idx))
     )
-    rows, captions, missed = report.flagged_examples(None, SimpleNamespace(tensors={"flagged": flagged}))
+    rows, captions, missed = report.flagged_examples(SimpleNamespace(cfg=None, record=SimpleNamespace(flagged=flagged)))
     assert rows["caught"][:, 0, 0, 0].tolist() == [1, 5] and captions["caught"] == ["b", "a"]
     assert rows["missed"][:, 0, 0, 0].tolist() == [2, 3] and captions["missed"] == ["c", "c"]
     assert missed == {"a": 0, "b": 0, "c": 2}

@@ -190,13 +190,14 @@ def test_run_records_detection_and_history(curve):
     calls = []
     ctx = context(params, x, y, calls)
     out = mcldef.run(model, ctx)
+    rec = out.record
     if curve:  # evaluated before purification and after each epoch
-        assert [r["epoch"] for r in out.history] == [0, 1, 2] and len(calls) == 3
+        assert [r["epoch"] for r in rec.epochs] == [0, 1, 2] and len(calls) == 3
     else:  # epoch losses only, the test set never touched
-        assert [r["epoch"] for r in out.history] == [1, 2] and not calls and "BA" not in out.history[0]
-    assert out.tensors["mask_norms"].shape == (10,) and out.tensors["mask"].shape == (1, 28, 28)
-    assert out.info["target"] == int(out.tensors["mask_norms"].argmin())
-    assert out.info["true_target_known_to_defense"] is False
+        assert [r["epoch"] for r in rec.epochs] == [1, 2] and not calls and "BA" not in rec.epochs[0]
+    assert rec.mask_norms.shape == (10,) and rec.mask.shape == (1, 28, 28)
+    assert rec.target == int(rec.mask_norms.argmin())
+    assert rec.true_target_known_to_defense is False
 
 
 # Each Params field set to another valid value: the inversion's cache key must change exactly
@@ -266,8 +267,8 @@ def test_run_inverts_once_per_victim_and_inversion_setting():
     assert [s["inv_steps"] for s in computed] == [3, 4]
     uncached = mcldef.run(tiny_cnn(0), context(mcldef.Params(inv_steps=3, epochs=1, batch_size=10, lr=0.1), x, y))
     for k in ("mask", "pattern", "mask_norms", "trigger_success"):
-        assert torch.equal(outs[1].tensors[k], uncached.tensors[k]), k
-    assert outs[1].info["target"] == uncached.info["target"]
+        assert torch.equal(getattr(outs[1].record, k), getattr(uncached.record, k)), k
+    assert outs[1].record.target == uncached.record.target
     # and the purified model is the same whether the inversion was computed or read back
     assert all(
         torch.equal(a, b) for a, b in zip(outs[1].model.state_dict().values(), uncached.model.state_dict().values())

@@ -225,14 +225,16 @@ def _tiny_run(rounds: int):
 def test_run_end_to_end_on_a_tiny_model():
     n = 240
     model, out = _tiny_run(1)
-    assert out.tensors["flagged"].shape == (n,) and out.tensors["flagged"].dtype == torch.bool
-    assert 0 < int(out.tensors["flagged"].sum()) < n
-    assert out.tensors["score.stage2.0"].shape == (8,) and out.tensors["selected.stage3.0"].shape == (1,)
-    assert [h["round"] for h in out.history] == [1] and "BA" in out.history[0]
-    assert out.history[0]["flagged"] == int(out.tensors["flagged"].sum())
+    rec = out.record
+    assert rec.flagged.shape == (n,) and rec.flagged.dtype == torch.bool
+    assert 0 < int(rec.flagged.sum()) < n
+    assert list(rec.scores) == list(rec.selected) == rec.monitored == ["stage2.0", "stage3.0"]
+    assert rec.scores["stage2.0"].shape == (8,) and rec.selected["stage3.0"].shape == (1,)
+    assert [h["round"] for h in rec.rounds] == [1] and "BA" in rec.rounds[0]
+    assert rec.rounds[0]["flagged"] == int(rec.flagged.sum())
     # With BN γ = β = 0 a reset filter gets no gradient: it is still zero after fine-tuning.
     for name, conv in (("stage2.0", model.stage2[0]), ("stage3.0", model.stage3[0])):
-        assert (conv.weight[out.tensors[f"selected.{name}"]] == 0).all()
+        assert (conv.weight[rec.selected[name]] == 0).all()
 
 
 def test_flagged_samples_accumulate_over_rounds(monkeypatch):
@@ -240,10 +242,10 @@ def test_flagged_samples_accumulate_over_rounds(monkeypatch):
     fit = none.fit
     monkeypatch.setattr(none, "fit", lambda model, x, y, *a, **k: seen.append(len(x)) or fit(model, x, y, *a, **k))
     _, out = _tiny_run(2)
-    first, second = out.history
+    first, second = out.record.rounds
     assert second["flagged"] >= first["flagged"] == first["flagged_this_round"] > 0
     assert second["flagged"] >= second["flagged_this_round"]
-    assert int(out.tensors["flagged"].sum()) == second["flagged"]
+    assert int(out.record.flagged.sum()) == second["flagged"]
     assert seen == [240 - first["flagged"], 240 - second["flagged"]]
 
 

@@ -115,7 +115,7 @@ def test_one_ml_step_changes_both_models():
     pair = nn.ModuleDict({"student": ctx.new_model(0), "teacher": ctx.new_model(1)})
     before = {k: v.clone() for k, v in pair.state_dict().items()}
     history = ntml.ml_stage(pair, ctx)
-    assert len(history) == 1 and history[0]["stage"] == "ml" and "teacher_BA" in history[0]
+    assert len(history) == 1 and set(history[0]["student"]) == set(history[0]["teacher"]) == {"BA", "ASR", "RA"}
     for role in ("student", "teacher"):
         w = f"{role}.fc.weight"
         assert not torch.equal(pair.state_dict()[w], before[w]), role
@@ -141,13 +141,17 @@ def test_run_end_to_end(teacher):
     m0 = ctx.new_model(7)
     m0_state = {k: v.clone() for k, v in m0.state_dict().items()}
     out = ntml.DEFENSE.run(m0, ctx)
-    stages = [h["stage"] for h in out.history]
-    assert stages == ["nt", "nt", "ml", "ml"]
-    assert set(out.info) == {"poisoned", "nt_student", "nt_teacher", "ml_teacher", "isolated", "estimated_target"}
+    rec = out.record
+    assert [h["epoch"] for h in rec.nt_history] == [1, 2] and [h["epoch"] for h in rec.ml_history] == [1, 2]
+    assert rec.nt_student_metrics.keys() == rec.ml_teacher_metrics.keys() == {"BA", "ASR", "RA"}
     assert out.model is not m0 and not out.model.training
     assert all(torch.equal(m0.state_dict()[k], v) for k, v in m0_state.items())
+    # the NT student is kept as it was before mutual learning changed the student
+    assert rec.nt_student is not out.model
+    assert any(not torch.equal(v, out.model.state_dict()[k]) for k, v in rec.nt_student.state_dict().items())
     if teacher == "poisoned":  # the NT teacher is M0 itself
-        assert out.info["nt_teacher"] == out.info["poisoned"]
+        assert rec.nt_teacher_metrics == rec.poisoned
+        assert all(torch.equal(m0.state_dict()[k], v) for k, v in rec.nt_teacher.state_dict().items())
 
 
 # ---- the readings ------------------------------------------------------------------------
@@ -254,6 +258,6 @@ def test_readings_run_end_to_end(reading, ml_data):
     out = ntml.DEFENSE.run(ctx.new_model(7), ctx)
     expected = 12 if reading != "estimated" else None  # 25 % of 48; estimated keeps one label's share
     if expected is not None:
-        assert out.info["isolated"] == expected
-    assert 0 < out.info["isolated"] <= 12 and out.info["estimated_target"] in (0, 1, 2)
-    assert [h["stage"] for h in out.history] == ["nt", "ml"]
+        assert out.record.isolated == expected
+    assert 0 < out.record.isolated <= 12 and out.record.estimated_target in (0, 1, 2)
+    assert len(out.record.nt_history) == len(out.record.ml_history) == 1

@@ -179,6 +179,16 @@ def prune_by_mask(model: nn.Module, masks: dict[str, torch.Tensor], threshold: f
     return pruned
 
 
+@dataclass(frozen=True)
+class Record:
+    masks: dict[str, torch.Tensor]  # per BatchNorm layer, its channels' final masks in [0, 1]
+    losses: torch.Tensor  # the loss of every mask-optimisation step
+    pruned: int  # channels pruned (mask below the threshold)
+    channels: int  # BatchNorm channels in all
+    # One row after pruning: step (how many), loss (the last), pruned, BA / ASR / RA.
+    history: list[dict]
+
+
 def run(model: nn.Module, ctx: DefenseContext) -> Defended:
     """Optimise the masks on the clean subset, then prune ``model`` (in place) by them."""
     p: Params = ctx.params
@@ -188,12 +198,7 @@ def run(model: nn.Module, ctx: DefenseContext) -> Defended:
     pruned = prune_by_mask(model, by_name, p.threshold)
     n_channels = sum(len(m) for m in masks)
     history = [{"step": len(losses), "loss": losses[-1], "pruned": pruned, **ctx.evaluate(model)}]
-    return Defended(
-        model=model.eval(),
-        history=history,
-        tensors={"loss": torch.tensor(losses), **{f"mask.{n}": m for n, m in by_name.items()}},
-        info={"pruned": pruned, "channels": n_channels},
-    )
+    return Defended(model=model.eval(), record=Record(by_name, torch.tensor(losses), pruned, n_channels, history))
 
 
 # Tuning grid (bdlib.tune): the perturbation bound ε, ANP's strength knob: at a small ε no mask
@@ -208,4 +213,5 @@ DEFENSE = Defense(
     uses=("clean",),
     cite="Wu & Wang, Adversarial Neuron Pruning Purifies Backdoored Deep Models, NeurIPS 2021",
     tuning=TUNING,
+    Record=Record,
 )

@@ -6,10 +6,19 @@ training settings; never the run's Config, so neither the target class nor the a
 parameters are within reach. The test set and trigger are only reachable through
 ``ctx.evaluate``, which a defense calls to *record* per-epoch metrics for the notebooks, never
 to make a decision.
+
+What a defense reports beyond its model is one small dataclass of its own (its ``Record``,
+declared on its :class:`Defense`): flagged samples, channel scores, inverted triggers, stage
+models, per-epoch rows. :func:`record_to_store` and :func:`record_from_store` turn any such
+record into safetensors-ready tensors plus JSON and back, by the fields' declared types, so a
+new defense needs no storage code of its own.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Mapping
 
@@ -43,9 +52,7 @@ class DefenseContext:
 @dataclass
 class Defended:
     model: nn.Module
-    history: list[dict] = field(default_factory=list)  # per epoch / round records (JSON-ready)
-    tensors: dict[str, torch.Tensor] = field(default_factory=dict)  # flagged samples, masks, triggers
-    info: dict[str, Any] = field(default_factory=dict)  # JSON-ready facts (detected target, ...)
+    record: Any = None  # an instance of the defense's ``Record`` dataclass
 
 
 @dataclass(frozen=True)
@@ -58,3 +65,73 @@ class Defense:
     # The comparison protocol's grid (bdlib.tune): Params field -> the values tried, spanning
     # "does nothing" to "too strong"; every combination is one setting.
     tuning: Mapping[str, tuple] = field(default_factory=dict)
+    # The dataclass ``run`` returns in ``Defended.record``. Its fields may be a tensor, a dict of
+    # tensors, a model (stored as its weights), or JSON-ready values (numbers, strings, lists and
+    # dicts of them, e.g. per-epoch rows); see :func:`record_to_store`.
+    Record: type | None = None
+
+
+def _kind(hint: Any) -> str:
+    """How a Record field of type ``hint`` is stored: tensor, tensors (a dict), model, or json."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:
+        hint = args[0]  # X | None
+    if hint is torch.Tensor:
+        return "tensor"
+    if typing.get_origin(hint) is dict and typing.get_args(hint)[1:] == (torch.Tensor,):
+        return "tensors"
+    if isinstance(hint, type) and issubclass(hint, nn.Module):
+        return "model"
+    return "json"
+
+
+def record_kinds(Record: type) -> dict[str, str]:
+    """Each field of the dataclass ``Record`` and how it is stored (:func:`_kind`)."""
+    hints = typing.get_type_hints(Record)
+    return {f.name: _kind(hints[f.name]) for f in dataclasses.fields(Record)}
+
+
+def record_to_store(record: Any) -> tuple[dict[str, torch.Tensor], dict | None]:
+    """A defense's record as (CPU tensors, JSON): tensor fields under their name, dicts of tensors
+    and models' weights under ``name.key``; everything else (JSON-ready) in the JSON, which also
+    lists each dict's keys in order and which tensor or model fields are None."""
+    if record is None:  # a defense without a Record
+        return {}, None
+    tensors: dict[str, torch.Tensor] = {}
+    meta: dict[str, Any] = {"json": {}, "keys": {}, "none": []}
+    for name, kind in record_kinds(type(record)).items():
+        value = getattr(record, name)
+        if kind != "json" and value is None:
+            meta["none"].append(name)
+        elif kind == "tensor":
+            tensors[name] = value.detach().cpu().contiguous()
+        elif kind == "tensors":
+            meta["keys"][name] = list(value)
+            tensors.update({f"{name}.{k}": v.detach().cpu().contiguous() for k, v in value.items()})
+        elif kind == "model":
+            tensors.update({f"{name}.{k}": v.detach().cpu().contiguous() for k, v in value.state_dict().items()})
+        else:
+            meta["json"][name] = value
+    return tensors, meta
+
+
+def record_from_store(
+    Record: type | None, tensors: Mapping[str, torch.Tensor], meta: dict | None, load_model: Callable[[dict], nn.Module]
+) -> Any:
+    """The inverse of :func:`record_to_store`; ``load_model(state_dict)`` rebuilds a model field."""
+    if Record is None or meta is None:
+        return None
+    values: dict[str, Any] = {}
+    for name, kind in record_kinds(Record).items():
+        under = {k[len(name) + 1 :]: v for k, v in tensors.items() if k.startswith(name + ".")}
+        if name in meta["none"]:
+            values[name] = None
+        elif kind == "tensor":
+            values[name] = tensors[name]
+        elif kind == "tensors":
+            values[name] = {k: under[k] for k in meta["keys"][name]}
+        elif kind == "model":
+            values[name] = load_model(under)
+        else:
+            values[name] = meta["json"][name]
+    return Record(**values)

@@ -28,6 +28,11 @@ class Params:
             raise ValueError(f"lr must be > 0, got {self.lr}")
 
 
+@dataclass(frozen=True)
+class Record:
+    epochs: list[dict]  # per epoch: epoch, loss
+
+
 def run(model: nn.Module, ctx: DefenseContext) -> Defended:
     """Fine-tune ``model`` in place on the clean subset with the profile's optimiser.
 
@@ -47,7 +52,7 @@ def run(model: nn.Module, ctx: DefenseContext) -> Defended:
         epochs=p.epochs,
         lr=p.lr,
     )
-    return Defended(model=model.eval(), history=history)
+    return Defended(model=model.eval(), record=Record(history))
 
 
 # Tuning grid (bdlib.tune): the fine-tuning lr, from barely moving M0 (0.001) to the victim's own
@@ -61,4 +66,5 @@ DEFENSE = Defense(
     uses=("clean",),
     cite="Fine-tuning baseline (Liu, Dolan-Gavitt & Garg, Fine-Pruning, RAID 2018)",
     tuning=TUNING,
+    Record=Record,
 )

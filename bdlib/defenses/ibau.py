@@ -125,6 +125,13 @@ def unlearn_step(
     return values[0]
 
 
+@dataclass(frozen=True)
+class Record:
+    delta: torch.Tensor  # the last round's universal perturbation [1, C, H, W]
+    # Per round: round, delta_norm, clean_loss, perturbed_loss, unlearn_loss, BA / ASR / RA.
+    rounds: list[dict]
+
+
 def run(model: nn.Module, ctx: DefenseContext) -> Defended:
     """``rounds`` of (find δ on the clean subset, one hypergradient pass over it), in place.
 
@@ -158,7 +165,7 @@ def run(model: nn.Module, ctx: DefenseContext) -> Defended:
                 **ctx.evaluate(model),
             }
         )
-    return Defended(model=model.eval(), history=history, tensors={"delta": delta.cpu()})
+    return Defended(model=model.eval(), record=Record(delta.cpu(), history))
 
 
 # Tuning grid (bdlib.tune): the L2 radius of the universal perturbation, from one that cannot
@@ -172,4 +179,5 @@ DEFENSE = Defense(
     uses=("clean",),
     cite="Zeng et al., Adversarial Unlearning of Backdoors via Implicit Hypergradient, ICLR 2022",
     tuning=TUNING,
+    Record=Record,
 )

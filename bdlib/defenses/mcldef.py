@@ -224,6 +224,27 @@ def make_loss(frozen: nn.Module, mask: torch.Tensor, pattern: torch.Tensor, tau:
     return loss_fn
 
 
+@dataclass(frozen=True)
+class Record:
+    """What MCLDef reports besides the purified model."""
+
+    mask: torch.Tensor  # the chosen class's inverted mask [1, H, W]
+    pattern: torch.Tensor  # and pattern [C, H, W], both in [0, 1]
+    mask_norms: torch.Tensor  # mask L1 norm per inverted class [K]
+    anomaly: torch.Tensor  # anomaly index per inverted class (NaN with an oracle target)
+    trigger_success: torch.Tensor  # percent of clean images each inverted trigger sends to its class
+    target: int  # the class purified against: detected, or the oracle's
+    target_mode: Literal["detect", "oracle"]
+    detection_confident: bool  # the detected class is a low-side outlier (anomaly index > threshold)
+    anomaly_index: float | None  # the chosen class's anomaly index (None with an oracle target)
+    mask_norm: float  # the chosen class's mask L1 norm
+    classes: list[int]  # the classes inverted
+    true_target_known_to_defense: bool
+    # Per purification epoch: epoch, loss and (with ``curve``) BA / ASR / RA; epoch 0 (loss None)
+    # is the backdoored model.
+    epochs: list[dict]
+
+
 def run(model: nn.Module, ctx: DefenseContext) -> Defended:
     p: Params = ctx.params
     device = next(model.parameters()).device
@@ -274,17 +295,22 @@ def run(model: nn.Module, ctx: DefenseContext) -> Defended:
     )
     if p.curve:
         history = [{"epoch": 0, "loss": None, **before}] + history
-    tensors = {"mask": mask, "pattern": pattern, "mask_norms": norms, "anomaly": anomaly, "trigger_success": success}
-    info = {
-        "target": target,
-        "target_mode": "detect" if p.target == "detect" else "oracle",
-        "detection_confident": confident,
-        "anomaly_index": float(anomaly[pick]) if p.target == "detect" else None,
-        "mask_norm": float(norms[pick]),
-        "classes": classes.tolist(),
-        "true_target_known_to_defense": p.target != "detect",
-    }
-    return Defended(model, history, tensors, info)
+    record = Record(
+        mask=mask,
+        pattern=pattern,
+        mask_norms=norms,
+        anomaly=anomaly,
+        trigger_success=success,
+        target=target,
+        target_mode="detect" if p.target == "detect" else "oracle",
+        detection_confident=confident,
+        anomaly_index=float(anomaly[pick]) if p.target == "detect" else None,
+        mask_norm=float(norms[pick]),
+        classes=classes.tolist(),
+        true_target_known_to_defense=p.target != "detect",
+        epochs=history,
+    )
+    return Defended(model, record)
 
 
 def _lr_factor(p: Params, epoch: int) -> float:
@@ -304,4 +330,5 @@ DEFENSE = Defense(
     uses=("clean",),
     cite="Yue, Xia et al., Model-Contrastive Learning for Backdoor Defense, arXiv 2205.04411 (ACM MM 2023)",
     tuning=TUNING,
+    Record=Record,
 )

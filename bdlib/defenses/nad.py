@@ -104,6 +104,13 @@ def make_loss(
     return loss_fn
 
 
+@dataclass(frozen=True)
+class Record:
+    teacher: dict[str, float]  # BA / ASR / RA of the fine-tuned teacher
+    teacher_epochs: list[dict]  # per teacher epoch: epoch, loss
+    epochs: list[dict]  # per distillation epoch: epoch, loss
+
+
 def run(model: nn.Module, ctx: DefenseContext) -> Defended:
     """Fine-tune a teacher copy, then distil its attention into ``model`` (in place).
 
@@ -138,11 +145,7 @@ def run(model: nn.Module, ctx: DefenseContext) -> Defended:
         epochs=p.epochs,
         lr=p.lr,
     )
-    return Defended(
-        model=model.eval(),
-        history=[{"stage": "teacher", **r} for r in t_hist] + [{"stage": "nad", **r} for r in history],
-        info={"teacher": ctx.evaluate(teacher)},
-    )
+    return Defended(model=model.eval(), record=Record(ctx.evaluate(teacher), t_hist, history))
 
 
 # Tuning grid (bdlib.tune): the attention-transfer weight β (all stages alike). With the L2
@@ -157,4 +160,5 @@ DEFENSE = Defense(
     uses=("clean",),
     cite="Li et al., Neural Attention Distillation: Erasing Backdoor Triggers from Deep Neural Networks, ICLR 2021",
     tuning=TUNING,
+    Record=Record,
 )

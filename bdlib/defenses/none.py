@@ -282,10 +282,23 @@ def activations(
     return {n: torch.cat(a) for n, a in acts.items()}, torch.cat(probs)
 
 
+@dataclass(frozen=True)
+class Record:
+    """What NONE reports besides the repaired model."""
+
+    flagged: torch.Tensor  # bool [N]: training samples flagged in any round (left out of fine-tuning)
+    scores: dict[str, torch.Tensor]  # per monitored conv, the last round's channel scores [C]
+    selected: dict[str, torch.Tensor]  # per monitored conv, the channels the last round reset
+    monitored: list[str]  # the monitored convs, in model order
+    residual_outputs: list[str]  # convs feeding a residual sum: reset, the sum's readers are not
+    # Per round: round, flagged (so far), flagged_this_round, and BA / ASR / RA after it.
+    rounds: list[dict]
+
+
 def run(model: nn.Module, ctx: DefenseContext) -> Defended:
     p: Params = ctx.params
     layers = monitored_convs(model)
-    history, tensors = [], {}
+    history, scores_out, selected_out, flagged_out = [], {}, {}, None
     residual = []
     # Flagged samples stay out of the training set in later rounds (NONE drops them for good).
     removed = torch.zeros(len(ctx.x_train), dtype=torch.bool)
@@ -298,8 +311,8 @@ def run(model: nn.Module, ctx: DefenseContext) -> Defended:
         for name, score in scores.items():
             n_reset = math.ceil(round(p.rho * len(score), 9))  # 0.1·30 is 3.0000000000000004 in floats
             selection[name] = score.topk(n_reset).indices
-            tensors[f"score.{name}"] = score.float()
-            tensors[f"selected.{name}"] = selection[name]
+            scores_out[name] = score.float()
+            selected_out[name] = selection[name]
         _, flagged = two_means_split(detection_statistic(acts, scores, p.detect_top))
         used = reset_channels(model, selection)
         residual = sorted(n for n, who in used.items() if who.residual)
@@ -318,7 +331,7 @@ def run(model: nn.Module, ctx: DefenseContext) -> Defended:
             schedule=p.schedule,
             desc=f"NONE round {rnd + 1}",
         )
-        tensors["flagged"] = removed.clone()
+        flagged_out = removed.clone()
         history.append(
             {
                 "round": rnd + 1,
@@ -327,12 +340,7 @@ def run(model: nn.Module, ctx: DefenseContext) -> Defended:
                 **ctx.evaluate(model),
             }
         )
-    info = {
-        "monitored": layers,
-        # These convs feed a residual sum: their filters and BN are reset, the sum's readers are not.
-        "residual_outputs": residual,
-    }
-    return Defended(model, history, tensors, info)
+    return Defended(model, Record(flagged_out, scores_out, selected_out, layers, residual, history))
 
 
 # Tuning grid (bdlib.tune): ρ, the share of each layer's channels reset, from the paper's 0.03
@@ -346,4 +354,5 @@ DEFENSE = Defense(
     uses=("train",),
     cite="Wang et al., Training with More Confidence (NONE), NeurIPS 2022, arXiv 2202.06382",
     tuning=TUNING,
+    Record=Record,
 )

@@ -177,8 +177,8 @@ def _start(model: nn.Module, ctx: DefenseContext, seed: int) -> nn.Module:
     return ctx.new_model(seed)
 
 
-def _record(pair: nn.ModuleDict, ctx: DefenseContext) -> dict[str, float]:
-    return {f"{role}_{k}": v for role, m in pair.items() for k, v in ctx.evaluate(m).items()}
+def _evaluate_pair(pair: nn.ModuleDict, ctx: DefenseContext) -> dict[str, dict[str, float]]:
+    return {role: ctx.evaluate(m) for role, m in pair.items()}
 
 
 def nt_stage(model: nn.Module, ctx: DefenseContext) -> tuple[nn.ModuleDict, list[dict], dict]:
@@ -225,7 +225,7 @@ def nt_stage(model: nn.Module, ctx: DefenseContext) -> tuple[nn.ModuleDict, list
     if p.teacher == "poisoned":
         pair["teacher"] = copy.deepcopy(m0)
     info = {"isolated": int(isolated.sum()), "estimated_target": estimated}
-    return pair, [{"stage": "nt", **r} for r in history], info
+    return pair, history, info
 
 
 def ml_stage(pair: nn.ModuleDict, ctx: DefenseContext) -> list[dict]:
@@ -260,13 +260,13 @@ def ml_stage(pair: nn.ModuleDict, ctx: DefenseContext) -> list[dict]:
         ctx.train,
         seed=ctx.seed,
         loss_fn=loss_fn,
-        on_epoch=(lambda e, m: _record(m, ctx)) if p.ml_curve else None,
+        on_epoch=(lambda e, m: _evaluate_pair(m, ctx)) if p.ml_curve else None,
         progress=ctx.progress,
         desc="ML",
         epochs=p.ml_epochs,
         lr=p.ml_lr,
     )
-    return [{"stage": "ml", **r} for r in history]
+    return history
 
 
 def nt_spec(p: Params) -> dict:
@@ -274,12 +274,29 @@ def nt_spec(p: Params) -> dict:
     return {f.name: getattr(p, f.name) for f in dataclasses.fields(p) if f.name not in ML_FIELDS}
 
 
+@dataclass(frozen=True)
+class Record:
+    """What NT-ML reports besides the purified student."""
+
+    nt_student: nn.Module  # the NT stage's student and teacher, before mutual learning
+    nt_teacher: nn.Module  # (teacher="poisoned": a copy of M0)
+    poisoned: dict[str, float]  # BA / ASR / RA of M0
+    nt_student_metrics: dict[str, float]  # ... of the NT student
+    nt_teacher_metrics: dict[str, float]  # ... of the NT teacher (M0's when teacher="poisoned")
+    ml_teacher_metrics: dict[str, float]  # ... of the teacher after mutual learning
+    isolated: int | None  # how many training samples the reading isolated
+    estimated_target: int | None  # the most frequent given label among them
+    nt_history: list[dict]  # per NT epoch: epoch, loss
+    # Per ML epoch: epoch, loss and (with ``ml_curve``) "student" / "teacher": their BA / ASR / RA.
+    ml_history: list[dict]
+
+
 def run(model: nn.Module, ctx: DefenseContext) -> Defended:
     """NT on the poisoned training set, then ML on the clean subset; returns the student.
 
     The NT stage does not see the clean data, so it is cached on its own (``ctx.memo``): a
     clean-budget sweep or an ML ablation retrains only the ML stage. The NT-stage models are
-    returned in the record (``nt_student.*``, ``nt_teacher.*``) for the notebooks' histograms.
+    returned in the record (``nt_student``, ``nt_teacher``) for the notebooks' histograms.
     """
     p: Params = ctx.params
 
@@ -291,21 +308,26 @@ def run(model: nn.Module, ctx: DefenseContext) -> Defended:
         models, meta = stage()
     else:
         models, meta = ctx.memo("nt", nt_spec(p), stage)
-    record = {
-        f"nt_{role}.{k}": v.detach().cpu().clone() for role, m in models.items() for k, v in m.state_dict().items()
-    }
+    # Copies: the ML stage trains the pair in place.
+    nt_models = {role: copy.deepcopy(m) for role, m in models.items()}
     pair = nn.ModuleDict(models)
     poisoned = ctx.evaluate(model)
-    info = {
-        "poisoned": poisoned,
-        "nt_student": ctx.evaluate(pair["student"]),
-        "nt_teacher": poisoned if p.teacher == "poisoned" else ctx.evaluate(pair["teacher"]),
-        "isolated": meta.get("isolated"),
-        "estimated_target": meta.get("estimated_target"),
-    }
+    nt_student = ctx.evaluate(pair["student"])
+    nt_teacher = poisoned if p.teacher == "poisoned" else ctx.evaluate(pair["teacher"])
     ml_history = ml_stage(pair, ctx)
-    info["ml_teacher"] = ctx.evaluate(pair["teacher"])
-    return Defended(model=pair["student"].eval(), history=meta["history"] + ml_history, tensors=record, info=info)
+    record = Record(
+        nt_student=nt_models["student"],
+        nt_teacher=nt_models["teacher"],
+        poisoned=poisoned,
+        nt_student_metrics=nt_student,
+        nt_teacher_metrics=nt_teacher,
+        ml_teacher_metrics=ctx.evaluate(pair["teacher"]),
+        isolated=meta.get("isolated"),
+        estimated_target=meta.get("estimated_target"),
+        nt_history=meta["history"],
+        ml_history=ml_history,
+    )
+    return Defended(model=pair["student"].eval(), record=record)
 
 
 # Tuning grid (bdlib.tune): the distillation temperature τ, which sets how much of M0's output
@@ -321,4 +343,5 @@ DEFENSE = Defense(
     cite="Huo & Wolter, NT-ML: Backdoor Defense via Non-target Label Training and "
     "Mutual Learning, arXiv 2508.05404 (2025)",
     tuning=TUNING,
+    Record=Record,
 )

@@ -1,0 +1,187 @@
+"""bdlib.report's notebook helpers on hand-made runs and rows (no training)."""
+
+from types import SimpleNamespace
+
+import matplotlib
+
+matplotlib.use("Agg")
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from bdlib import grid, plots, report  # noqa: E402
+
+M = {"BA": 80.0, "ASR": 10.0, "RA": 70.0}
+
+
+def _run(record, cfg=None, before=None, metrics=None):
+    return SimpleNamespace(record=record, cfg=cfg, before=before or {}, metrics=metrics or {}, model=None)
+
+
+def _ntml_cfg(teacher="kd", target=0):
+    return SimpleNamespace(defenses={"ntml": SimpleNamespace(teacher=teacher)}, target=target)
+
+
+def test_per_attack_summarises_each_attack_in_order_and_tables_them():
+    rows = [
+        {"attack": "b", "model": "x", "BA": 1.0, "ASR": 2.0, "RA": 3.0},
+        {"attack": "a", "model": "x", "BA": 3.0, "ASR": 4.0, "RA": 5.0},
+        {"attack": "b", "model": "x", "BA": 3.0, "ASR": 2.0, "RA": 3.0},
+    ]
+    summary = report.per_attack(rows)
+    assert list(summary) == ["b", "a"]
+    assert summary["b"]["x"]["BA"] == [2.0, 1.41] and summary["a"]["x"]["ASR"] == [4.0, 0.0]
+    table = report.per_attack_table(summary)
+    assert list(table.index) == ["b · x", "a · x"] and table.loc["b · x", "BA"] == "2.0 ± 1.4"
+    assert report.means(rows, "b", "x") == {"BA": 2.0, "ASR": 2.0, "RA": 3.0}
+
+
+@pytest.mark.parametrize("teacher", ["kd", "poisoned"])
+def test_nt_stage_rows_leave_out_a_teacher_that_is_m0(teacher):
+    rec = SimpleNamespace(poisoned={"BA": 1.0}, nt_teacher_metrics={"BA": 2.0}, nt_student_metrics={"BA": 3.0})
+    rows = report.nt_stage_rows({("badnets", 0): _run(rec, _ntml_cfg(teacher))})
+    expected = ["poisoned", "nt teacher", "nt student"] if teacher == "kd" else ["poisoned", "nt student"]
+    assert [r["model"] for r in rows] == expected
+    assert rows[-1] == {"attack": "badnets", "seed": 0, "model": "nt student", "BA": 3.0}
+
+
+def test_ml_epoch_rows_put_the_nt_stage_at_epoch_zero():
+    def run(shift):
+        ml = [{"epoch": 1, "loss": 0.5, "student": {"BA": 1.0 + shift}, "teacher": {"BA": 2.0 + shift}}]
+        return _run(SimpleNamespace(nt_student_metrics={"BA": shift}, nt_teacher_metrics={"BA": -shift}, ml_history=ml))
+
+    rows = report.ml_epoch_rows([run(0.0), run(10.0)])
+    assert [(r["epoch"], r["series"], r["BA"]) for r in rows] == [
+        (0, "student", 0.0),
+        (0, "teacher", -0.0),
+        (0, "student", 10.0),
+        (0, "teacher", -10.0),
+        (1, "student", 1.0),
+        (1, "teacher", 2.0),
+        (1, "student", 11.0),
+        (1, "teacher", 12.0),
+    ]
+    # without the ML curve the ML epochs hold losses only: epoch 0 alone
+    flat = _run(SimpleNamespace(nt_student_metrics=M, nt_teacher_metrics=M, ml_history=[{"epoch": 1, "loss": 0.1}]))
+    assert [r["epoch"] for r in report.ml_epoch_rows([flat])] == [0, 0]
+
+
+def test_round_and_epoch_rows_are_long_rows_of_one_series():
+    rec = SimpleNamespace(rounds=[{"round": 1, "flagged": 3, **M}])
+    rows = report.round_rows({("badnets", 0): _run(rec, before={"BA": 90.0, "ASR": 99.0, "RA": 1.0})})
+    assert rows == [
+        {"round": 0, "BA": 90.0, "ASR": 99.0, "RA": 1.0, "attack": "badnets", "series": "NONE"},
+        {"round": 1, "flagged": 3, **M, "attack": "badnets", "series": "NONE"},
+    ]
+    epochs = [{"epoch": 0, "loss": None, **M}, {"epoch": 1, "loss": 0.3, **M}]
+    rows = report.mcldef_epoch_rows([_run(SimpleNamespace(epochs=epochs))])
+    assert [(r["epoch"], r["series"]) for r in rows] == [(0, "MCLDef"), (1, "MCLDef")]
+
+
+def test_detection_rows_score_the_flags_against_the_poison_index(monkeypatch):
+    truth = torch.tensor([True, True, False, False])
+    monkeypatch.setattr(
+        report, "poisoned_model", lambda cfg: SimpleNamespace(poisoned=SimpleNamespace(poison_idx=truth))
+    )
+    flagged = torch.tensor([True, False, True, False])
+    rows = report.detection_rows({("badnets", 1): _run(SimpleNamespace(flagged=flagged), cfg="c")})
+    assert rows == [{"attack": "badnets", "seed": 1, "precision": 50.0, "recall": 50.0, "flagged": 2, "poisoned": 2}]
+    table = report.detection_table(rows + [{**rows[0], "seed": 2, "precision": 100.0}])
+    assert table.loc["badnets", "precision"] == 75.0
+
+
+def test_target_detection_reads_the_mcldef_record():
+    rec = SimpleNamespace(target=3, detection_confident=True)
+    rows = report.target_detection({("blended", 0): _run(rec, _ntml_cfg(target=0))})
+    assert rows == [{"attack": "blended", "seed": 0, "detected": 3, "true": 0, "confident": True}]
+
+
+def test_inversion_rows_take_one_seed(monkeypatch):
+    x = torch.zeros(3, 1, 2, 2, dtype=torch.uint8)
+    y = torch.tensor([0, 1, 1])
+    monkeypatch.setattr(report, "run_data", lambda cfg: SimpleNamespace(x_test=x, y_test=y))
+    monkeypatch.setattr(report, "poisoned_model", lambda cfg: SimpleNamespace(test_trigger=lambda b: b + 5))
+    rec = SimpleNamespace(
+        mask=torch.ones(1, 2, 2), pattern=torch.ones(1, 2, 2), mask_norms=torch.tensor([4.0, 1.0]), target=1
+    )
+    runs = {(a, s): _run(rec, _ntml_cfg(target=0)) for a in ("badnets", "sig") for s in (0, 1)}
+    rows = report.inversion_rows(runs, 1)
+    assert [r["attack"] for r in rows] == ["badnets", "sig"]
+    assert rows[0]["norms"] == [4.0, 1.0] and rows[0]["detected"] == 1 and rows[0]["target"] == 0
+    assert torch.equal(rows[0]["true_diff"], torch.full((1, 2, 2), 5.0))
+
+
+def test_tau_budget_and_ablation_rows_defend_each_setting(monkeypatch):
+    calls = []
+
+    def defend(cfg, name):
+        calls.append((name, dict(cfg)))
+        rec = SimpleNamespace(nt_student_metrics={"BA": 1.0}, nt_teacher=None)
+        return SimpleNamespace(metrics={"BA": 2.0, "DER": 0.5}, record=rec)
+
+    monkeypatch.setattr(report, "defend", defend)
+    monkeypatch.setattr(report, "override", lambda cfg, o: {**cfg, **o})
+    monkeypatch.setattr(report, "with_run", lambda cfg, **k: {**cfg, **k})
+    rows = report.tau_rows(_run(None, cfg={}), [1.0, 4.0])
+    assert [(r["tau"], r["series"], r["BA"]) for r in rows] == [
+        (1.0, "NT student", 1.0),
+        (1.0, "after ML (final)", 2.0),
+        (4.0, "NT student", 1.0),
+        (4.0, "after ML (final)", 2.0),
+    ]
+    calls.clear()
+    rows = report.budget_rows({}, "badnets", [0.01, 0.05], [0])
+    assert [(r["clean %"], r["series"]) for r in rows] == [
+        (1.0, "NT-ML"),
+        (1.0, "fine-tuning"),
+        (5.0, "NT-ML"),
+        (5.0, "fine-tuning"),
+    ]
+    assert calls[0] == ("ntml", {"attack": "badnets", "seed": 0, "clean_fraction": 0.01})
+    cfg = SimpleNamespace(defenses={"ntml": SimpleNamespace(teacher="kd")})
+    monkeypatch.setattr(report, "with_run", lambda cfg, **k: dict(k))
+    rows = report.ntml_ablation(cfg, "badnets", 0)
+    assert [r["variant"] for r in rows] == ["default", "teacher = M0", "τ = 2", "λ = 0", "λ = 2", "fine-tuning"]
+
+
+def test_comparison_helpers_on_grid_rows():
+    def row(a, d, s, b, asr):
+        return {
+            "attack": a,
+            "defense": d,
+            "seed": s,
+            "clean_fraction": b,
+            "BA": 80.0,
+            "ASR": asr,
+            "RA": 5.0,
+            "DER": 0.5,
+        }
+
+    rows = [row("badnets", "nad", 0, 0.05, 9.0), row("badnets", "ft", 0, 0.01, 1.0), row("badnets", "ft", 0, 0.05, 3.0)]
+    rows += [row("badnets", "ft", 1, 0.05, 5.0), row("sig", "ft", 0, 0.05, 7.0)]
+    curve = report.budget_curve_rows(rows, "badnets", ["ft", "nad"], [0])
+    assert [(r["series"], r["clean %"], r["ASR"]) for r in curve] == [
+        ("ft", 1.0, 1.0),
+        ("ft", 5.0, 3.0),
+        ("nad", 5.0, 9.0),
+    ]
+    summary = report.defense_summary(rows, ["badnets"], ["ft"])
+    assert summary["badnets"]["ft"]["ASR"] == pytest.approx((3.0, 2.0))
+    cfg = SimpleNamespace(clean_fraction=0.05)
+    cells = report.budget_cells(cfg, ["badnets"], ["ft"], [0, 3], [0.01, 0.05], reported=[0, 1])
+    assert [(c.seed, c.clean_fraction) for c in cells] == [(0, 0.01), (3, 0.01), (3, 0.05)]
+    extra = [grid.Cell("badnets", "ft", 3, 0.05), grid.Cell("badnets", grid.UNDEFENDED, 3, 0.05)]
+    assert report.extra_seeds_note(extra, [3]).endswith("run on seeds [3] too: ['badnets × ft']")
+    assert report.extra_seeds_note([], [3]).endswith("too: none")
+    assert report.attacks_among(["narcissus", "badnets"], ["badnets", "blended"]) == ["badnets"]
+    assert report.clean_data_defenses(["none", "ntml", "ft"]) == ["ntml", "ft"]
+
+
+def test_curves_draw_one_line_per_series_in_order_of_appearance():
+    rows = [{"x": x, "series": s, "BA": 50.0 + x, "ASR": 10.0} for s in ("b", "a") for x in (1, 2)]
+    fig = plots.curves(rows, x="x", metrics=("BA", "ASR"), reference={"ref": {"BA": 40.0}})
+    ba = fig.axes[0]
+    assert [line.get_label() for line in ba.lines] == ["b", "a", "ref"]
+    assert list(ba.lines[0].get_ydata()) == [51.0, 52.0]
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
