@@ -59,6 +59,10 @@ class TuningConfig:
     # At most this many values of each knob's grid, spread from weakest to strongest (both ends
     # kept; bdlib.tune.thin); None: the whole grid. For CI-sized runs of the protocol's code path.
     grid_points: int | None = None
+    # The defenses the protocol tunes (None: every one a notebook runs); NT-ML's readings sweep
+    # (notebook 03) runs where ntml is among them. The others keep the profile's values: on a GPU
+    # budget, or in the paper-path test, which takes the protocol's code path on FT alone.
+    defenses: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,9 @@ class Config:
     device: str = "auto"
     progress: bool = False  # tqdm progress bars
     tuning: TuningConfig = TuningConfig()
+    # The claims ledger's rule (notebook 06): an attack x defense cell whose seeds disagree by more
+    # than claims.SPREAD ASR points also runs on these seeds, the same for every defense.
+    extra_seeds: tuple[int, ...] = (3, 4)
     # How kernels run (bdlib.train.configure); results' store keys never include these.
     deterministic: bool = True  # deterministic kernels; False: cudnn.benchmark (faster on a GPU, not bit-reproducible)
     compile: bool = False  # torch.compile the model of each training step (opt-in; worth it on a GPU)
@@ -238,11 +245,16 @@ def check_consistency(cfg: Config) -> None:
     ):
         if not ok:
             raise ConfigError(f"'train.{name}' must be {need}, got {getattr(t, name)!r}")
-    shared = sorted(set(cfg.tuning.seeds) & set(cfg.seeds))
-    if shared:
-        raise ConfigError(f"'tuning.seeds' must never be reported: seed(s) {shared} are also in 'seeds'")
+    for name, seeds in (("seeds", cfg.seeds), ("extra_seeds", cfg.extra_seeds)):
+        if any(isinstance(x, bool) or not isinstance(x, int) or x < 0 for x in seeds):
+            raise ConfigError(f"'{name}' must be non-negative integers, got {list(seeds)}")
+        shared = sorted(set(cfg.tuning.seeds) & set(seeds))
+        if shared:
+            raise ConfigError(f"'tuning.seeds' must never be reported: seed(s) {shared} are also in '{name}'")
     if not cfg.tuning.seeds or not cfg.tuning.attacks:
         raise ConfigError("'tuning.seeds' and 'tuning.attacks' must not be empty")
+    if cfg.tuning.defenses is not None and not cfg.tuning.defenses:
+        raise ConfigError("'tuning.defenses' must name at least one defense, or be None (every defense)")
     g = cfg.tuning.grid_points
     if g is not None and (isinstance(g, bool) or not isinstance(g, int) or g < 2):
         raise ConfigError(f"'tuning.grid_points' must be an integer >= 2 or None (every value), got {g!r}")

@@ -37,7 +37,13 @@ def start_clock() -> None:
 # Fields that enter the key only when changed from these defaults, so the keys of runs that leave
 # them alone stayed what they were before the fields existed: the kernel choices, and fields added
 # later. Dotted paths into ``as_dict(cfg)`` -> default.
-_OMITTED_AT_DEFAULT = {"deterministic": True, "compile": False, "tuning.grid_points": None}
+_OMITTED_AT_DEFAULT = {
+    "deterministic": True,
+    "compile": False,
+    "tuning.grid_points": None,
+    "tuning.defenses": None,
+    "extra_seeds": [3, 4],
+}
 
 
 def config_key(cfg: Config) -> str:

@@ -79,7 +79,6 @@ def check_parameters(path: Path, params: dict[str, Any], valid: dict[str, Any] |
     values of the default's kind (a value that is not JSON only where the default is a string),
     the profile and overrides (``bdlib.profiles.resolve``), attack / defense names, seeds.
     Returns the parameters as plain values; raises NotebookError naming the parameter."""
-    from bdlib import attacks, defenses
     from bdlib.config import ConfigError
     from bdlib.profiles import resolve
 
@@ -102,19 +101,31 @@ def check_parameters(path: Path, params: dict[str, Any], valid: dict[str, Any] |
     try:
         resolve(str(out.get("profile", valid.get("profile"))), overrides=out.get("overrides", valid.get("overrides")))
         for name, value in out.items():
-            if name.endswith("attacks") and value != "all":
-                for a in [value] if isinstance(value, str) else list(value):
-                    attacks.get(a)
-            elif name == "defenses" and value != "all":
-                for d in [value] if isinstance(value, str) else list(value):
-                    defenses.get(d)
-            elif name.endswith("seeds") and value is not None:
-                if not isinstance(value, list) or any(
-                    not isinstance(v, int) or isinstance(v, bool) or v < 0 for v in value
-                ):
-                    raise ConfigError(f"'{name}' must be a list of non-negative integers, got {value!r}")
-            elif isinstance(valid[name], list) and not isinstance(value, list):
-                raise ConfigError(f"'{name}' must be a list like its default {valid[name]!r}, got {value!r}")
+            _check_value(name, value, valid[name])
     except (ConfigError, ValueError, TypeError) as err:
         raise NotebookError(f"{path.name}: {err}") from None
     return out
+
+
+def _check_value(name: str, value: Any, default: Any) -> None:
+    """One parameter's value against its name and default: attack and defense names, seeds,
+    lists where the default is a list, and a dict's entries (``budgets["attacks"]``) likewise."""
+    from bdlib import attacks, defenses
+    from bdlib.config import ConfigError
+
+    if isinstance(default, dict) and default and name != "overrides":
+        if not isinstance(value, dict) or set(value) != set(default):
+            raise ConfigError(f"'{name}' must be a dict with the keys {', '.join(default)} (default {default!r})")
+        for key, v in value.items():
+            _check_value(key, v, default[key])
+    elif name.endswith("attacks") and value != "all":
+        for a in [value] if isinstance(value, str) else list(value):
+            attacks.get(a)
+    elif name == "defenses" and value != "all":
+        for d in [value] if isinstance(value, str) else list(value):
+            defenses.get(d)
+    elif name.endswith("seeds") and value is not None:
+        if not isinstance(value, list) or any(not isinstance(v, int) or isinstance(v, bool) or v < 0 for v in value):
+            raise ConfigError(f"'{name}' must be a list of non-negative integers, got {value!r}")
+    elif isinstance(default, list) and not isinstance(value, list):
+        raise ConfigError(f"'{name}' must be a list like its default {default!r}, got {value!r}")

@@ -31,8 +31,10 @@ _PROFILE_BASE: dict[str, dict[str, Any]] = {
     "smoke": dict(
         dataset="fmnist",
         model="smallcnn",
-        n_train=2000,
-        n_test=500,
+        # CI-sized: every notebook's code path in about 3 minutes on one core; results are not
+        # meant to mean anything (1,000 images at 2 epochs: the attacks need not succeed).
+        n_train=1000,
+        n_test=250,
         train=TrainConfig(epochs=2, batch_size=128, lr=0.05, crop_pad=0),
         target=0,
         clean_fraction=0.05,
@@ -84,10 +86,10 @@ _PROFILE_METHODS: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
             },
         },
         "defenses": {
-            "mcldef": {"ce_weight": 0.1, "bn_eval": True, "inv_steps": 150, "inv_batch_size": 16, "epochs": 5},
+            "mcldef": {"ce_weight": 0.1, "bn_eval": True, "inv_steps": 60, "inv_batch_size": 16, "epochs": 5},
             "none": {"rho": 0.5, "none_lr": 0.01, "epochs2": 2, "detect_top": 8},
             "nad": {"epochs": 2, "teacher_epochs": 2, "betas": (200.0, 200.0, 200.0)},
-            "anp": {"eps": 0.3, "steps": 30},
+            "anp": {"eps": 0.3, "steps": 15},
             "ibau": {"eps": 1.5, "rounds": 2},
             "ft": {"epochs": 2},
             "ntml": {"teacher": "poisoned", "reading": "suppress"},  # as quick
@@ -180,7 +182,10 @@ def resolve(
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
     cfg = dataclasses.replace(cfg, attack=attack, seed=seed, device=device, progress=bool(progress))
-    return override(cfg, overrides or {})
+    cfg = override(cfg, overrides or {})
+    for name in cfg.tuning.defenses or ():
+        check_choice("tuning.defenses: defense", name, tuple(defenses.REGISTRY))
+    return cfg
 
 
 __all__ = ["PROFILES", "profile", "resolve"]

@@ -8,6 +8,7 @@ long: one row per x value and line, the line's legend label in ``"series"``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -74,9 +75,13 @@ def defense_names(spec: str | Sequence[str]) -> list[str]:
 
 def seed_list(cfg: Config, seeds: Sequence[int] | None) -> list[int]:
     """The notebook's ``seeds`` parameter, or the profile's seeds when it is None."""
-    chosen = list(cfg.seeds if seeds is None else seeds)
+    return _checked_seeds(cfg.seeds if seeds is None else seeds, "seeds", seeds)
+
+
+def _checked_seeds(chosen: Sequence[int], name: str, given: object) -> list[int]:
+    chosen = list(chosen)
     if not chosen or any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in chosen):
-        raise ValueError(f"seeds must be a non-empty list of non-negative integers, got {seeds!r}")
+        raise ValueError(f"{name} must be a non-empty list of non-negative integers, got {given!r}")
     return chosen
 
 
@@ -361,10 +366,13 @@ def reading_diagnosis(cfg: Config, names: Sequence[str], seeds: Sequence[int], r
     return rows
 
 
-def variant_verdicts(rows: Sequence[dict], asr_max: float, cost_max: float):
-    """Per attack: the NT-ML variants whose mean ASR is at most ``asr_max`` at a mean BA cost of
-    at most ``cost_max`` on the tuning seeds ("none": no reading tried defends that attack)."""
+def variant_verdicts(cfg: Config, rows: Sequence[dict]):
+    """Per attack: the NT-ML variants whose mean ASR is at most the six-attacks claim's bar at a
+    mean BA cost of at most ``cfg.tuning.max_cost`` on the tuning seeds ("none": no reading tried
+    defends that attack)."""
     import pandas as pd
+
+    asr_max, cost_max = claims.get("ntml-six-attacks").asr_max, cfg.tuning.max_cost
 
     df = pd.DataFrame(rows).groupby(["attack", "setting"], sort=False)[["ASR", "cost"]].mean().reset_index()
     out = []
@@ -542,9 +550,11 @@ def ntml_ablation(cfg: Config, attack: str, seed: int) -> list[dict]:
     return rows + [{"variant": "fine-tuning", **defend(c0, "ft").metrics}]
 
 
-def variant_choice(cfg: Config, variant: dict) -> str:
+def variant_choice(cfg: Config, variant: dict | None) -> str:
     """One line: the NT-ML variant the protocol's rule chooses, and the one the profile runs."""
     current = tune.label({k: getattr(cfg.defenses["ntml"], k) for k in tune.VARIANT_FIELDS})
+    if variant is None:
+        return f"no readings sweep: NT-ML is outside this run's tuning.defenses; the profile runs {current}"
     return (
         f"the rule chooses {variant['setting']} (within the BA bar: {variant['qualified']}); the profile runs {current}"
     )
@@ -630,9 +640,10 @@ def target_detection(runs: dict[tuple[str, int], DefenseRun]) -> list[dict]:
 def tuning_intro(cfg: Config, seeds: Sequence[int]) -> str:
     """What the comparison protocol tunes on."""
     t = cfg.tuning
+    scope = "every defense" if t.defenses is None else ", ".join(t.defenses) + " (the others keep the profile's values)"
     return (
         f"tuning seeds {list(t.seeds)} (reported: {list(seeds)}), attacks {list(t.attacks)}, "
-        f"BA-cost bar {t.max_cost:g} points"
+        f"BA-cost bar {t.max_cost:g} points; tuned: {scope}"
     )
 
 
@@ -659,17 +670,35 @@ def clean_data_defenses(names: Sequence[str]) -> list[str]:
     return [d for d in names if "clean" in defenses.get(d).uses]
 
 
-def budget_cells(
-    cfg: Config,
-    names: Sequence[str],
-    dnames: Sequence[str],
-    seeds: Sequence[int],
-    budgets: Sequence[float],
-    reported: Sequence[int],
-) -> list:
+@dataclass(frozen=True)
+class BudgetSweep:
+    """Notebook 06's clean-budget comparison: these budgets (fractions of the training set), on
+    these attacks and seeds, for the defenses that are given the clean subset."""
+
+    fractions: tuple[float, ...]
+    attacks: tuple[str, ...]
+    seeds: tuple[int, ...]
+    defenses: tuple[str, ...]
+
+
+def budget_sweep(spec: dict, names: Sequence[str], dnames: Sequence[str]) -> BudgetSweep:
+    """06's ``budgets`` parameter, ``{"clean": [fractions of the training set], "attacks": [...],
+    "seeds": [...]}``, checked: its attacks narrowed to ``names``, the clean-data defenses of
+    ``dnames``."""
+    fields = ("clean", "attacks", "seeds")
+    if not isinstance(spec, dict) or set(spec) != set(fields):
+        raise ValueError(f"budgets must be a dict with exactly the keys {', '.join(fields)}; got {spec!r}")
+    if not spec["clean"] or not all(isinstance(b, (int, float)) and 0 < b <= 1 for b in spec["clean"]):
+        raise ValueError(f"budgets['clean'] must be fractions of the training set in (0, 1], got {spec['clean']!r}")
+    seeds = _checked_seeds(spec["seeds"], "budgets['seeds']", spec["seeds"])
+    among = attacks_among(spec["attacks"], names)
+    return BudgetSweep(tuple(spec["clean"]), tuple(among), tuple(seeds), tuple(clean_data_defenses(dnames)))
+
+
+def budget_cells(cfg: Config, sweep: BudgetSweep, reported: Sequence[int]) -> list:
     """Grid cells of the clean-budget comparison that the main grid (the profile's budget, the
     ``reported`` seeds) does not already hold."""
-    cells = grid.cells(names, dnames, seeds, budgets)
+    cells = grid.cells(sweep.attacks, sweep.defenses, sweep.seeds, sweep.fractions)
     return [x for x in cells if x.clean_fraction != cfg.clean_fraction or x.seed not in reported]
 
 

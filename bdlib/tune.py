@@ -80,11 +80,18 @@ def _run(
     }
 
 
+def tuned(cfg: Config, names: Sequence[str]) -> list[str]:
+    """The defenses of ``names`` the protocol tunes: those in ``cfg.tuning.defenses`` (None: all)."""
+    scope = cfg.tuning.defenses
+    return [d for d in names if scope is None or d in scope]
+
+
 def sweep(cfg: Config, names: Sequence[str]) -> list[dict]:
-    """One row per defense × setting × tuning attack × tuning seed (cached: a rerun reads the store)."""
+    """One row per defense × setting × tuning attack × tuning seed, for the defenses of ``names``
+    the protocol tunes (:func:`tuned`); cached: a rerun reads the store."""
     return [
         _run(cfg, d, a, s, setting)
-        for d in names
+        for d in tuned(cfg, names)
         for setting in settings(d, cfg.tuning.grid_points)
         for a in cfg.tuning.attacks
         for s in cfg.tuning.seeds
@@ -178,7 +185,10 @@ def variant_seeds(cfg: Config, attack: str) -> tuple[int, ...]:
 def variant_sweep(cfg: Config, attacks: Sequence[str]) -> list[dict]:
     """NT-ML under every variant on ``attacks`` (narrowed to ``cfg.tuning.variant_attacks`` where
     the profile names them) and their tuning seeds (:func:`variant_seeds`), NT-ML's knob at its
-    default (:func:`variant_setting`); one cached NT stage per reading."""
+    default (:func:`variant_setting`); one cached NT stage per reading. None where NT-ML is
+    outside the protocol's scope (``cfg.tuning.defenses``)."""
+    if not tuned(cfg, ["ntml"]):
+        return []
     chosen = cfg.tuning.variant_attacks
     attacks = [a for a in attacks if chosen is None or a in chosen]
     return [
@@ -198,10 +208,13 @@ def ml_contribution(cfg: Config, attacks: Sequence[str], seeds: Sequence[int]) -
     return rows
 
 
-def select_variant(rows: Iterable[Mapping], max_cost: float = MAX_BA_COST) -> dict[str, Any]:
+def select_variant(rows: Iterable[Mapping], max_cost: float = MAX_BA_COST) -> dict[str, Any] | None:
     """The NT-ML variant with the best mean DER over the attacks among those whose mean BA cost
-    is at most ``max_cost`` on every attack; if none qualifies, the best mean DER overall."""
+    is at most ``max_cost`` on every attack; if none qualifies, the best mean DER overall (None
+    without rows: the readings sweep did not run)."""
     agg = _aggregate(rows)
+    if not agg:
+        return None
     ok = [s for s, v in agg.items() if v["cost"] <= max_cost]
     best = max(ok or agg, key=lambda s: agg[s]["DER"])
     return {"setting": best, **{k: agg[best][k] for k in ("ASR", "DER", "cost")}, "qualified": bool(ok)}

@@ -148,6 +148,9 @@ def _main(*argv: str, capsys) -> tuple[int, str]:
         (["01", "-p", "seeds", "0"], "'seeds' must be a list"),
         (["01", "-p", "attacks", '["badnet"]'], "badnets"),
         (["06", "-p", "defenses", '["nad", "anq"]'], "anp"),
+        (["06", "-p", "budgets", '{"clean": [0.05], "attacks": ["badnet"], "seeds": [0]}'], "badnets"),
+        (["06", "-p", "budgets", '{"clean": [0.05], "attacks": ["badnets"]}'], "keys clean, attacks, seeds"),
+        (["06", "-p", "overrides", '{"tuning.defenses": ["ftt"]}'], "'ftt' is unknown"),
         (["01", "-p", "overrides", '{"train.epochs": 0}'], "'train.epochs' must be an integer >= 1, got 0"),
         (["01", "-p", "overrides", '{"train.epoch": 1}'], "did you mean 'epochs'"),
         (["01", "--profile", "smoke", "-p", "profile", "quick"], "disagree"),
@@ -166,7 +169,8 @@ def test_good_parameters_pass_and_a_plain_string_is_accepted_where_the_default_i
     nb = notebooks(["01"])[0]
     out = check_parameters(nb, {"device": parse_value("cpu"), "attacks": parse_value("badnets")})
     assert out == {"device": "cpu", "attacks": "badnets"} and type(out["device"]) is str
-    given = {"profile": "paper", "budgets": [0.05], "budget_attacks": ["badnets"], "seeds": [0], "defenses": "all"}
+    budgets = {"clean": [0.05], "attacks": ["badnets"], "seeds": [0]}
+    given = {"profile": "paper", "budgets": budgets, "seeds": [0], "defenses": "all"}
     assert check_parameters(notebooks(["06"])[0], given) == given
 
 

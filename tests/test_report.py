@@ -167,8 +167,16 @@ def test_comparison_helpers_on_grid_rows():
     summary = report.defense_summary(rows, ["badnets"], ["ft"])
     assert summary["badnets"]["ft"]["ASR"] == pytest.approx((3.0, 2.0))
     cfg = SimpleNamespace(clean_fraction=0.05)
-    cells = report.budget_cells(cfg, ["badnets"], ["ft"], [0, 3], [0.01, 0.05], reported=[0, 1])
+    spec = {"clean": [0.01, 0.05], "attacks": ["badnets", "narcissus"], "seeds": [0, 3]}
+    sweep = report.budget_sweep(spec, ["badnets", "blended"], ["none", "ft"])
+    assert sweep == report.BudgetSweep((0.01, 0.05), ("badnets",), (0, 3), ("ft",))
+    cells = report.budget_cells(cfg, sweep, reported=[0, 1])
     assert [(c.seed, c.clean_fraction) for c in cells] == [(0, 0.01), (3, 0.01), (3, 0.05)]
+    for bad in ({"clean": [0.01], "attacks": ["badnets"]}, {**spec, "clean": [0.0]}, {**spec, "seeds": [-1]}):
+        with pytest.raises(ValueError, match="budgets|seeds"):
+            report.budget_sweep(bad, ["badnets"], ["ft"])
+    with pytest.raises(ValueError, match="choose one of"):
+        report.budget_sweep({**spec, "attacks": ["badnet"]}, ["badnets"], ["ft"])
     extra = [grid.Cell("badnets", "ft", 3, 0.05), grid.Cell("badnets", grid.UNDEFENDED, 3, 0.05)]
     assert report.extra_seeds_note(extra, [3]).endswith("run on seeds [3] too: ['badnets × ft']")
     assert report.extra_seeds_note([], [3]).endswith("too: none")

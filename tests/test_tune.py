@@ -38,6 +38,25 @@ def test_tuning_seeds_are_never_reported():
         assert cfg.tuning.seeds and not set(cfg.tuning.seeds) & set(cfg.seeds), p
     with pytest.raises(ConfigError, match=r"'tuning.seeds' must never be reported: seed\(s\) \[100\]"):
         resolve("quick", overrides={"seeds": [0, 100]})
+    with pytest.raises(ConfigError, match=r"seed\(s\) \[101\] are also in 'extra_seeds'"):
+        resolve("quick", overrides={"extra_seeds": [3, 101]})
+
+
+def test_the_protocols_scope_narrows_the_sweeps_and_names_bad_defenses(monkeypatch):
+    ran = []
+    monkeypatch.setattr(tune, "_run", lambda cfg, d, a, s, setting, name=None: ran.append(d) or {})
+    cfg = resolve("smoke", overrides={"tuning.defenses": ["ft", "nad"]})
+    assert tune.tuned(cfg, ["ntml", "nad", "ft"]) == ["nad", "ft"]
+    tune.sweep(cfg, ["ntml", "nad", "ft", "anp"])
+    assert set(ran) == {"nad", "ft"} and len(ran) == 2 * len(tune.settings("nad", 2))
+    assert tune.variant_sweep(cfg, ["badnets"]) == [] and tune.select_variant([]) is None
+    ran.clear()
+    tune.variant_sweep(resolve("smoke"), ["badnets"])
+    assert ran and set(ran) == {"ntml"}
+    with pytest.raises(ConfigError, match="tuning.defenses: defense 'ftt' is unknown.*choose one of"):
+        resolve("smoke", overrides={"tuning.defenses": ["ftt"]})
+    with pytest.raises(ConfigError, match="at least one defense"):
+        resolve("smoke", overrides={"tuning.defenses": []})
 
 
 def test_select_lowest_asr_within_the_cost_bar_on_every_attack():
