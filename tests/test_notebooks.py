@@ -39,25 +39,45 @@ def _run(tmp: Path, *args: str, cache: Path | None = None) -> subprocess.Complet
 
 # 01 poisons with every attack (each trigger and victim is checked below); 02-06 defend three of
 # them, which cover every figure's code path (03's ML curves and 06's budget curves need BadNets,
-# Blended and Narcissus) at half the cost of six: CI stays well under 15 minutes. Every defense on
-# every attack runs on quick (make figures) and, on ResNet-18, for BadNets in tests/test_paper_path.
+# Blended and Narcissus) at half the cost of six. The sweeps inside a notebook (02's τ, the clean
+# budgets of 03 and 06) run on two values each: a curve's code path, not its resolution. Every
+# defense on every attack runs on quick (make figures) and, on ResNet-18, for BadNets in
+# tests/test_paper_path.
 DEFENDED = ["badnets", "blended", "narcissus"]
+SWEEPS = {
+    "02": {"taus": [2.0, 4.0]},
+    "03": {"budgets": [0.01, 0.05]},
+    "06": {"budgets": {"clean": [0.01, 0.05], "attacks": ["badnets", "narcissus"], "seeds": [0]}},
+}
 
 
 def _expected_parameters(nb: Path) -> dict:
-    return {"profile": "smoke"} if nb.stem.startswith("01") else {"profile": "smoke", "attacks": DEFENDED}
+    if nb.stem.startswith("01"):
+        return {"profile": "smoke"}
+    return {"profile": "smoke", "attacks": DEFENDED, **SWEEPS.get(nb.stem[:2], {})}
+
+
+def _parameter_args(stem: str) -> list[str]:
+    """The runner's ``-p NAME JSON`` arguments that give notebook ``stem`` its smoke-run parameters."""
+    given = _expected_parameters(Path(stem)).items()
+    return [x for k, v in given if k != "profile" for x in ("-p", k, json.dumps(v))]
 
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("smoke")
     sources = {p: p.read_bytes() for p in ALL}
-    first = _run(tmp, ALL[0].stem, "--profile", "smoke")
-    assert first.returncode == 0, first.stderr[-3000:]
-    rest = _run(tmp, *[p.stem for p in ALL[1:]], "--profile", "smoke", "-p", "attacks", json.dumps(DEFENDED))
-    assert rest.returncode == 0, rest.stderr[-3000:]
-    (tmp / "stdout").write_text(first.stdout + rest.stdout)
-    (tmp / "stderr").write_text(first.stderr + rest.stderr)
+    # One runner call per parameter set (a notebook takes only its own parameters), in order: 01
+    # fills the store the others read.
+    calls = [[ALL[0].stem]] + [[p.stem] for p in ALL[1:] if p.stem[:2] in SWEEPS]
+    calls.append([p.stem for p in ALL[1:] if p.stem[:2] not in SWEEPS])
+    out, err = "", ""
+    for stems in calls:
+        proc = _run(tmp, *stems, "--profile", "smoke", *_parameter_args(stems[0]))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        out, err = out + proc.stdout, err + proc.stderr
+    (tmp / "stdout").write_text(out)
+    (tmp / "stderr").write_text(err)
     assert {p: p.read_bytes() for p in ALL} == sources, "the runner wrote over a source notebook"
     return tmp
 
@@ -99,9 +119,9 @@ def test_runner_reports_start_end_and_store_counts_in_plain_lines_and_no_jupyter
 
 
 def test_warm_rerun_loads_everything_from_the_store_and_says_so(smoke_run):
-    nb = ALL[2]
-    attacks = json.dumps(DEFENDED)
-    proc = _run(smoke_run / "warm", nb.stem, "--profile", "smoke", "-p", "attacks", attacks, cache=smoke_run / "cache")
+    nb = ALL[3]
+    args = _parameter_args(nb.stem)
+    proc = _run(smoke_run / "warm", nb.stem, "--profile", "smoke", *args, cache=smoke_run / "cache")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"{nb.stem}: started on smoke" in proc.stdout
     m = re.search(rf"^{nb.stem}: [0-9.]+ s; 0 results computed, (\d+) loaded from the store$", proc.stdout, re.M)
