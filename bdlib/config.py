@@ -88,6 +88,8 @@ class Config:
     # The claims ledger's rule (notebook 06): an attack x defense cell whose seeds disagree by more
     # than claims.SPREAD ASR points also runs on these seeds, the same for every defense.
     extra_seeds: tuple[int, ...] = (3, 4)
+    # Clean training samples in a t-SNE figure (notebooks 01 and 05), plus a tenth as many poisoned.
+    embedding_points: int = 1500
     # How kernels run (bdlib.train.configure); results' store keys never include these.
     deterministic: bool = True  # deterministic kernels; False: cudnn.benchmark (faster on a GPU, not bit-reproducible)
     compile: bool = False  # torch.compile the model of each training step (opt-in; worth it on a GPU)
@@ -229,6 +231,8 @@ def check_consistency(cfg: Config) -> None:
         n = getattr(cfg, name)
         if n is not None and n < 10:
             raise ConfigError(f"'{name}' must be at least 10 (one image of each class) or None (all), got {n}")
+    if isinstance(cfg.embedding_points, bool) or not isinstance(cfg.embedding_points, int) or cfg.embedding_points < 10:
+        raise ConfigError(f"'embedding_points' must be an integer >= 10, got {cfg.embedding_points!r}")
     if not 0 < cfg.clean_fraction <= 1:
         raise ConfigError(f"'clean_fraction' must be in (0, 1], got {cfg.clean_fraction}")
     if not 0 <= cfg.target < 10:

@@ -397,13 +397,19 @@ def defend(cfg: Config, defense: str) -> DefenseRun:
     )
 
 
-def feature_embedding(cfg: Config, n: int = 1500, poisoned_n: int = 150, model: nn.Module | None = None) -> dict:
+def feature_embedding(
+    cfg: Config, n: int | None = None, poisoned_n: int | None = None, model: nn.Module | None = None
+) -> dict:
     """A 2-D t-SNE of penultimate features of training samples, poisoned ones included.
 
-    Takes ``n`` clean samples and up to ``poisoned_n`` poisoned ones of this run's poisoned
-    set, embedded with the poisoned model (or ``model``, e.g. a defended one).
+    Takes ``n`` clean samples (default ``cfg.embedding_points``) and up to ``poisoned_n`` poisoned
+    ones (default a tenth of ``n``) of this run's poisoned set, embedded with the poisoned model
+    (or ``model``, e.g. a defended one).
     """
     from sklearn.manifold import TSNE
+
+    n = cfg.embedding_points if n is None else n
+    poisoned_n = n // 10 if poisoned_n is None else poisoned_n
 
     run = poisoned_model(cfg)
     p = run.poisoned

@@ -43,6 +43,7 @@ _OMITTED_AT_DEFAULT = {
     "tuning.grid_points": None,
     "tuning.defenses": None,
     "extra_seeds": [3, 4],
+    "embedding_points": 1500,
 }
 
 

@@ -107,6 +107,25 @@ def check_parameters(path: Path, params: dict[str, Any], valid: dict[str, Any] |
     return out
 
 
+def route_parameters(paths: Sequence[Path], params: dict[str, Any]) -> list[tuple[Path, dict[str, Any]]]:
+    """Each notebook with the parameters it declares, every one checked (:func:`check_parameters`)
+    before the first kernel starts, so a bad value for the last notebook costs no run of the first.
+    A parameter none of ``paths`` declares is refused, naming what they take."""
+    valid = {path: parameters(path) for path in paths}
+    taken = {name for names in valid.values() for name in names}
+    unknown = sorted(set(params) - taken)
+    if unknown:
+        if len(paths) == 1:
+            where, takes = paths[0].name, "this notebook takes"
+        else:
+            where, takes = ", ".join(p.stem for p in paths), "they take"
+        raise NotebookError(f"{where}: parameter(s) {', '.join(unknown)} unknown; {takes}: {', '.join(sorted(taken))}")
+    return [
+        (path, check_parameters(path, {k: v for k, v in params.items() if k in valid[path]}, valid[path]))
+        for path in paths
+    ]
+
+
 def _check_value(name: str, value: Any, default: Any) -> None:
     """One parameter's value against its name and default: attack and defense names, seeds,
     lists where the default is a list, and a dict's entries (``budgets["attacks"]``) likewise."""

@@ -31,14 +31,15 @@ _PROFILE_BASE: dict[str, dict[str, Any]] = {
     "smoke": dict(
         dataset="fmnist",
         model="smallcnn",
-        # CI-sized: every notebook's code path in about 3 minutes on one core; results are not
-        # meant to mean anything (1,000 images at 2 epochs: the attacks need not succeed).
+        # CI-sized: every notebook's code path in about 2 minutes on one core; results are not
+        # meant to mean anything (1,000 images, one epoch: the attacks need not succeed).
         n_train=1000,
         n_test=250,
-        train=TrainConfig(epochs=2, batch_size=128, lr=0.05, crop_pad=0),
+        train=TrainConfig(epochs=1, batch_size=128, lr=0.05, crop_pad=0),
         target=0,
         clean_fraction=0.05,
         seeds=(0,),
+        embedding_points=300,
         # CI-sized protocol: one tuning seed and attack, each grid's two ends, the same rule.
         tuning=TuningConfig(seeds=(100,), attacks=("badnets",), variant_attacks=("badnets",), grid_points=2),
     ),

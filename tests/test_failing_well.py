@@ -122,12 +122,15 @@ def test_a_killed_kernel_is_one_paragraph_about_memory(tmp_path):
 
 def test_ctrl_c_is_one_paragraph_saying_a_rerun_resumes(tmp_path):
     before = _old_figures(tmp_path)
-    nb = _notebook(tmp_path / "slow.ipynb", SAVE + "import time\ntime.sleep(120)\n")
+    asleep = tmp_path / "asleep"
+    nb = _notebook(
+        tmp_path / "slow.ipynb", SAVE + f"import time\nopen({str(asleep)!r}, 'w').close()\ntime.sleep(120)\n"
+    )
     proc = _runner(tmp_path, nb)
     deadline = time.time() + 120
-    while not (tmp_path / "executed").exists() and time.time() < deadline:
-        time.sleep(0.2)
-    time.sleep(6)  # the kernel has started and is sleeping in cell 2
+    while not asleep.exists() and time.time() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)  # the kernel is sleeping in cell 2
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130

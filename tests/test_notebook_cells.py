@@ -1,9 +1,8 @@
 """Notebook code cells stay short: a call into bdlib, a plot, a save.
 
 Every code cell outside the exercises (solution, ``# Check:`` and hidden-test cells, which the
-classroom tooling owns) is at most 8 lines of at most 100 characters. The ``parameters`` cell
-holds one literal per line (the runner and papermill read it) and may be longer, but its lines
-obey the same width.
+classroom tooling owns) is at most 8 lines of at most 100 characters, the ``parameters`` cell
+included.
 """
 
 import json
@@ -27,8 +26,7 @@ def test_code_cells_are_a_few_short_lines():
             if cell["cell_type"] != "code" or _exercise(cell):
                 continue
             lines = "".join(cell["source"]).splitlines()
-            params = "parameters" in cell.get("metadata", {}).get("tags", [])
-            if len(lines) > MAX_LINES and not params:
+            if len(lines) > MAX_LINES:
                 long.append(f"{nb.name} cell {i}: {len(lines)} lines")
             long += [f"{nb.name} cell {i}: {len(s)} characters: {s!r}" for s in lines if len(s) > MAX_WIDTH]
     assert not long, "move the logic into bdlib.report: " + "; ".join(long)
