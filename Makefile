@@ -14,10 +14,11 @@ figures: setup
 	$(BIN)/python -m bdlib run --profile $(PROFILE)
 
 # Two pytest workers, one thread each (pytest-xdist, a whole test file per worker): the smoke run
-# of the six notebooks and the paper-path run go side by side on a 2-core machine; one OpenMP
-# thread per worker, passive, so the two never spin against each other.
+# of the notebooks and the paper-path run go side by side on a 2-core machine, the other files
+# beside them, longest first (tests/conftest.py); one OpenMP thread per worker, passive, so the
+# two never spin against each other.
 test: setup lint
-	OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -q -n 2 --dist loadfile tests
+	OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder tests
 
 # ruff (configured in pyproject.toml) over bdlib/, tests/, benchmarks/ and the notebooks.
 lint: $(STAMP)
