@@ -126,7 +126,13 @@ def test_ctrl_c_is_one_paragraph_saying_a_rerun_resumes(tmp_path):
     nb = _notebook(
         tmp_path / "slow.ipynb", SAVE + f"import time\nopen({str(asleep)!r}, 'w').close()\ntime.sleep(120)\n"
     )
-    proc = _runner(tmp_path, nb)
+    # A test run started in the background (a script's `cmd &`, no job control) ignores SIGINT, and
+    # a child inherits an ignored signal: start the runner as from a terminal, where it is handled.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = _runner(tmp_path, nb)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     deadline = time.time() + 120
     while not asleep.exists() and time.time() < deadline:
         time.sleep(0.1)
