@@ -20,7 +20,7 @@ from bdlib import attacks, data, defenses, metrics, models, progress
 from bdlib.attacks.base import Poisoned, Trigger, TriggerContext
 from bdlib.config import Config, as_dict
 from bdlib.defenses.base import DefenseContext, record_from_store, record_to_store
-from bdlib.store import Store, module_hash, tensors_digest
+from bdlib.store import Store, module_hash, tensors_digest, tensors_under
 from bdlib.train import features, fit, seed_everything, select_device
 
 DATA_SEED = 0  # the train / test subsets are the same for every run seed: seeds vary the attack and training
@@ -137,11 +137,6 @@ def _load_model(cfg: Config, tensors: dict[str, torch.Tensor], seed: int = 0) ->
     m = new_model(cfg, seed)
     m.load_state_dict(tensors)
     return m.eval()
-
-
-def _under(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    """The tensors stored under ``prefix.`` (one store entry holds several), prefix removed."""
-    return {k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
 
 
 @dataclass
@@ -340,7 +335,7 @@ def defend(cfg: Config, defense: str) -> DefenseRun:
             return tensors, {"meta": meta, "roles": sorted(nets), "tensor_roles": sorted(arrays)}
 
         e = store().get_or_compute("defense_stage", full, compute_stage)
-        loaded = {role: _load_model(cfg, _under(e.tensors, role)) for role in e.meta["roles"]}
+        loaded = {role: _load_model(cfg, tensors_under(e.tensors, role)) for role in e.meta["roles"]}
         loaded.update({role: e.tensors[f"tensor.{role}"] for role in e.meta.get("tensor_roles", [])})
         return loaded, e.meta["meta"]
 
@@ -381,12 +376,12 @@ def defend(cfg: Config, defense: str) -> DefenseRun:
 
     e = store().get_or_compute("defended_model", spec, compute)
     record = record_from_store(
-        dfn.Record, _under(e.tensors, "record"), e.meta["record"], functools.partial(_load_model, cfg)
+        dfn.Record, tensors_under(e.tensors, "record"), e.meta["record"], functools.partial(_load_model, cfg)
     )
     after = dict(e.meta["metrics"], DER=e.meta["DER"])
     return DefenseRun(
         e.key,
-        _load_model(cfg, _under(e.tensors, "model")),
+        _load_model(cfg, tensors_under(e.tensors, "model")),
         after,
         e.meta["seconds"],
         e.meta,

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Sequence, TextIO
 
 from bdlib import openmp, paths, progress
-from bdlib.notebooks import NotebookError, check_parameters, notebooks, parameters, parse_value, route_parameters
+from bdlib.notebooks import NotebookError, notebooks, parameters, parse_value, route_parameters
 
 
 class RunError(NotebookError):
@@ -182,7 +182,8 @@ def run_notebook(
     cache: Path | None = None,
     stream: TextIO = sys.stdout,
 ) -> float:
-    """Execute one notebook with papermill, showing its progress on ``stream``; return its wall time."""
+    """Execute one notebook with papermill, showing its progress on ``stream``; return its wall time.
+    ``params`` are the notebook's own, checked (:func:`bdlib.notebooks.route_parameters`)."""
     # jsonschema (imported by papermill through nbformat) imports the optional rfc3987_syntax when
     # it is installed (jupyterlab's jsonschema[format-nongpl] brings it), which compiles its lark
     # grammars at import: 1.3 of papermill's 1.7 s import here. Nothing the runner does checks IRI
@@ -193,7 +194,6 @@ def run_notebook(
     from bdlib import figures as figs
 
     valid = parameters(path)
-    params = check_parameters(path, params, valid)
     out_dir.mkdir(parents=True, exist_ok=True)
     profile = str(params.get("profile", valid.get("profile")))
     before = last_seconds(figures, path.stem, profile)

@@ -54,6 +54,7 @@ __all__ = [
     "source_hash",
     "module_hash",
     "tensors_digest",
+    "tensors_under",
     "Entry",
     "Store",
     "StoreAccessError",
@@ -164,6 +165,11 @@ def module_hash(fn: Callable) -> str:
 
     pkg = Path(__file__).resolve().parent
     return source_hash(Path(inspect.getfile(fn)).resolve().relative_to(pkg).as_posix())
+
+
+def tensors_under(tensors: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The tensors stored under ``prefix.`` (one entry holds several groups), prefix removed."""
+    return {k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
 
 
 def tensors_digest(tensors: Mapping[str, torch.Tensor]) -> str:

@@ -26,6 +26,8 @@ import torch
 from torch import nn
 
 from bdlib.config import TrainConfig
+from bdlib.models import cpu_state
+from bdlib.store import tensors_under
 
 
 @dataclass(frozen=True)
@@ -109,7 +111,7 @@ def record_to_store(record: Any) -> tuple[dict[str, torch.Tensor], dict | None]:
             meta["keys"][name] = list(value)
             tensors.update({f"{name}.{k}": v.detach().cpu().contiguous() for k, v in value.items()})
         elif kind == "model":
-            tensors.update({f"{name}.{k}": v.detach().cpu().contiguous() for k, v in value.state_dict().items()})
+            tensors.update({f"{name}.{k}": v for k, v in cpu_state(value).items()})
         else:
             meta["json"][name] = value
     return tensors, meta
@@ -123,15 +125,15 @@ def record_from_store(
         return None
     values: dict[str, Any] = {}
     for name, kind in record_kinds(Record).items():
-        under = {k[len(name) + 1 :]: v for k, v in tensors.items() if k.startswith(name + ".")}
         if name in meta["none"]:
             values[name] = None
         elif kind == "tensor":
             values[name] = tensors[name]
         elif kind == "tensors":
+            under = tensors_under(tensors, name)
             values[name] = {k: under[k] for k in meta["keys"][name]}
         elif kind == "model":
-            values[name] = load_model(under)
+            values[name] = load_model(tensors_under(tensors, name))
         else:
             values[name] = meta["json"][name]
     return Record(**values)
