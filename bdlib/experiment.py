@@ -356,6 +356,7 @@ def defend(cfg: Config, defense: str) -> DefenseRun:
             evaluate=evaluate,
             memo=memo,
             progress=cfg.progress,
+            target=cfg.target if dfn.needs_target else None,  # only a declared grant (Defense.needs_target)
         )
         start = time.perf_counter()
         with progress.task(f"{defense} on the {cfg.attack} victim, seed {cfg.seed}"):

@@ -621,17 +621,34 @@ def mcldef_epoch_rows(runs: Sequence[DefenseRun], label: str = "MCLDef") -> list
 
 
 def target_detection(runs: dict[tuple[str, int], DefenseRun]) -> list[dict]:
-    """Per MCLDef run: the class it purified against, the true target, and whether it was sure."""
+    """Per detecting-MCLDef run: the smallest-mask class, the true target, its anomaly index, and
+    whether it was an outlier (then purified against; else the model was left as it is)."""
     return [
         {
             "attack": a,
             "seed": s,
             "detected": r.record.target,
             "true": r.cfg.target,
+            "anomaly index": r.record.anomaly_index,
             "confident": r.record.detection_confident,
+            "purified": r.record.purified,
         }
         for (a, s), r in runs.items()
     ]
+
+
+def no_outlier_notes(runs: dict[tuple[str, int], DefenseRun]) -> str:
+    """One line per detecting-MCLDef run that found no outlier class (its model left unpurified)."""
+    lines = [f"{a}, seed {s}: {r.record.note}" for (a, s), r in runs.items() if not r.record.purified]
+    return "\n".join(lines) or "detection found an outlier class in every run: each was purified"
+
+
+def mcldef_forms_rows(published: Sequence[dict], detecting: Sequence[dict]) -> list[dict]:
+    """:func:`defense_rows` of MCLDef's two forms as one list, the undefended rows once and each
+    form's rows labelled ``as published`` (told the target) or ``detecting`` (the target)."""
+    label = {"mcldef": "as published", "mcldef_detect": "detecting"}
+    both = [*published, *(r for r in detecting if r["model"] != "undefended")]
+    return [{**r, "model": label.get(r["model"], r["model"])} for r in both]
 
 
 # --- the comparison (notebook 06)

@@ -11,6 +11,7 @@ import json
 import typing
 from pathlib import Path
 
+import pytest
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
@@ -202,7 +203,19 @@ def _reachable(obj, depth: int = 0, seen: set[int] | None = None):
         yield from _reachable(c, depth + 1, seen)
 
 
-def test_a_defense_context_reaches_neither_the_target_nor_the_attack(monkeypatch):
+def test_only_mcldef_as_published_is_granted_the_target():
+    """The one declared grant beyond the threat model (``Defense.needs_target``): MCLDef as
+    published, whose official code is told ``--target_label``. Its detecting form is not."""
+    from bdlib import defenses
+    from bdlib.defenses.base import DefenseContext
+
+    assert {n for n, d in defenses.REGISTRY.items() if d.needs_target} == {"mcldef"}
+    assert {f.name: f.default for f in dataclasses.fields(DefenseContext)}["target"] is None
+
+
+@pytest.mark.parametrize("defense", ["ft", "mcldef_detect", "mcldef"])
+def test_a_defense_context_reaches_neither_the_target_nor_the_attack(monkeypatch, defense):
+    """No context carries the attack; only a defense declaring ``needs_target`` gets the target."""
     from bdlib import defenses, experiment
     from bdlib.config import Config
     from bdlib.defenses.base import DefenseContext
@@ -215,7 +228,7 @@ def test_a_defense_context_reaches_neither_the_target_nor_the_attack(monkeypatch
         seen.append(ctx)
         return defenses.Defended(model)
 
-    monkeypatch.setitem(defenses.REGISTRY, "ft", dataclasses.replace(defenses.get("ft"), run=spy))
+    monkeypatch.setitem(defenses.REGISTRY, defense, dataclasses.replace(defenses.get(defense), run=spy))
     monkeypatch.setattr(experiment, "module_hash", lambda fn: "test")
     monkeypatch.setattr(experiment, "store", lambda: _NoStore())
     # An unusual target and attack parameters, so that finding them by value means something.
@@ -224,9 +237,11 @@ def test_a_defense_context_reaches_neither_the_target_nor_the_attack(monkeypatch
         device="cpu",
         overrides={"target": 7, "n_train": 200, "n_test": 50, "train.epochs": 1, "attacks.badnets.poison_rate": 0.123},
     )
-    experiment.defend(cfg, "ft")
+    experiment.defend(cfg, defense)
     (ctx,) = seen
-    values = list(_reachable(ctx))
+    granted = defenses.get(defense).needs_target
+    assert ctx.target == (7 if granted else None)
+    values = list(_reachable(dataclasses.replace(ctx, target=None)))  # all but the declared grant
     assert not any(isinstance(v, Config) for v in values), "the context carries the run's Config"
     assert not any(v is cfg.attack_params or type(v) is type(cfg.attack_params) for v in values)
     assert 0.123 not in [v for v in values if isinstance(v, float)], "the poison rate is reachable"

@@ -1,4 +1,4 @@
-"""Tests for bdlib.defenses.mcldef: contrastive loss, anomaly index, inversion, Params, purification."""
+"""Tests for bdlib.defenses.mcldef: contrastive loss, anomaly index, both inversions, Params, both forms."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from defense_context import context, tiny_cnn
 from torch import nn
 
 from bdlib.config import ConfigError, TrainConfig
-from bdlib.defenses import mcldef
+from bdlib.defenses import REGISTRY, mcldef
 from bdlib.profiles import resolve
 from bdlib.train import fit
 
@@ -110,8 +110,8 @@ def test_inversion_recovers_planted_patch_and_detects_target():
     x = _dark_images(128)
     y = model(x.float() / 255).argmax(1)
     assert (y != 0).all()  # the clean images never reach the backdoor class
-    params = mcldef.Params(inv_steps=400, inv_batch_size=32, inv_patience=5)
-    masks, patterns, norms = mcldef.invert(model, x, y, torch.arange(K), params, seed=0)
+    params = mcldef.DetectParams(inv_steps=400, inv_batch_size=32, inv_patience=5)
+    masks, patterns, norms = mcldef.invert_all(model, x, y, torch.arange(K), params, seed=0)
     assert masks.shape == (K, 1, SIDE, SIDE) and patterns.shape == (K, 1, SIDE, SIDE)
     assert masks.min() >= 0 and masks.max() <= 1 and patterns.min() >= 0 and patterns.max() <= 1
     target, confident = mcldef.detect_target(norms, params.anomaly_threshold)
@@ -125,7 +125,8 @@ def test_inversion_recovers_planted_patch_and_detects_target():
 def test_inversion_leaves_the_model_untouched():
     model = PatchModel()
     before = copy.deepcopy(model.state_dict())
-    mcldef.invert(model, _dark_images(16), None, [0], mcldef.Params(inv_steps=5), seed=0)
+    mcldef.invert_all(model, _dark_images(16), None, [0], mcldef.DetectParams(inv_steps=5), seed=0)
+    mcldef.invert_official(model, _dark_images(16), 0, mcldef.Params(inv_epochs=2), seed=0)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(p.requires_grad for p in model.parameters())
 
@@ -136,15 +137,13 @@ def test_inversion_leaves_the_model_untouched():
 @pytest.mark.parametrize(
     "change",
     [
-        dict(target="auto"),
-        dict(target=-1),
-        dict(target=True),
         dict(lam=0.0),
-        dict(inv_steps=0),
+        dict(inv_epochs=0),
+        dict(inv_patience=-1),
         dict(tau=-0.5),
         dict(lr_decay=1.5),
         dict(lr_decay_epochs=(10, 5)),
-        dict(first_epoch_lr=0.0),
+        dict(first_epoch_factor=0.0),
         dict(ce_weight=-1.0),
     ],
 )
@@ -153,11 +152,35 @@ def test_params_validation_rejects(change):
         dataclasses.replace(mcldef.Params(), **change).validate()
 
 
+@pytest.mark.parametrize("change", [dict(inv_steps=0), dict(anomaly_threshold=0.0), dict(lr=0.0)])
+def test_detect_params_validation_rejects(change):
+    with pytest.raises(ValueError, match=next(iter(change))):
+        dataclasses.replace(mcldef.DetectParams(), **change).validate()
+
+
 def test_params_through_config_overrides():
-    cfg = resolve("smoke", overrides={"defenses.mcldef.target": 3, "defenses.mcldef.tau": 1})
-    assert cfg.defenses["mcldef"].target == 3 and cfg.defenses["mcldef"].tau == 1.0
-    with pytest.raises(ConfigError, match="target"):
-        resolve("smoke", overrides={"defenses.mcldef.target": "guess"})
+    cfg = resolve("smoke", overrides={"defenses.mcldef.inv_epochs": 3, "defenses.mcldef_detect.tau": 1})
+    assert cfg.defenses["mcldef"].inv_epochs == 3 and cfg.defenses["mcldef_detect"].tau == 1.0
+    with pytest.raises(ConfigError, match="target"):  # the published form is told the target, never configured
+        resolve("smoke", overrides={"defenses.mcldef.target": 3})
+
+
+def test_the_official_schedule_and_defaults():
+    """lr 0.1 in epoch 0, 0.01 in epochs 1-9, 0.001 from 10 (MCL utils/util.py, CIFAR10); the
+    bdlib options off; only the published form is told the target, only the detecting one tuned."""
+    p = mcldef.Params()
+    assert [round(p.lr * mcldef._lr_factor(p, e), 6) for e in (0, 1, 9, 10, 19)] == [0.1, 0.01, 0.01, 0.001, 0.001]
+    assert (p.ce_weight, p.bn_eval, p.inv_lr, p.inv_epochs, p.inv_patience, p.inv_batch_size) == (
+        0.0,
+        False,
+        0.005,
+        100,
+        30,
+        64,
+    )
+    assert REGISTRY["mcldef"].needs_target and not REGISTRY["mcldef"].tuning
+    assert not REGISTRY["mcldef_detect"].needs_target and REGISTRY["mcldef_detect"].tuning
+    assert all(not d.needs_target for name, d in REGISTRY.items() if name != "mcldef")
 
 
 # --------------------------------------------------------------------------- purification
@@ -180,30 +203,142 @@ def test_one_contrastive_step_changes_theta_and_not_frozen_copy():
     assert all(torch.equal(frozen0[k], v) for k, v in frozen.state_dict().items())
 
 
+def _tiny_data(n: int = 20) -> tuple[torch.Tensor, torch.Tensor]:
+    return _dark_images(n).repeat(1, 1, 4, 4)[:, :, :28, :28], torch.arange(n) % 10
+
+
+def _given(params, x, y, target: int | None, **kw):
+    """A context as ``experiment.defend`` builds it for a defense with ``needs_target``."""
+    return dataclasses.replace(context(params, x, y, **kw), target=target)
+
+
+def _state(model: nn.Module) -> dict:
+    return copy.deepcopy(model.state_dict())
+
+
+def _same(a: dict, b: dict) -> bool:
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+# --------------------------------------------------------------------------- as published
+
+
+def test_official_inversion_recovers_planted_patch():
+    model = PatchModel()
+    x = _dark_images(128)
+    y = model(x.float() / 255).argmax(1)
+    # 8 steps per pass (16 of 128 images): 800 Adam steps at lr 0.005 shrink the mask to the patch.
+    mask, pattern, norm, passes = mcldef.invert_official(model, x, 0, mcldef.Params(inv_batch_size=16), seed=0)
+    assert mask.shape == (1, SIDE, SIDE) and pattern.shape == (1, SIDE, SIDE)
+    assert mask.min() >= 0 and mask.max() <= 1 and pattern.min() >= 0 and pattern.max() <= 1
+    assert norm == pytest.approx(float(mask.sum())) and 1 <= passes <= 100
+    in_patch = mask[0, -PATCH:, -PATCH:].sum() / mask.sum()
+    assert in_patch > 0.9, f"only {in_patch:.2f} of the mask mass is on the planted patch"
+    assert mcldef.trigger_success(model, x, y, torch.tensor([0]), mask[None], pattern[None])[0] > 90
+
+
+@pytest.mark.parametrize("patience", [0, 3])
+def test_official_inversion_stops_once_the_norm_misses_a_new_minimum_more_than_patience_passes(patience):
+    """A model with zero weights and λ = 0 give no gradient: the norm never moves, so the first
+    pass sets the minimum and the inversion stops once it has missed it ``patience + 1`` times."""
+    model = PatchModel()
+    with torch.no_grad():
+        model.fc.weight.zero_()
+        model.fc.bias.zero_()
+    params = mcldef.Params(lam=0.0, inv_patience=patience, inv_batch_size=8)
+    _, _, _, passes = mcldef.invert_official(model, _dark_images(16), 0, params, seed=0)
+    assert passes == patience + 2
+
+
 @pytest.mark.parametrize("curve", [True, False])
-def test_run_records_detection_and_history(curve):
-    torch.manual_seed(0)
-    model = tiny_cnn(0)
-    x = _dark_images(20).repeat(1, 1, 4, 4)[:, :, :28, :28]
-    y = torch.arange(20) % 10
-    params = mcldef.Params(inv_steps=3, epochs=2, batch_size=10, curve=curve)
+def test_published_form_uses_the_given_target_and_never_detects(monkeypatch, curve):
+    def no_detection(*a, **k):
+        raise AssertionError("the published form inverted every class")
+
+    monkeypatch.setattr(mcldef, "invert_all", no_detection)
+    monkeypatch.setattr(mcldef, "detect_target", no_detection)
+    seen = []
+    official = mcldef.invert_official
+    monkeypatch.setattr(
+        mcldef, "invert_official", lambda m, x, t, *a, **k: seen.append(t) or official(m, x, t, *a, **k)
+    )
+    x, y = _tiny_data()
+    params = mcldef.Params(inv_epochs=3, epochs=2, batch_size=10, curve=curve)
     calls = []
-    ctx = context(params, x, y, calls)
-    out = mcldef.run(model, ctx)
+    model = tiny_cnn(0)
+    before = _state(model)
+    out = mcldef.run(model, _given(params, x, y, 7, calls=calls))
     rec = out.record
+    assert seen == [7] and rec.target == 7 and rec.classes == [7] and rec.target_mode == "given"
+    assert rec.mask_norms.shape == (1,) and rec.mask.shape == (1, 28, 28) and rec.inversion_passes == 3
+    assert rec.purified and rec.true_target_known_to_defense and rec.anomaly_index is None
+    assert not _same(before, out.model.state_dict())
     if curve:  # evaluated before purification and after each epoch
         assert [r["epoch"] for r in rec.epochs] == [0, 1, 2] and len(calls) == 3
     else:  # epoch losses only, the test set never touched
         assert [r["epoch"] for r in rec.epochs] == [1, 2] and not calls and "BA" not in rec.epochs[0]
-    assert rec.mask_norms.shape == (10,) and rec.mask.shape == (1, 28, 28)
-    assert rec.target == int(rec.mask_norms.argmin())
-    assert rec.true_target_known_to_defense is False
 
 
-# Each Params field set to another valid value: the inversion's cache key must change exactly
+def test_published_form_refuses_to_run_without_the_target():
+    x, y = _tiny_data()
+    with pytest.raises(ValueError, match="told the target"):
+        mcldef.run(tiny_cnn(0), context(mcldef.Params(inv_epochs=1, epochs=1), x, y))
+
+
+# --------------------------------------------------------------------------- detecting
+
+
+def _hand_made_inversion(norms: list[float]):
+    """``invert_all`` replaced by masks whose L1 norms are ``norms`` (a hand-made detection case)."""
+
+    def fake(model, x, y, classes, params, seed=0):
+        k, (c, h, w) = len(classes), x.shape[1:]
+        masks = torch.zeros(k, 1, h, w)
+        masks[:, 0, -3:, -3:] = torch.tensor(norms)[:, None, None] / 9
+        return masks, torch.ones(k, c, h, w), torch.tensor(norms)
+
+    return fake
+
+
+def test_detecting_form_leaves_the_model_as_it_is_when_no_class_is_an_outlier(monkeypatch):
+    monkeypatch.setattr(mcldef, "invert_all", _hand_made_inversion([9.0, 9.5, 10, 10.5, 11, 11.5, 12, 12.5, 13, 14]))
+    x, y = _tiny_data()
+    calls = []
+    model = tiny_cnn(0)
+    before = _state(model)
+    out = mcldef.run_detecting(model, context(mcldef.DetectParams(epochs=2, batch_size=10, curve=True), x, y, calls))
+    rec = out.record
+    assert out.model is model and _same(before, out.model.state_dict())
+    assert not rec.purified and not rec.detection_confident and rec.epochs == [] and not calls
+    assert rec.target == 0 and rec.anomaly_index < 2.0 and "no class is an outlier" in rec.note
+    assert rec.mask_norms.shape == (10,) and not rec.true_target_known_to_defense
+
+
+def test_detecting_form_purifies_against_an_outlier_class(monkeypatch):
+    monkeypatch.setattr(mcldef, "invert_all", _hand_made_inversion([10, 11, 12, 1.0, 13, 10.5, 11.5, 12.5, 9.5, 14]))
+    x, y = _tiny_data()
+    model = tiny_cnn(0)
+    before = _state(model)
+    out = mcldef.run_detecting(model, context(mcldef.DetectParams(epochs=2, batch_size=10), x, y))
+    rec = out.record
+    assert rec.purified and rec.detection_confident and rec.target == 3 and rec.anomaly_index > 2.0
+    assert "outlier" in rec.note and [r["epoch"] for r in rec.epochs] == [1, 2]
+    assert not _same(before, out.model.state_dict())
+    assert float(rec.mask.sum()) == pytest.approx(1.0)  # the outlier class's mask
+
+
+def test_detecting_form_records_a_real_inversion():
+    x, y = _tiny_data()
+    out = mcldef.run_detecting(tiny_cnn(0), context(mcldef.DetectParams(inv_steps=3, epochs=1, batch_size=10), x, y))
+    rec = out.record
+    assert rec.mask_norms.shape == (10,) and rec.mask.shape == (1, 28, 28) and rec.classes == list(range(10))
+    assert rec.target == int(rec.mask_norms.argmin()) and rec.target_mode == "detect"
+    assert rec.purified == rec.detection_confident and bool(rec.epochs) == rec.purified
+
+
+# Each DetectParams field set to another valid value: the inversion's cache key must change exactly
 # for the fields the inversion reads, and its result must not change for any other field.
 _OTHER_VALUES = {
-    "target": 0,
     "lam": 0.05,
     "inv_lr": 0.05,
     "inv_steps": 4,
@@ -213,7 +348,7 @@ _OTHER_VALUES = {
     "tau": 0.1,
     "epochs": 3,
     "lr": 0.2,
-    "first_epoch_lr": 0.1,
+    "first_epoch_factor": 1.0,
     "lr_decay_epochs": (1,),
     "lr_decay": 0.5,
     "momentum": 0.5,
@@ -226,22 +361,36 @@ _OTHER_VALUES = {
 
 
 def test_inversion_cache_key_is_exactly_what_the_inversion_reads():
-    base = mcldef.Params(inv_steps=6, inv_batch_size=4)
+    base = mcldef.DetectParams(inv_steps=6, inv_batch_size=4)
     assert set(_OTHER_VALUES) == {f.name for f in dataclasses.fields(base)}, "a new field needs a line here"
     model, x = PatchModel(), _dark_images(12)
     y = torch.arange(12) % K
     classes = torch.arange(K)
-    ref = mcldef.invert(model, x, y, classes, base, seed=0)
+    ref = mcldef.invert_all(model, x, y, classes, base, seed=0)
     key = mcldef.inversion_spec(base, context(base, x, y))
     for name, value in _OTHER_VALUES.items():
         changed = dataclasses.replace(base, **{name: value})
         changed.validate()
         keyed = mcldef.inversion_spec(changed, context(changed, x, y)) != key
-        assert keyed == (name in mcldef.INVERSION_FIELDS), name
+        assert keyed == (name in mcldef.DETECT_INVERSION_FIELDS), name
         if not keyed:  # a shared cached inversion must be what this setting would compute
-            out = mcldef.invert(model, x, y, classes, changed, seed=0)
+            out = mcldef.invert_all(model, x, y, classes, changed, seed=0)
             assert all(torch.equal(a, b) for a, b in zip(out, ref)), name
     assert mcldef.inversion_spec(base, context(base, x[:6], y[:6])) != key  # another clean subset
+
+
+def test_published_inversion_cache_key():
+    """The published form's key: its inversion fields, the given target, the shared augmentation."""
+    x, y = _tiny_data(12)
+    base = mcldef.Params()
+    key = mcldef.inversion_spec(base, _given(base, x, y, 1))
+    assert key["target"] == 1 and mcldef.inversion_spec(base, _given(base, x, y, 2)) != key
+    for name in mcldef.INVERSION_FIELDS:
+        changed = dataclasses.replace(base, **{name: getattr(base, name) + 1})
+        assert mcldef.inversion_spec(changed, _given(changed, x, y, 1)) != key, name
+    for name, value in {"lr": 0.02, "epochs": 3, "ce_weight": 0.1, "bn_eval": True, "curve": True}.items():
+        changed = dataclasses.replace(base, **{name: value})
+        assert mcldef.inversion_spec(changed, _given(changed, x, y, 1)) == key, name
 
 
 def test_run_inverts_once_per_victim_and_inversion_setting():
@@ -255,21 +404,27 @@ def test_run_inverts_once_per_victim_and_inversion_setting():
             stored[key] = ({k: v.detach().cpu().clone() for k, v in found.items()}, meta)
         return stored[key]
 
-    x = _dark_images(20).repeat(1, 1, 4, 4)[:, :, :28, :28]
-    y = torch.arange(20) % 10
+    x, y = _tiny_data()
     outs = []
     for params in (
-        mcldef.Params(inv_steps=3, epochs=1, batch_size=10, lr=0.01),
-        mcldef.Params(inv_steps=3, epochs=1, batch_size=10, lr=0.1, curve=True),  # reuses the inversion
-        mcldef.Params(inv_steps=4, epochs=1, batch_size=10, lr=0.01),  # a new inversion
+        mcldef.DetectParams(inv_steps=3, epochs=1, batch_size=10, lr=0.001),
+        mcldef.DetectParams(inv_steps=3, epochs=1, batch_size=10, lr=0.01, curve=True),  # reuses the inversion
+        mcldef.DetectParams(inv_steps=4, epochs=1, batch_size=10, lr=0.001),  # a new inversion
     ):
-        outs.append(mcldef.run(tiny_cnn(0), context(params, x, y, memo=memo)))
+        outs.append(mcldef.run_detecting(tiny_cnn(0), context(params, x, y, memo=memo)))
     assert [s["inv_steps"] for s in computed] == [3, 4]
-    uncached = mcldef.run(tiny_cnn(0), context(mcldef.Params(inv_steps=3, epochs=1, batch_size=10, lr=0.1), x, y))
+    uncached = mcldef.run_detecting(
+        tiny_cnn(0), context(mcldef.DetectParams(inv_steps=3, epochs=1, batch_size=10, lr=0.01), x, y)
+    )
     for k in ("mask", "pattern", "mask_norms", "trigger_success"):
         assert torch.equal(getattr(outs[1].record, k), getattr(uncached.record, k)), k
     assert outs[1].record.target == uncached.record.target
     # and the purified model is the same whether the inversion was computed or read back
-    assert all(
-        torch.equal(a, b) for a, b in zip(outs[1].model.state_dict().values(), uncached.model.state_dict().values())
-    )
+    assert _same(outs[1].model.state_dict(), uncached.model.state_dict())
+    # the published form: one inversion per target, reused across purification settings
+    for params, target in ((mcldef.Params(inv_epochs=2, epochs=1, batch_size=10), 4),) * 2 + (
+        (mcldef.Params(inv_epochs=2, epochs=1, batch_size=10, lr=0.001), 4),
+        (mcldef.Params(inv_epochs=2, epochs=1, batch_size=10), 5),
+    ):
+        mcldef.run(tiny_cnn(0), _given(params, x, y, target, memo=memo))
+    assert [s.get("target") for s in computed[2:]] == [4, 5]

@@ -89,10 +89,44 @@ def test_detection_rows_score_the_flags_against_the_poison_index(monkeypatch):
     assert table.loc["badnets", "precision"] == 75.0
 
 
+def _mcldef_run(target: int, anomaly: float, purified: bool, note: str = "") -> SimpleNamespace:
+    """A detecting-MCLDef run as report reads it (a hand-made record, true target 0)."""
+    rec = SimpleNamespace(
+        target=target, anomaly_index=anomaly, detection_confident=purified, purified=purified, note=note
+    )
+    return SimpleNamespace(record=rec, cfg=_ntml_cfg(target=0), diverged=False)
+
+
 def test_target_detection_reads_the_mcldef_record():
-    rec = SimpleNamespace(target=3, detection_confident=True)
-    rows = report.target_detection({("blended", 0): _run(rec, _ntml_cfg(target=0))})
-    assert rows == [{"attack": "blended", "seed": 0, "detected": 3, "true": 0, "confident": True}]
+    rows = report.target_detection({("blended", 0): _mcldef_run(3, 2.5, True)})
+    assert rows == [
+        {
+            "attack": "blended",
+            "seed": 0,
+            "detected": 3,
+            "true": 0,
+            "anomaly index": 2.5,
+            "confident": True,
+            "purified": True,
+        }
+    ]
+
+
+def test_no_outlier_notes_name_each_unpurified_run():
+    runs = {
+        ("badnets", 0): _mcldef_run(0, 2.6, True, "class 0 is an outlier"),
+        ("sig", 1): _mcldef_run(4, 1.2, False, "no class is an outlier"),
+    }
+    assert report.no_outlier_notes(runs) == "sig, seed 1: no class is an outlier"
+    assert "every run" in report.no_outlier_notes({("badnets", 0): runs[("badnets", 0)]})
+
+
+def test_mcldef_forms_rows_label_both_forms_and_keep_one_undefended_row():
+    und = {"attack": "sig", "seed": 0, "model": "undefended", "BA": 90.0}
+    published = [und, {**und, "model": "mcldef", "BA": 80.0}]
+    detecting = [und, {**und, "model": "mcldef_detect", "BA": 90.0}]
+    rows = report.mcldef_forms_rows(published, detecting)
+    assert [(r["model"], r["BA"]) for r in rows] == [("undefended", 90.0), ("as published", 80.0), ("detecting", 90.0)]
 
 
 def test_inversion_rows_take_one_seed(monkeypatch):

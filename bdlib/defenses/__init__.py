@@ -7,6 +7,7 @@ from bdlib.defenses.base import Defended, Defense, DefenseContext
 
 REGISTRY: dict[str, Defense] = {}
 REGISTRY["mcldef"] = mcldef.DEFENSE
+REGISTRY["mcldef_detect"] = mcldef.DETECT  # the same method, the target detected, not given
 REGISTRY["ntml"] = ntml.DEFENSE
 REGISTRY["none"] = none.DEFENSE
 REGISTRY["ft"] = ft.DEFENSE

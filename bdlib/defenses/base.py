@@ -3,9 +3,10 @@
 A defense is one function ``run(model, ctx) -> Defended``. ``ctx`` holds exactly what the
 threat model grants it (the poisoned training set, the small clean subset) and the standard
 training settings; never the run's Config, so neither the target class nor the attack's
-parameters are within reach. The test set and trigger are only reachable through
-``ctx.evaluate``, which a defense calls to *record* per-epoch metrics for the notebooks, never
-to make a decision.
+parameters are within reach. The one exception is declared: a defense with
+``Defense.needs_target`` (MCLDef as published) is given the target class in ``ctx.target``.
+The test set and trigger are only reachable through ``ctx.evaluate``, which a defense calls to
+*record* per-epoch metrics for the notebooks, never to make a decision.
 
 What a defense reports beyond its model is one small dataclass of its own (its ``Record``,
 declared on its :class:`Defense`): flagged samples, channel scores, inverted triggers, stage
@@ -49,6 +50,9 @@ class DefenseContext:
         Callable[[str, dict, Callable[[], tuple[dict[str, nn.Module], dict]]], tuple[dict[str, nn.Module], dict]] | None
     ) = None
     progress: bool = False
+    # The attack's target class: given only to a defense that declares ``Defense.needs_target``
+    # (MCLDef as published, whose code is told ``--target_label``); None for every other defense.
+    target: int | None = None
 
 
 @dataclass
@@ -71,6 +75,9 @@ class Defense:
     # tensors, a model (stored as its weights), or JSON-ready values (numbers, strings, lists and
     # dicts of them, e.g. per-epoch rows); see :func:`record_to_store`.
     Record: type | None = None
+    # The one grant beyond the threat model: the defense is told the attack's target class
+    # (``DefenseContext.target``). Only a method whose published code is told it declares this.
+    needs_target: bool = False
 
 
 def _kind(hint: Any) -> str:

@@ -1,12 +1,25 @@
 """MCLDef (Yue, Xia et al., "Model-Contrastive Learning for Backdoor Defense", arXiv 2205.04411;
-ACM MM 2023 as "...for Backdoor Elimination").
+ACM MM 2023 as "...for Backdoor Elimination"); official code: github.com/WeCanShow/MCL.
 
-First a Neural-Cleanse-style inversion recovers a trigger (mask and pattern) from the small
-clean subset, for every class at once, and the class whose mask is anomalously small is taken
-as the attack's target. Then the model is fine-tuned so that its penultimate features of
-triggered images move towards the frozen backdoored model's features of the same clean images
-(positive) and away from that model's features of the triggered images (negative), which
-breaks the link between the trigger and the target class.
+Two stages. A trigger (mask and pattern) is inverted on the small clean subset, then the model
+is fine-tuned so that its penultimate features of triggered images move towards the frozen
+backdoored model's features of the same clean images (positive) and away from that model's
+features of the triggered images (negative), which breaks the link between trigger and target.
+
+Two forms, two registry entries:
+
+* ``mcldef`` (:func:`run`, :class:`Params`): **MCLDef as published.** Like the official
+  ``main.py`` it is told the target class (``--target_label``; here ``ctx.target``, granted by
+  ``Defense.needs_target``) and inverts that one class's trigger as the official ``inversion``
+  does (:func:`invert_official`), then purifies. It never looks at the other classes.
+* ``mcldef_detect`` (:func:`run_detecting`, :class:`DetectParams`): **MCLDef as a defender would
+  run it**, not knowing the target. Every class is inverted at once (Neural Cleanse's procedure,
+  :func:`invert_all`), the smallest mask is the candidate, and Neural Cleanse's anomaly index
+  gates it: when no class is a low-side outlier the record says so and the model is returned as
+  it is; only an outlier class is purified against.
+
+``ce_weight`` (a CE term on the clean images) and ``bn_eval`` (frozen BatchNorm statistics) are
+bdlib's options, off by default as in the official code.
 """
 
 from __future__ import annotations
@@ -20,61 +33,41 @@ import torch.nn.functional as F
 from torch import nn
 
 from bdlib.defenses.base import Defended, Defense, DefenseContext
-from bdlib.train import fit, generator, to_float
+from bdlib.train import augment, fit, generator, to_float
 
 MAD_SCALE = 1.4826  # makes the median absolute deviation a consistent estimate of a normal's std
+MCL = "WeCanShow/MCL"  # the official repository, for the sources cited below
 
 
 @dataclass(frozen=True)
-class Params:
-    target: int | Literal["detect"] = (
-        "detect"  # detect by anomaly index (Neural Cleanse); int = oracle label as MCLDef's code (choice)
-    )
-    lam: float = 0.01  # weight of the mask L1 norm (docs/methods.md)
-    inv_lr: float = 0.1  # Adam learning rate of the inversion (docs/methods.md: 0.005–0.1; Neural Cleanse 0.1)
-    inv_steps: int = 600  # cap on Adam steps of the inversion (choice)
-    inv_patience: int = 5  # passes over the clean subset without a per-class loss improvement before stopping (choice)
-    inv_batch_size: int = 32  # clean images per step, replicated once per class (choice)
-    anomaly_threshold: float = 2.0  # Neural Cleanse flags an anomaly index above 2
-    tau: float = 0.5  # contrastive temperature (docs/methods.md)
-    epochs: int = 20  # purification epochs (docs/methods.md)
-    lr: float = 0.01  # SGD learning rate before the decay (docs/methods.md)
-    first_epoch_lr: float | None = None  # MCLDef's code uses 0.1 in the first epoch; None keeps lr (choice)
-    lr_decay_epochs: tuple[int, ...] = (10,)  # epochs (0-based) from which the lr is multiplied by lr_decay (choice)
-    lr_decay: float = 0.1  # 0.01 -> 0.001 (docs/methods.md)
-    momentum: float = 0.9  # (docs/methods.md)
-    weight_decay: float = 1e-4  # (docs/methods.md)
-    batch_size: int = 64  # purification batch size (choice)
-    ce_weight: float = 0.0  # weight of CE on clean images; MCLDef's code has none (choice)
-    bn_eval: bool = False  # freeze BatchNorm statistics during purification; MCLDef's code trains them (choice)
+class Purification:
+    """The purification's settings, shared by both forms; defaults as the official code (CIFAR-10)."""
+
+    tau: float = 0.5  # MCL config.py --temperature 0.5
+    epochs: int = 20  # MCL config.py --epochs 20
+    lr: float = 0.01  # MCL utils/util.py fine_defense_adjust_learning_rate, CIFAR10: 0.01 in epochs 1-9
+    first_epoch_factor: float = 10.0  # same function: 0.1 in epoch 0, i.e. 10x lr (GTSRB: 0.01 then 0.001)
+    lr_decay_epochs: tuple[int, ...] = (10,)  # same function: 0.001 from epoch 10 (0-based)
+    lr_decay: float = 0.1  # same function: 0.01 -> 0.001
+    momentum: float = 0.9  # MCL config.py --momentum 0.9
+    weight_decay: float = 1e-4  # MCL config.py --weight_decay 1e-4
+    batch_size: int = 64  # MCL config.py --batch_size 64
+    ce_weight: float = 0.0  # bdlib option: CE on the clean images; MCL main.py train_step has none
+    bn_eval: bool = False  # bdlib option: frozen BN statistics; MCL main.py train_step trains them (model.train())
     # Record BA / ASR / RA after every purification epoch (notebook 05's curve). Instrumentation
     # only, the purified model is the same; off where nothing plots it (grid, tuning): on quick
     # the 20 evaluations cost more than the purification.
     curve: bool = False
 
+    def _positive(self) -> dict:
+        return {"tau": self.tau, "epochs": self.epochs, "lr": self.lr, "batch_size": self.batch_size}
+
     def validate(self) -> None:
-        if not (
-            self.target == "detect"
-            or (isinstance(self.target, int) and not isinstance(self.target, bool) and self.target >= 0)
-        ):
-            raise ValueError(f"target must be 'detect' or a class index >= 0, got {self.target!r}")
-        positive = {
-            "lam": self.lam,
-            "inv_lr": self.inv_lr,
-            "inv_steps": self.inv_steps,
-            "inv_patience": self.inv_patience,
-            "inv_batch_size": self.inv_batch_size,
-            "tau": self.tau,
-            "epochs": self.epochs,
-            "lr": self.lr,
-            "batch_size": self.batch_size,
-            "anomaly_threshold": self.anomaly_threshold,
-        }
-        for name, value in positive.items():
+        for name, value in self._positive().items():
             if not value > 0:
                 raise ValueError(f"{name} must be > 0, got {value}")
-        if self.first_epoch_lr is not None and not self.first_epoch_lr > 0:
-            raise ValueError(f"first_epoch_lr must be > 0 or None, got {self.first_epoch_lr}")
+        if not self.first_epoch_factor > 0:
+            raise ValueError(f"first_epoch_factor must be > 0, got {self.first_epoch_factor}")
         if not 0 < self.lr_decay <= 1:
             raise ValueError(f"lr_decay must be in (0, 1], got {self.lr_decay}")
         if any(e < 0 for e in self.lr_decay_epochs) or list(self.lr_decay_epochs) != sorted(self.lr_decay_epochs):
@@ -83,6 +76,48 @@ class Params:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
         if self.weight_decay < 0 or self.ce_weight < 0:
             raise ValueError(f"weight_decay and ce_weight must be >= 0, got {self.weight_decay}, {self.ce_weight}")
+
+
+@dataclass(frozen=True)
+class Params(Purification):
+    """MCLDef as published (``mcldef``): the official inversion of the given target's trigger."""
+
+    lam: float = 0.01  # MCL main.py reverse_engineer: lamda_p = 0.01 (CIFAR10, GTSRB)
+    inv_lr: float = 0.005  # MCL main.py inversion: Adam(lr=0.005), PyTorch's default betas
+    inv_epochs: int = 100  # MCL main.py reverse_engineer: param["Epochs"] = 100 passes over the clean subset
+    inv_patience: int = 30  # MCL main.py inversion: stops once the mask norm missed a new minimum > 30 passes running
+    inv_batch_size: int = 64  # MCL config.py --batch_size 64 (one loader serves inversion and purification)
+
+    def _positive(self) -> dict:
+        inv = {"lam": self.lam, "inv_lr": self.inv_lr, "inv_epochs": self.inv_epochs}
+        return {**super()._positive(), **inv, "inv_batch_size": self.inv_batch_size}
+
+    def validate(self) -> None:
+        super().validate()
+        if self.inv_patience < 0:
+            raise ValueError(f"inv_patience must be >= 0, got {self.inv_patience}")
+
+
+@dataclass(frozen=True)
+class DetectParams(Purification):
+    """MCLDef as a defender would run it (``mcldef_detect``): Neural Cleanse's all-class inversion
+    and anomaly index pick the class, or find none."""
+
+    lam: float = 0.01  # as MCL main.py (lamda_p 0.01); Neural Cleanse starts its adaptive lambda at 1e-3
+    inv_lr: float = (
+        0.1  # Neural Cleanse's Adam learning rate (bolunwang/backdoor, neural_cleanse/gtsrb_visualize_example.py)
+    )
+    inv_steps: int = 600  # cap on Adam steps of the inversion (choice)
+    inv_patience: int = 5  # passes over the clean subset without a per-class loss improvement before stopping (choice)
+    inv_batch_size: int = 32  # clean images per step, replicated once per class (choice)
+    # Neural Cleanse (Wang et al., S&P 2019, Sec. IV-C; bolunwang/backdoor mad_outlier_detection.py):
+    # a label whose anomaly index exceeds 2 is an outlier (> 95 % probability under a normal).
+    anomaly_threshold: float = 2.0
+
+    def _positive(self) -> dict:
+        inv = {"lam": self.lam, "inv_lr": self.inv_lr, "inv_steps": self.inv_steps, "inv_patience": self.inv_patience}
+        more = {"inv_batch_size": self.inv_batch_size, "anomaly_threshold": self.anomaly_threshold}
+        return {**super()._positive(), **inv, **more}
 
 
 def stamp(x: torch.Tensor, mask: torch.Tensor, pattern: torch.Tensor) -> torch.Tensor:
@@ -115,12 +150,12 @@ def detect_target(norms: torch.Tensor, threshold: float) -> tuple[int, bool]:
     return k, confident
 
 
-def invert(
+def invert_all(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor | None,
     classes: torch.Tensor | list[int],
-    params: Params,
+    params: DetectParams,
     seed: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Neural-Cleanse trigger inversion for every class of ``classes`` in one batched optimisation.
@@ -199,14 +234,77 @@ def trigger_success(
     return 100.0 * hit.sum(1) / keep.sum(1).clamp_min(1)
 
 
-# Params fields the trigger inversion reads (``invert``); the rest shape the purification only.
-INVERSION_FIELDS = ("target", "lam", "inv_lr", "inv_steps", "inv_patience", "inv_batch_size")
+@torch.no_grad()
+def _clip(*tensors: torch.Tensor) -> None:
+    for t in tensors:
+        t.clamp_(0.0, 1.0)
 
 
-def inversion_spec(p: Params, ctx: DefenseContext) -> dict:
-    """What keys the cached inversion: its Params fields and the size of the clean subset (which,
-    for a given victim and seed, fixes the subset itself)."""
-    return {**{name: getattr(p, name) for name in INVERSION_FIELDS}, "clean_images": len(ctx.y_clean)}
+def invert_official(
+    model: nn.Module,
+    x: torch.Tensor,
+    target: int,
+    params: Params,
+    crop_pad: int = 0,
+    flip: bool = False,
+    seed: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor, float, int]:
+    """The target class's trigger, inverted as MCL's ``main.py`` ``inversion`` does.
+
+    Mask [1,H,W] and pattern [C,H,W] start uniform in [0, 1] and are optimised directly with Adam
+    on CE(f(stamp(x)), target) + λ‖m‖₁ over shuffled batches of *all* the clean images (those of
+    the target class included), each augmented as the purification's batches are (the official
+    code reads both from one loader); after every step both are clipped to [0, 1]. After each
+    pass the mask's L1 norm is compared with the smallest so far; the inversion stops once it
+    has missed a new minimum more than ``inv_patience`` passes running, or after ``inv_epochs``.
+    The *last* mask and pattern are returned (not the best), with the norm and the passes run.
+    """
+    frozen = copy.deepcopy(model).eval().requires_grad_(False)
+    device = next(frozen.parameters()).device
+    x = x.to(device)
+    (c, h, w), n = x.shape[1:], len(x)
+    gen = generator(device, seed)
+    mask = torch.rand(1, h, w, generator=gen, device=device).requires_grad_()
+    pattern = torch.rand(c, h, w, generator=gen, device=device).requires_grad_()
+    opt = torch.optim.Adam([pattern, mask], lr=params.inv_lr)
+    best, missed, passes = float("inf"), 0, 0
+    for _ in range(params.inv_epochs):
+        order = torch.randperm(n, generator=gen, device=device)
+        for start in range(0, n, params.inv_batch_size):  # the last, smaller batch too (no drop_last)
+            xb = augment(to_float(x[order[start : start + params.inv_batch_size]]), crop_pad, flip, gen)
+            out = frozen(stamp(xb, mask, pattern))
+            goal = torch.full((len(xb),), target, dtype=torch.long, device=device)
+            loss = F.cross_entropy(out, goal) + params.lam * mask.abs().sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            _clip(mask, pattern)
+        passes += 1
+        norm = float(mask.detach().abs().sum())  # the one host sync: once per pass
+        if norm < best:
+            best, missed = norm, 0
+        else:
+            missed += 1
+        if missed > params.inv_patience:
+            break
+    mask, pattern = mask.detach(), pattern.detach()
+    return mask, pattern, float(mask.sum()), passes
+
+
+# Fields each form's cached inversion reads; the rest shape the purification only.
+INVERSION_FIELDS = ("lam", "inv_lr", "inv_epochs", "inv_patience", "inv_batch_size")
+DETECT_INVERSION_FIELDS = ("lam", "inv_lr", "inv_steps", "inv_patience", "inv_batch_size")
+
+
+def inversion_spec(p: Params | DetectParams, ctx: DefenseContext) -> dict:
+    """What keys a cached inversion: the Params fields it reads, the size of the clean subset
+    (which, for a given victim and seed, fixes the subset itself), and for the published form the
+    given target and the augmentation its batches share with the purification."""
+    if isinstance(p, DetectParams):
+        return {**{f: getattr(p, f) for f in DETECT_INVERSION_FIELDS}, "clean_images": len(ctx.y_clean)}
+    spec = {f: getattr(p, f) for f in INVERSION_FIELDS}
+    aug = {"crop_pad": ctx.train.crop_pad, "flip": ctx.train.flip}
+    return {**spec, **aug, "target": ctx.target, "clean_images": len(ctx.y_clean)}
 
 
 def make_loss(frozen: nn.Module, mask: torch.Tensor, pattern: torch.Tensor, tau: float, ce_weight: float):
@@ -226,55 +324,33 @@ def make_loss(frozen: nn.Module, mask: torch.Tensor, pattern: torch.Tensor, tau:
 
 @dataclass(frozen=True)
 class Record:
-    """What MCLDef reports besides the purified model."""
+    """What MCLDef reports besides the purified model (both forms)."""
 
     mask: torch.Tensor  # the chosen class's inverted mask [1, H, W]
     pattern: torch.Tensor  # and pattern [C, H, W], both in [0, 1]
-    mask_norms: torch.Tensor  # mask L1 norm per inverted class [K]
-    anomaly: torch.Tensor  # anomaly index per inverted class (NaN with an oracle target)
-    trigger_success: torch.Tensor  # percent of clean images each inverted trigger sends to its class
-    target: int  # the class purified against: detected, or the oracle's
-    target_mode: Literal["detect", "oracle"]
-    detection_confident: bool  # the detected class is a low-side outlier (anomaly index > threshold)
-    anomaly_index: float | None  # the chosen class's anomaly index (None with an oracle target)
+    mask_norms: torch.Tensor  # mask L1 norm per inverted class [K] (K = 1 as published)
+    anomaly: torch.Tensor  # anomaly index per inverted class (NaN as published: one class, no index)
+    trigger_success: torch.Tensor  # percent of clean images not of its class each inverted trigger sends there
+    target: int  # the class inverted (published) or the smallest-norm class (detecting)
+    target_mode: Literal["given", "detect"]
+    detection_confident: bool  # detecting: the candidate is a low-side outlier; published: False (no detection)
+    anomaly_index: float | None  # the candidate's anomaly index (None as published)
     mask_norm: float  # the chosen class's mask L1 norm
     classes: list[int]  # the classes inverted
     true_target_known_to_defense: bool
+    purified: bool  # False: detection found no outlier and the model was returned unchanged
+    note: str  # one line: what the defense did, e.g. "no class is an outlier: model left as it is"
+    inversion_passes: int | None  # published: passes over the clean subset the inversion ran
     # Per purification epoch: epoch, loss and (with ``curve``) BA / ASR / RA; epoch 0 (loss None)
-    # is the backdoored model.
+    # is the backdoored model. Empty when nothing was purified.
     epochs: list[dict]
 
 
-def run(model: nn.Module, ctx: DefenseContext) -> Defended:
-    p: Params = ctx.params
+def _purify(model: nn.Module, frozen: nn.Module, mask: torch.Tensor, pattern: torch.Tensor, ctx) -> list[dict]:
+    """Model-contrastive purification of ``model`` in place (MCL main.py ``cl`` / ``train_step``)."""
+    p: Purification = ctx.params
     device = next(model.parameters()).device
-    frozen = copy.deepcopy(model).eval().requires_grad_(False)
-    if p.target == "detect":
-        classes = torch.arange(ctx.num_classes)
-    elif p.target < ctx.num_classes:
-        classes = torch.tensor([p.target])
-    else:
-        raise ValueError(f"target {p.target} is not a class index 0..{ctx.num_classes - 1}")
-
-    def inversion():
-        masks, patterns, norms = invert(frozen, ctx.x_clean, ctx.y_clean, classes, p, ctx.seed)
-        success = trigger_success(frozen, ctx.x_clean, ctx.y_clean, classes, masks, patterns)
-        return {"masks": masks, "patterns": patterns, "norms": norms, "success": success}, {}
-
-    # The inversion reads neither the purification's settings nor the curve flag: cached on its
-    # own (``ctx.memo``), so an lr sweep or notebook 05's curve reuses one inversion per victim.
-    found, _ = inversion() if ctx.memo is None else ctx.memo("inversion", inversion_spec(p, ctx), inversion)
-    masks, patterns, norms, success = (found[k].cpu() for k in ("masks", "patterns", "norms", "success"))
-    if p.target == "detect":
-        pick, confident = detect_target(norms, p.anomaly_threshold)
-        anomaly = anomaly_index(norms)
-    else:
-        pick, confident, anomaly = 0, False, torch.full_like(norms, float("nan"))
-    target = int(classes[pick])
-    mask, pattern = masks[pick], patterns[pick]
-
     before = ctx.evaluate(model) if p.curve else {}
-    schedule = lambda epoch: _lr_factor(p, epoch)  # noqa: E731
     history = fit(
         model,
         ctx.x_clean,
@@ -282,7 +358,7 @@ def run(model: nn.Module, ctx: DefenseContext) -> Defended:
         ctx.train,
         seed=ctx.seed,
         loss_fn=make_loss(frozen, mask.to(device), pattern.to(device), p.tau, p.ce_weight),
-        schedule=schedule,
+        schedule=lambda epoch: _lr_factor(p, epoch),
         on_epoch=(lambda e, m: ctx.evaluate(m)) if p.curve else None,
         progress=ctx.progress,
         desc="mcldef",
@@ -293,42 +369,137 @@ def run(model: nn.Module, ctx: DefenseContext) -> Defended:
         batch_size=p.batch_size,
         bn_eval=p.bn_eval,
     )
-    if p.curve:
-        history = [{"epoch": 0, "loss": None, **before}] + history
+    return [{"epoch": 0, "loss": None, **before}] + history if p.curve else history
+
+
+def _cached(ctx: DefenseContext, name: str, p, compute) -> dict:
+    """``compute()``'s tensors, through ``ctx.memo`` where there is one (keyed by :func:`inversion_spec`)."""
+    found, _ = compute() if ctx.memo is None else ctx.memo(name, inversion_spec(p, ctx), compute)
+    return {k: v.cpu() for k, v in found.items()}
+
+
+def run(model: nn.Module, ctx: DefenseContext) -> Defended:
+    """MCLDef as published: told the target (``ctx.target``), it inverts that class's trigger
+    only (:func:`invert_official`) and purifies against it; no class is ever detected."""
+    p: Params = ctx.params
+    if ctx.target is None:
+        raise ValueError("MCLDef as published is told the target class: ctx.target is None (Defense.needs_target)")
+    if not 0 <= ctx.target < ctx.num_classes:
+        raise ValueError(f"target {ctx.target} is not a class index 0..{ctx.num_classes - 1}")
+    frozen = copy.deepcopy(model).eval().requires_grad_(False)
+    target = int(ctx.target)
+
+    def inversion():
+        mask, pattern, norm, passes = invert_official(
+            frozen, ctx.x_clean, target, p, ctx.train.crop_pad, ctx.train.flip, ctx.seed
+        )
+        # The official code prints this rate (attack_with_trigger) and accepts the trigger whatever it is.
+        success = trigger_success(frozen, ctx.x_clean, ctx.y_clean, torch.tensor([target]), mask[None], pattern[None])
+        return {"mask": mask, "pattern": pattern, "success": success, "passes": torch.tensor(passes)}, {}
+
+    # Cached on its own (``ctx.memo``): an lr sweep or notebook 05's curve reuses one inversion.
+    found = _cached(ctx, "inversion_official", p, inversion)
+    mask, pattern = found["mask"], found["pattern"]
+    history = _purify(model, frozen, mask, pattern, ctx)
+    norm = float(mask.sum())
     record = Record(
         mask=mask,
         pattern=pattern,
-        mask_norms=norms,
-        anomaly=anomaly,
-        trigger_success=success,
+        mask_norms=torch.tensor([norm]),
+        anomaly=torch.tensor([float("nan")]),
+        trigger_success=found["success"],
         target=target,
-        target_mode="detect" if p.target == "detect" else "oracle",
-        detection_confident=confident,
-        anomaly_index=float(anomaly[pick]) if p.target == "detect" else None,
-        mask_norm=float(norms[pick]),
-        classes=classes.tolist(),
-        true_target_known_to_defense=p.target != "detect",
+        target_mode="given",
+        detection_confident=False,
+        anomaly_index=None,
+        mask_norm=norm,
+        classes=[target],
+        true_target_known_to_defense=True,
+        purified=True,
+        note=f"told the target {target}: its trigger inverted and purified against",
+        inversion_passes=int(found["passes"]),
         epochs=history,
     )
     return Defended(model, record)
 
 
-def _lr_factor(p: Params, epoch: int) -> float:
-    if epoch == 0 and p.first_epoch_lr is not None:
-        return p.first_epoch_lr / p.lr
+def run_detecting(model: nn.Module, ctx: DefenseContext) -> Defended:
+    """MCLDef without the target: invert every class (:func:`invert_all`), take the smallest mask,
+    and purify only if its anomaly index marks it a low-side outlier; else return ``model`` as is."""
+    p: DetectParams = ctx.params
+    frozen = copy.deepcopy(model).eval().requires_grad_(False)
+    classes = torch.arange(ctx.num_classes)
+
+    def inversion():
+        masks, patterns, norms = invert_all(frozen, ctx.x_clean, ctx.y_clean, classes, p, ctx.seed)
+        success = trigger_success(frozen, ctx.x_clean, ctx.y_clean, classes, masks, patterns)
+        return {"masks": masks, "patterns": patterns, "norms": norms, "success": success}, {}
+
+    # The inversion reads neither the purification's settings nor the curve flag: cached on its
+    # own (``ctx.memo``), so an lr sweep or notebook 05's curve reuses one inversion per victim.
+    found = _cached(ctx, "inversion", p, inversion)
+    norms = found["norms"]
+    pick, confident = detect_target(norms, p.anomaly_threshold)
+    anomaly = anomaly_index(norms)
+    mask, pattern = found["masks"][pick], found["patterns"][pick]
+    if confident:
+        history = _purify(model, frozen, mask, pattern, ctx)
+        note = f"class {pick} is an outlier (anomaly index {float(anomaly[pick]):.2f}): purified against it"
+    else:
+        history = []
+        note = (
+            f"no class is an outlier (smallest mask: class {pick}, anomaly index {float(anomaly[pick]):.2f} "
+            f"<= {p.anomaly_threshold:g}): model left as it is"
+        )
+    record = Record(
+        mask=mask,
+        pattern=pattern,
+        mask_norms=norms,
+        anomaly=anomaly,
+        trigger_success=found["success"],
+        target=pick,
+        target_mode="detect",
+        detection_confident=confident,
+        anomaly_index=float(anomaly[pick]),
+        mask_norm=float(norms[pick]),
+        classes=classes.tolist(),
+        true_target_known_to_defense=False,
+        purified=confident,
+        note=note,
+        inversion_passes=None,
+        epochs=history,
+    )
+    return Defended(model, record)
+
+
+def _lr_factor(p: Purification, epoch: int) -> float:
+    if epoch == 0:
+        return p.first_epoch_factor
     return p.lr_decay ** sum(epoch >= e for e in p.lr_decay_epochs)
 
 
-# Tuning grid (bdlib.tune): the purification lr, from a step too small to move the features
-# (0.001) to one that forgets the clean task on 400 images (0.03).
-TUNING = {"lr": (0.001, 0.003, 0.01, 0.03)}
+CITE = "Yue, Xia et al., Model-Contrastive Learning for Backdoor Defense, arXiv 2205.04411 (ACM MM 2023)"
 
 DEFENSE = Defense(
     "mcldef",
     Params,
     run,
     uses=("clean",),
-    cite="Yue, Xia et al., Model-Contrastive Learning for Backdoor Defense, arXiv 2205.04411 (ACM MM 2023)",
+    cite=CITE + "; as published: told the target class (official code github.com/WeCanShow/MCL)",
+    Record=Record,  # no tuning grid: the published form runs with the official settings
+    needs_target=True,
+)
+
+# Tuning grid (bdlib.tune): the purification lr (the whole schedule scales with it), from a step
+# too small to move the features (0.001) to one that forgets the clean task on 400 images (0.03).
+TUNING = {"lr": (0.001, 0.003, 0.01, 0.03)}
+
+DETECT = Defense(
+    "mcldef_detect",
+    DetectParams,
+    run_detecting,
+    uses=("clean",),
+    cite=CITE + "; detecting form: target by Neural Cleanse's anomaly index (Wang et al., S&P 2019)",
     tuning=TUNING,
     Record=Record,
 )
