@@ -13,7 +13,7 @@ import torch
 from bdlib.defenses import none
 from bdlib.defenses.base import DefenseContext
 from bdlib.metrics import evaluate
-from bdlib.models import ResNet18, SmallCNN
+from bdlib.models import BasicBlock, ResNet18, SmallCNN
 from bdlib.profiles import profile
 
 torch.set_num_threads(1)
@@ -128,44 +128,90 @@ def test_reset_smallcnn_zeroes_exactly_the_channel_and_its_readers():
     _assert_reset(m, sel, z)
 
 
+class TinyResNet(torch.nn.Module):
+    """Two stages of two bdlib BasicBlocks (4 and 8 channels; the second stage downsamples with a
+    projection shortcut), global pooling and an fc: the shape of ResNet-18 at a tiny size."""
+
+    def __init__(self, preact: bool):
+        super().__init__()
+        self.preact = preact
+        self.conv1 = torch.nn.Conv2d(1, 4, 3, 1, 1, bias=False)
+        self.bn1 = torch.nn.Identity() if preact else torch.nn.BatchNorm2d(4)
+        self.layer1 = torch.nn.Sequential(BasicBlock(4, 4, 1, preact), BasicBlock(4, 4, 1, preact))
+        self.layer2 = torch.nn.Sequential(BasicBlock(4, 8, 2, preact), BasicBlock(8, 8, 1, preact))
+        self.fc = torch.nn.Linear(8, 3)
+
+    def forward(self, x):
+        x = self.conv1(x)
+        x = x if self.preact else torch.nn.functional.relu(self.bn1(x))
+        x = self.layer2(self.layer1(x))
+        return self.fc(torch.nn.functional.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+def _rows(n_out, n_in, k, idx):
+    m = torch.zeros(n_out, n_in, k, k, dtype=torch.bool)
+    m[idx] = True
+    return m
+
+
+def _cols(n_out, n_in, k, idx):
+    m = torch.zeros(n_out, n_in, k, k, dtype=torch.bool)
+    m[:, idx] = True
+    return m
+
+
 @pytest.mark.parametrize("preact", [False, True])
-def test_reset_resnet18_block_convs(preact):
-    m = ResNet18(1, 10, preact=preact, stats=((0.5,), (0.5,)))
+def test_reset_tiny_resnet_zeroes_the_readers_as_nones_code(preact):
+    # NONE's none/reset_neurons.py (ResNet-18): a block's conv1 channel -> its filter, bn1 and the
+    # block's conv2 input; a block's conv2 channel -> its filter, bn2 and the NEXT block's conv1
+    # input (not the next block's downsample input), the fc column after the last block; a
+    # downsample channel -> its filter and BN only.
+    m = TinyResNet(preact)
     _randomise_bn(m)
     sel = {
-        "layer2.0.conv1": torch.tensor([3]),
-        "layer3.1.conv2": torch.tensor([7, 9]),
-        "layer4.0.shortcut.0": torch.tensor([0]),
+        "layer1.1.conv2": torch.tensor([1]),  # joins a sum; read past it by layer2.0.conv1
+        "layer2.0.conv1": torch.tensor([0]),  # mid-block: read by layer2.0.conv2
+        "layer2.0.conv2": torch.tensor([2, 6]),  # joins a sum; read past it by layer2.1.conv1
+        "layer2.0.shortcut.0": torch.tensor([3]),  # the projection: its filter (and BN) only
+        "layer2.1.conv2": torch.tensor([5]),  # the last block: read past the sum by the fc
     }
     ch = lambda n, idx: torch.tensor([i in idx for i in range(n)])  # noqa: E731
-    z = {}
-    w = torch.zeros(128, 64, 3, 3, dtype=torch.bool)
-    w[3] = True
-    z["layer2.0.conv1.weight"] = w
-    mid_bn = "bn2" if preact else "bn1"  # the BN between conv1 and conv2
+    z = {
+        "layer1.1.conv2.weight": _rows(4, 4, 3, [1]),
+        "layer2.0.conv1.weight": _rows(8, 4, 3, [0]) | _cols(8, 4, 3, [1]),
+        "layer2.0.conv2.weight": _rows(8, 8, 3, [2, 6]) | _cols(8, 8, 3, [0]),
+        "layer2.0.shortcut.0.weight": _rows(8, 4, 1, [3]),
+        "layer2.1.conv1.weight": _cols(8, 8, 3, [2, 6]),
+        "layer2.1.conv2.weight": _rows(8, 8, 3, [5]),
+    }
+    fc = torch.zeros(3, 8, dtype=torch.bool)
+    fc[:, 5] = True
+    z["fc.weight"] = fc
+    mid_bn = "bn2" if preact else "bn1"  # the BN between a block's conv1 and conv2
     for p in ("weight", "bias"):
-        z[f"layer2.0.{mid_bn}.{p}"] = ch(128, [3])
-    w = torch.zeros(128, 128, 3, 3, dtype=torch.bool)
-    w[:, 3] = True
-    z["layer2.0.conv2.weight"] = w
-    # conv2 joins the residual stream: its filters (and, plain ResNet, bn2) only.
-    w = torch.zeros(256, 256, 3, 3, dtype=torch.bool)
-    w[[7, 9]] = True
-    z["layer3.1.conv2.weight"] = w
-    w = torch.zeros(512, 256, 1, 1, dtype=torch.bool)
-    w[0] = True
-    z["layer4.0.shortcut.0.weight"] = w
-    if not preact:
-        for p in ("weight", "bias"):
-            z[f"layer3.1.bn2.{p}"] = ch(256, [7, 9])
-            z[f"layer4.0.shortcut.1.{p}"] = ch(512, [0])
+        z[f"layer2.0.{mid_bn}.{p}"] = ch(8, [0])
+        if not preact:  # a plain block's conv2 and projection have their own BN before the sum
+            z[f"layer1.1.bn2.{p}"] = ch(4, [1])
+            z[f"layer2.0.bn2.{p}"] = ch(8, [2, 6])
+            z[f"layer2.0.shortcut.1.{p}"] = ch(8, [3])
+            z[f"layer2.1.bn2.{p}"] = ch(8, [5])
     _assert_reset(m, sel, z)
-    # The reset channel really is dead on the residual stream (plain ResNet: bn2 outputs β = 0).
-    if not preact:
-        out = {}
-        m.layer3[1].bn2.register_forward_hook(lambda _m, _i, o: out.update(x=o))
-        m.eval()(torch.rand(2, 1, 8, 8))
-        assert (out["x"][:, [7, 9]] == 0).all()
+
+
+def test_reset_resnet18_readers_are_the_official_table():
+    # Each monitored conv of ResNet-18 and the convs / fc whose input weights NONE's
+    # reset_neurons.py zeroes for it (a block's conv1 -> its conv2; a block's conv2 -> the next
+    # block's conv1, or fc; a downsample -> none).
+    want = {}
+    blocks = [f"layer{i}.{j}" for i in (2, 3, 4) for j in (0, 1)]
+    for k, b in enumerate(blocks):
+        want[f"{b}.conv1"] = ((f"{b}.conv2",), None)
+        want[f"{b}.conv2"] = ((f"{blocks[k + 1]}.conv1",), None) if k + 1 < len(blocks) else ((), "fc")
+        if b.endswith(".0"):
+            want[f"{b}.shortcut.0"] = ((), None)
+    m = ResNet18(1, 10)
+    got = none.consumers(m)
+    assert {n: (got[n].convs, got[n].linear) for n in none.monitored_convs(m)} == want
 
 
 def test_monitored_convs():
@@ -195,7 +241,7 @@ def test_params_validation_names_the_bad_value(field, value):
     none.Params().validate()
 
 
-def _tiny_run(rounds: int):
+def _tiny_run(rounds: int = 1, params: none.Params | None = None):
     cfg = profile("smoke")
     gen = torch.Generator().manual_seed(0)
     n = 240
@@ -208,7 +254,7 @@ def _tiny_run(rounds: int):
     torch.manual_seed(0)
     model = SmallCNN(1, 10, width=4)
     ctx = DefenseContext(
-        params=none.Params(epochs2=1, none_lr=0.01, rounds=rounds),
+        params=params or none.Params(epochs2=1, none_lr=0.01, rounds=rounds),
         train=cfg.train,
         x_train=x,
         y_train=y,
@@ -277,3 +323,41 @@ def test_downsample_convs_can_be_read_after_their_batchnorm_as_nones_code():
     assert torch.allclose(bn[name], out["bn"].amax((2, 3)), atol=1e-5)
     assert not torch.allclose(raw[name], bn[name])
     assert torch.equal(raw["layer3.0.conv1"], bn["layer3.0.conv1"])
+
+
+def test_params_defaults_are_the_published_recipe():
+    # NONE's README command and run_none.py / compromised_detection.py defaults.
+    p = none.Params()
+    assert (p.rho, p.none_lr, p.epochs2, p.rounds, p.detect_top) == (0.03, 1e-4, 20, 1, 1)
+    assert (p.strong, p.weak, p.std_k, p.schedule, p.downsample_after_bn) == (0.9, 0.1, 3.0, "constant", True)
+    # The protocol's grid spans ρ and the lr, and holds the published point.
+    assert set(none.TUNING) == {"rho", "none_lr"}
+    assert p.rho in none.TUNING["rho"] and p.none_lr in none.TUNING["none_lr"]
+
+
+def test_none_as_published_is_a_labelled_untuned_variant():
+    from bdlib.defenses import REGISTRY
+
+    pub = REGISTRY["none_published"]
+    assert pub.run is none.run and pub.variant_of == "none" and not pub.tuning
+    assert REGISTRY["none"].tuning == none.TUNING and REGISTRY["none"].variant_of is None
+    # On quick and paper, NONE as published runs the Params defaults unchanged.
+    for name in ("quick", "paper"):
+        assert profile(name).defenses["none_published"] == none.Params()
+
+
+def test_fine_tuning_lr_is_constant_as_nones_code(monkeypatch):
+    # run_none.py sets every group's lr to none_lr and decays it only every 80 epochs: within the
+    # 20 fine-tuning epochs each step runs at none_lr.
+    lrs = []
+    step = torch.optim.SGD.step
+
+    def spy(self, *a, **k):
+        lrs.append(self.param_groups[0]["lr"])
+        return step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", spy)
+    _, out = _tiny_run(1, params=none.Params(epochs2=3))
+    kept = 240 - out.record.rounds[0]["flagged"]
+    assert len(lrs) == 3 * math.ceil(kept / profile("smoke").train.batch_size)
+    assert set(lrs) == {1e-4}

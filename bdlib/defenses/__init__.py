@@ -10,6 +10,7 @@ REGISTRY["mcldef"] = mcldef.DEFENSE
 REGISTRY["mcldef_detect"] = mcldef.DETECT  # the same method, the target detected, not given
 REGISTRY["ntml"] = ntml.DEFENSE
 REGISTRY["none"] = none.DEFENSE
+REGISTRY["none_published"] = none.PUBLISHED  # NONE at its official recipe, never tuned
 REGISTRY["ft"] = ft.DEFENSE
 REGISTRY["nad"] = nad.DEFENSE
 REGISTRY["anp"] = anp.DEFENSE

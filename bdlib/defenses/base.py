@@ -78,6 +78,10 @@ class Defense:
     # The one grant beyond the threat model: the defense is told the attack's target class
     # (``DefenseContext.target``). Only a method whose published code is told it declares this.
     needs_target: bool = False
+    # A labelled variant of another registry entry (e.g. "none_published" of "none": the method
+    # as its authors ran it). It runs in the notebooks beside the method, is never tuned by the
+    # protocol (it declares no grid) and never counts as one more defense in a claim.
+    variant_of: str | None = None
 
 
 def _kind(hint: Any) -> str:
