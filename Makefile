@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.bdlib-installed-dev-dask-classroom
 PROFILE ?= quick
 
-.PHONY: figures test lint bench setup data clean-cache
+.PHONY: figures test lint bench setup data clean-cache book browser
 
 figures: setup
 	$(BIN)/python -m bdlib run --profile $(PROFILE)
@@ -17,7 +17,7 @@ figures: setup
 # of the notebooks and the paper-path run go side by side on a 2-core machine, the other files
 # beside them, longest first (tests/conftest.py); one OpenMP thread per worker, passive, so the
 # two never spin against each other.
-test: setup lint
+test: setup lint browser
 	OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder tests
 
 # ruff (configured in pyproject.toml) over bdlib/, tests/, benchmarks/ and the notebooks.
@@ -47,6 +47,27 @@ data: $(STAMP)
 	         SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	         $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist; \
 	       else echo "apt-get not found: bdlib will try torchvision's download of Fashion-MNIST"; fi; }
+
+# The companion as a book: a static site of the executed notebooks in executed/ (written by make
+# figures), docs/methods.md and the README's story, built by Sphinx + myst-nb into build/book/html.
+BOOK_STAMP := $(VENV)/.bdlib-installed-book
+
+book: $(BOOK_STAMP)
+	$(BIN)/python book/build.py
+
+$(BOOK_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[book]'
+	touch $@
+
+# tests/test_book.py opens the book in Debian's chromium (driven by Playwright, which downloads no
+# browser): installed with apt-get where it is missing; without it the target fails, saying why.
+browser: $(BOOK_STAMP)
+	@command -v chromium >/dev/null \
+	  || { if command -v apt-get >/dev/null; then \
+	         SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	         $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium; \
+	       fi; \
+	       command -v chromium >/dev/null || { echo "make browser: Debian's chromium is not installed and apt-get could not install it: tests/test_book.py needs it (apt-get install chromium)" >&2; exit 1; }; }
 
 clean-cache:
 	rm -rf .bdlib-cache build
