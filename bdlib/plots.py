@@ -182,7 +182,13 @@ def embedding(
     )
     ax.set_xticks([]), ax.set_yticks([])
     ax.set_title(title)
-    ax.legend(markerscale=2.5, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    # The legend's own markers, opaque and of one size, at the house font size: the scatter's
+    # (4-point dots at half alpha) would be too faint to match a colour to a class.
+    from matplotlib.lines import Line2D
+
+    keys = [Line2D([], [], ls="", marker="o", ms=7, color=palette[k], label=name) for k, name in enumerate(classes)]
+    keys.append(Line2D([], [], ls="", marker="x", ms=7, mew=1.6, color="black", label="poisoned"))
+    ax.legend(handles=keys, loc="center left", bbox_to_anchor=(1.0, 0.5), handletextpad=0.3, borderaxespad=0.3)
     fig.tight_layout()
     return fig
 
@@ -191,7 +197,7 @@ def embeddings(panels: Sequence[Mapping], classes: Sequence[str]) -> plt.Figure:
     """Several embeddings side by side (``{"title", "points", "labels", "poisoned"}`` each),
     three to a row; the class legend hangs beside the last panel of the first row."""
     rows, cols = _grid(len(panels), 3)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols + 1.4, 4.2 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols + 1.8, 4.2 * rows), squeeze=False)
     flat = list(axes.flat)
     for ax in flat[len(panels) :]:
         ax.set_visible(False)
