@@ -121,10 +121,17 @@ class Cell:
     BA: tuple[float, ...]
     cost: tuple[float, ...]
     DER: tuple[float, ...]
+    diverged: tuple[bool, ...] = ()  # per seed: the defense's training diverged (a failure)
+
+    @property
+    def failed(self) -> bool:
+        """A seed's training diverged: the cell counts as a failure of its defense in every view."""
+        return any(self.diverged)
 
     @property
     def spread(self) -> float:
-        return max(self.ASR) - min(self.ASR)
+        finite = [a for a, d in zip(self.ASR, self.diverged or (False,) * len(self.ASR)) if not d]
+        return max(finite) - min(finite) if finite else 0.0
 
     @property
     def spread_out(self) -> bool:
@@ -134,6 +141,11 @@ class Cell:
         """Means (``mode="mean"``), or one seed: the one best (``"best"``) or worst (``"worst"``)
         for the claim, where ``favour`` says what the claim wants: "low" ASR or "high" ASR."""
         n = len(self.seeds)
+        if self.failed:
+            # What a failed defense scores on every check: all triggered images hit, every clean
+            # point lost, no effectiveness; ``diverged`` makes the evidence say why.
+            worst_cost = max(c for c, d in zip(self.cost, self.diverged) if d)
+            return {"ASR": 100.0, "BA": 0.0, "cost": worst_cost, "DER": 0.0, "diverged": 1.0}
         if mode == "mean" or not self.spread_out:
             return {k: sum(getattr(self, k)) / n for k in ("ASR", "BA", "cost", "DER")}
         want_low = (mode == "best") == (favour == "low")
@@ -151,10 +163,19 @@ def cells(rows: Iterable[Mapping]) -> dict[tuple[str, str], Cell]:
         missing = [r["seed"] for r in mine if (a, r["seed"]) not in base]
         if missing:
             raise ValueError(f"no undefended row for {a}, seed(s) {missing}: the BA cost needs one per seed")
-        cost = tuple(base[(a, r["seed"])]["BA"] - r["BA"] for r in mine)
+        failed = tuple(bool(r.get("diverged")) for r in mine)
+        # A diverged seed's model is lost: it costs the whole undefended BA.
+        cost = tuple(base[(a, r["seed"])]["BA"] - (0.0 if f else r["BA"]) for r, f in zip(mine, failed))
         der = tuple(r.get("DER", 0.5) for r in mine)
         out[(a, d)] = Cell(
-            a, d, tuple(r["seed"] for r in mine), tuple(r["ASR"] for r in mine), tuple(r["BA"] for r in mine), cost, der
+            a,
+            d,
+            tuple(r["seed"] for r in mine),
+            tuple(r["ASR"] for r in mine),
+            tuple(r["BA"] for r in mine),
+            cost,
+            der,
+            failed,
         )
     return out
 
@@ -174,7 +195,7 @@ def _defends(c: Claim, view: View) -> tuple[str, str]:
     for a in c.attacks:
         v = view(a, c.defense, "low")
         ok.append(v["ASR"] <= c.asr_max and v["cost"] <= c.cost_max)
-        parts.append(f"{a} {v['ASR']:.1f} % ({v['cost']:+.1f})")
+        parts.append(f"{a} diverged" if v.get("diverged") else f"{a} {v['ASR']:.1f} % ({v['cost']:+.1f})")
     verdict = "holds" if all(ok) else "partly" if any(ok) else "fails"
     return verdict, f"{sum(ok)}/{len(ok)} attacks meet it; ASR (BA cost): " + ", ".join(parts)
 
@@ -182,11 +203,12 @@ def _defends(c: Claim, view: View) -> tuple[str, str]:
 def _outperforms(c: Claim, view: View) -> tuple[str, str]:
     wins, parts = [], []
     for a in c.attacks:
-        mine = view(a, c.defense, "low")["DER"]
+        own = view(a, c.defense, "low")
+        mine = own["DER"]
         rivals = {r: view(a, r, "high")["DER"] for r in c.rivals}
         best = max(rivals, key=rivals.get)
         wins.append(mine > rivals[best])
-        parts.append(f"{a} {mine:.2f} vs {best} {rivals[best]:.2f}")
+        parts.append(f"{a} {'diverged' if own.get('diverged') else f'{mine:.2f}'} vs {best} {rivals[best]:.2f}")
     verdict = "holds" if all(wins) else "partly" if any(wins) else "fails"
     return verdict, f"best DER on {sum(wins)}/{len(wins)} attacks; DER vs the best rival: " + ", ".join(parts)
 
@@ -205,7 +227,7 @@ def _best_reduction(c: Claim, view: View) -> tuple[str, str]:
     for a in c.attacks:
         before, v = view(a, UNDEFENDED, "high")["ASR"], view(a, c.defense, "low")
         red = 100.0 * (before - v["ASR"]) / before if before > 0 else 0.0
-        parts.append(f"{a} {red:.1f} % ({v['cost']:+.1f})")
+        parts.append(f"{a} diverged" if v.get("diverged") else f"{a} {red:.1f} % ({v['cost']:+.1f})")
         if red >= c.reduction and v["cost"] < c.cost_max:
             verdict = "holds"
         elif verdict == "fails" and (
@@ -266,6 +288,9 @@ def evaluate(claim: Claim, table: Mapping[tuple[str, str], Cell]) -> dict:
     )
     if best != worst:
         verdict = "inconclusive"
+    diverged = sorted(
+        f"{a} × {d}" for a in claim.attacks for d in _involved(claim) if (a, d) in table and table[(a, d)].failed
+    )
     seeds = sorted({s for a in claim.attacks for d in _involved(claim) for s in _get(table, a, d).seeds})
     return {
         "id": claim.id,
@@ -275,6 +300,7 @@ def evaluate(claim: Claim, table: Mapping[tuple[str, str], Cell]) -> dict:
         "verdict": verdict,
         "evidence": evidence,
         "spread_out": spread,
+        "diverged": diverged,
         "seeds": seeds,
         "range": f"{worst} … {best}" if best != worst else verdict,
     }
@@ -314,6 +340,7 @@ def table(entries: Sequence[Mapping]):
                 "verdict": e["verdict"],
                 "measured": e["evidence"],
                 "seeds spread > 20 ASR points": "; ".join(e["spread_out"]) or "none",
+                "diverged (a failure)": "; ".join(e.get("diverged", ())) or "none",
             }
             for e in entries
         ]

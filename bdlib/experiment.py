@@ -21,7 +21,7 @@ from bdlib.attacks.base import Poisoned, Trigger, TriggerContext
 from bdlib.config import Config, as_dict
 from bdlib.defenses.base import DefenseContext, record_from_store, record_to_store
 from bdlib.store import Store, module_hash, tensors_digest, tensors_under
-from bdlib.train import features, fit, seed_everything, select_device
+from bdlib.train import TrainingDiverged, features, fit, seed_everything, select_device
 
 DATA_SEED = 0  # the train / test subsets are the same for every run seed: seeds vary the attack and training
 
@@ -296,6 +296,46 @@ class DefenseRun(ModelRun):
     cfg: Config
     record: Any
 
+    @property
+    def diverged(self) -> dict[str, Any] | None:
+        """Where the defense's training diverged (attack, seed, stage, epoch, lr, message); None if
+        it finished. A diverged run has no model and no record; its metrics are NaN."""
+        return self.meta.get("diverged")
+
+
+_REPORTED: set[str] = set()  # diverged results already reported to the runner by this process
+
+
+def lr_fields(defense: str) -> list[str]:
+    """The dotted names of a defense's learning-rate fields (``lr`` or ``*_lr``)."""
+    return [
+        f"defenses.{defense}.{f.name}"
+        for f in dataclasses.fields(defenses.get(defense).Params)
+        if f.name == "lr" or f.name.endswith("_lr")
+    ]
+
+
+def divergence(cfg: Config, defense: str, err: TrainingDiverged) -> dict[str, Any]:
+    """What a diverged defense cell records: where (attack, seed, stage, epoch), at which lr, and a
+    message naming the defense's own lr field(s) to lower."""
+    params = cfg.defenses[defense]
+    fields = lr_fields(defense)
+    at = [f for f in fields if getattr(params, f.rsplit(".", 1)[1]) == err.lr] or fields
+    knob = " or ".join(f"{f} (now {getattr(params, f.rsplit('.', 1)[1]):g})" for f in at) or "its learning rate"
+    message = (
+        f"{defense} diverged on the {cfg.attack} victim, seed {cfg.seed}: {err.stage}, epoch {err.epoch}/{err.epochs}, "
+        f"lr {err.lr:g}; recorded as a diverged cell (a failure of {defense}); to avoid it lower {knob}"
+    )
+    return {
+        "attack": cfg.attack,
+        "seed": cfg.seed,
+        "stage": err.stage,
+        "epoch": err.epoch,
+        "lr": err.lr,
+        "lr_fields": at,
+        "message": message,
+    }
+
 
 def defend(cfg: Config, defense: str) -> DefenseRun:
     """Apply a defense to this run's poisoned model (cached); metrics before and after, DER."""
@@ -359,8 +399,21 @@ def defend(cfg: Config, defense: str) -> DefenseRun:
             target=cfg.target if dfn.needs_target else None,  # only a declared grant (Defense.needs_target)
         )
         start = time.perf_counter()
-        with progress.task(f"{defense} on the {cfg.attack} victim, seed {cfg.seed}"):
-            out = dfn.run(_load_model(cfg, models.cpu_state(victim.model)), ctx)
+        try:
+            with progress.task(f"{defense} on the {cfg.attack} victim, seed {cfg.seed}"):
+                out = dfn.run(_load_model(cfg, models.cpu_state(victim.model)), ctx)
+        except TrainingDiverged as err:
+            # A result, not a crash: stored as diverged (a rerun does not train it again), drawn and
+            # judged as a failure of the defense; the runner lists it.
+            diverged = divergence(cfg, defense, err)
+            seconds = time.perf_counter() - start
+            return {}, {
+                "metrics": None,
+                "before": victim.metrics,
+                "DER": None,
+                "seconds": seconds,
+                "diverged": diverged,
+            }
         seconds = time.perf_counter() - start
         after = evaluate(out.model)
         record_tensors, record_meta = record_to_store(out.record)
@@ -376,6 +429,13 @@ def defend(cfg: Config, defense: str) -> DefenseRun:
         return tensors, meta
 
     e = store().get_or_compute("defended_model", spec, compute)
+    if e.meta.get("diverged"):
+        if e.key not in _REPORTED:  # loaded from the store: the runner lists it all the same
+            progress.diverged(e.meta["diverged"]["message"])
+        _REPORTED.add(e.key)
+        nan = float("nan")
+        after = {"BA": nan, "ASR": nan, "RA": nan, "DER": nan}
+        return DefenseRun(e.key, None, after, e.meta["seconds"], e.meta, defense, e.meta["before"], cfg, None)
     record = record_from_store(
         dfn.Record, tensors_under(e.tensors, "record"), e.meta["record"], functools.partial(_load_model, cfg)
     )

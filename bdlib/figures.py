@@ -20,18 +20,54 @@ from typing import Any
 
 from filelock import FileLock
 
-from bdlib import paths, progress
+from bdlib import notebooks, paths, progress, provenance
 from bdlib.config import Config, as_dict
 from bdlib.store import UMASK, canonical_json, disk_full_named
 
 _clock = {"last": time.perf_counter()}
+# The parameter values the running notebook's kernel ran with (``bdlib.setup`` reads them from
+# the kernel: the parameters cell, papermill's injected cell applied); None outside a kernel.
+_ran: dict[str, Any] = {"parameters": None}
 # A saved PNG (150 dpi) is shown at the size matplotlib's inline backend (100 dpi) would give it.
 _SHOWN_SCALE = 100 / 150
 
 
-def start_clock() -> None:
-    """Called by ``bdlib.setup``: the first figure's seconds count from here."""
+def start_clock(parameters: dict[str, Any] | None = None) -> None:
+    """Called by ``bdlib.setup``: the first figure's seconds count from here; ``parameters`` are
+    the values the notebook runs with, when the kernel knows them (:func:`bdlib.kernel.ran_parameters`)."""
     _clock["last"] = time.perf_counter()
+    _ran["parameters"] = parameters
+
+
+def _notebook(name: str) -> Path | None:
+    """The committed notebook a figure ``name`` belongs to: ``$BDLIB_NOTEBOOK`` (the runner's), else
+    the one whose number starts the name (``04_detection`` -> ``04_none``); None for neither."""
+    stem = os.environ.get("BDLIB_NOTEBOOK")
+    found = [p for p in notebooks.notebooks() if (p.stem == stem if stem else name.startswith(p.stem[:3]))]
+    return found[0] if len(found) == 1 else None
+
+
+def _parameters() -> dict[str, Any] | None:
+    given = os.environ.get("BDLIB_PARAMETERS")
+    return json.loads(given) if given is not None else _ran["parameters"]
+
+
+def committed_run(name: str, cfg: Config) -> bool:
+    """Whether a figure ``name`` comes from the committed configuration: profile quick and its
+    notebook's default parameters (every value the run was given equals the notebook's default).
+    A run with other parameters, an edited parameters cell, or outside a known notebook is not."""
+    nb, given = _notebook(name), _parameters()
+    if cfg.profile != paths.DEFAULT_PROFILE or nb is None or given is None:
+        return False
+    defaults = notebooks.parameters(nb)
+    return all(k in defaults and defaults[k] == v for k, v in given.items())
+
+
+def directory(name: str, cfg: Config) -> Path:
+    """Where figure ``name`` goes: ``$BDLIB_FIGURES`` (the runner's staging directory, or the
+    user's choice), else ``figures/`` for the committed configuration (:func:`committed_run`) and
+    ``build/figures/<profile>/`` for any other run (:func:`bdlib.paths.figures_dir`)."""
+    return paths.figures_dir(cfg.profile, committed=committed_run(name, cfg))
 
 
 # Fields that enter the key only when changed from these defaults, so the keys of runs that leave
@@ -75,14 +111,15 @@ def _atomic_write(path: Path, data: bytes) -> None:
             raise
 
 
-def save(fig: Any, name: str, cfg: Config) -> list[Path]:
+def save(fig: Any, name: str, cfg: Config) -> None:
     """Write ``name``.png and ``name``.pdf, record them in the manifest, and show the figure
-    in the notebook (in a Jupyter kernel); then close it, so it is shown once."""
+    in the notebook (in a Jupyter kernel); then close it, so it is shown once. Returns nothing,
+    so a notebook cell ending in ``figures.save(...)`` shows the figure and no list of paths."""
     import io
 
     import matplotlib.pyplot as plt
 
-    out = paths.figures_dir(cfg.profile)
+    out = directory(name, cfg)
     written, blobs = [], {}
     for ext, meta in (("png", {"Software": None}), ("pdf", {"Creator": None, "Producer": None, "CreationDate": None})):
         buf = io.BytesIO()
@@ -94,7 +131,6 @@ def save(fig: Any, name: str, cfg: Config) -> list[Path]:
     _record(name, {"files": [p.name for p in written]}, cfg)
     _show(name, blobs["png"])
     plt.close(fig)
-    return written
 
 
 def _show(name: str, png: bytes) -> None:
@@ -113,7 +149,7 @@ def _show(name: str, png: bytes) -> None:
 
 def save_metrics(name: str, metrics: Any, cfg: Config) -> Path:
     """Write ``name``.json (the numbers behind a notebook's figures) and record it."""
-    path = paths.figures_dir(cfg.profile) / f"{name}.json"
+    path = directory(name, cfg) / f"{name}.json"
     body = {"profile": cfg.profile, "config_key": config_key(cfg), "metrics": metrics}
     _atomic_write(path, (json.dumps(body, indent=1, sort_keys=True) + "\n").encode())
     _record(name, {"files": [path.name]}, cfg)
@@ -123,20 +159,32 @@ def save_metrics(name: str, metrics: Any, cfg: Config) -> Path:
 def _record(name: str, entry: dict, cfg: Config) -> None:
     now = time.perf_counter()
     seconds, _clock["last"] = now - _clock["last"], now
+    nb = _notebook(name)
+    stem = os.environ.get("BDLIB_NOTEBOOK") or (nb.stem if nb is not None else "interactive")
+    given = _parameters()
+    code = provenance.record(stem)
     entry = {
         **entry,
-        "notebook": os.environ.get("BDLIB_NOTEBOOK", "interactive"),
+        "notebook": stem,
         "profile": cfg.profile,
-        "parameters": json.loads(os.environ.get("BDLIB_PARAMETERS", "{}")),
+        # The values the run was given; "unknown" where neither the runner nor the kernel knows them.
+        "parameters": given if given is not None else "unknown",
         "config_key": config_key(cfg),
+        "code": code["code"],
         "seconds": round(seconds, 2),
     }
-    path = paths.figures_dir(cfg.profile) / "manifest.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    out = directory(name, cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    _merge(out / "manifest.json", {name: entry})
+    _merge(out / provenance.FILE, {stem: code})
+
+
+def _merge(path: Path, entries: dict) -> None:
+    """Update the JSON object in ``path`` with ``entries`` (locked, atomic)."""
     with FileLock(str(path) + ".lock"):
-        manifest = json.loads(path.read_text()) if path.exists() else {}
-        manifest[name] = entry
-        _atomic_write(path, (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode())
+        doc = json.loads(path.read_text()) if path.exists() else {}
+        doc.update(entries)
+        _atomic_write(path, (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode())
 
 
 def publish(staging: Path, dest: Path) -> list[Path]:
@@ -145,15 +193,13 @@ def publish(staging: Path, dest: Path) -> list[Path]:
     leaves ``dest`` as it was). Returns the files moved."""
     dest.mkdir(parents=True, exist_ok=True)
     moved = []
+    merged = ("manifest.json", provenance.FILE)
     for f in sorted(staging.iterdir()):
-        if f.is_file() and f.name != "manifest.json" and not f.name.endswith(".lock"):
+        if f.is_file() and f.name not in merged and not f.name.endswith(".lock"):
             os.replace(f, dest / f.name)
             moved.append(dest / f.name)
-    staged = staging / "manifest.json"
-    if staged.exists():
-        path = dest / "manifest.json"
-        with FileLock(str(path) + ".lock"):
-            manifest = json.loads(path.read_text()) if path.exists() else {}
-            manifest.update(json.loads(staged.read_text()))
-            _atomic_write(path, (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode())
+    for name in merged:
+        staged = staging / name
+        if staged.exists():
+            _merge(dest / name, json.loads(staged.read_text()))
     return moved

@@ -48,7 +48,13 @@ def run_cell(cfg: Config, cell: Cell) -> dict[str, Any]:
         run = ex.poisoned_model(c)
         return {**dataclasses.asdict(cell), **run.metrics, "DER": 0.5, "seconds": run.seconds}
     run = ex.defend(c, cell.defense)
-    return {**dataclasses.asdict(cell), **run.metrics, "seconds": run.seconds}
+    return {**dataclasses.asdict(cell), **run.metrics, "seconds": run.seconds, **diverged_field(run)}
+
+
+def diverged_field(run: Any) -> dict[str, str]:
+    """``{"diverged": message}`` for a run whose training diverged (its metrics are NaN), else {}:
+    the row of a diverged cell says so, and every table, figure and verdict reads it."""
+    return {"diverged": run.diverged["message"]} if run.diverged else {}
 
 
 def _run_cell_remote(cfg_dict: dict, cell: Cell) -> dict[str, Any]:

@@ -59,6 +59,49 @@ def check_injected_parameters(history: Sequence[str]) -> None:
         )
 
 
+def _literals(source: str) -> dict[str, Any] | None:
+    """``{name: value}`` of a cell made only of literal assignments (a parameters cell, papermill's
+    injected cell); None for any other cell."""
+    try:
+        body = ast.parse(source).body
+    except SyntaxError:
+        return None
+    out: dict[str, Any] = {}
+    for node in body:
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
+            return None
+        try:
+            out[node.targets[0].id] = ast.literal_eval(node.value)
+        except ValueError:
+            return None
+    return out or None
+
+
+def ran_parameters(history: Sequence[str]) -> dict[str, Any] | None:
+    """The parameter values the notebook runs with, from the kernel's cell sources in execution
+    order (the current cell last): the last earlier cell made only of literal assignments (the
+    parameters cell, as it ran: edited or not), updated with papermill's injected cell where one
+    ran right after it. None where no such cell ran."""
+    earlier = list(history[:-1])
+    for i in range(len(earlier) - 1, -1, -1):
+        values = _literals(earlier[i])
+        if values is None:
+            continue
+        if earlier[i].lstrip().startswith(INJECTED_HEADER) and i > 0:
+            base = _literals(earlier[i - 1])
+            return {**base, **values} if base is not None else values
+        return values
+    return None
+
+
+def parameters_of_kernel() -> dict[str, Any] | None:
+    """:func:`ran_parameters` of the running kernel; None outside a kernel."""
+    shell = progress.kernel_shell()
+    if shell is None:
+        return None
+    return ran_parameters([h for h in (shell.user_ns.get("In") or []) if h])
+
+
 class _DropNannyKill(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return "still alive" not in record.getMessage()
@@ -95,4 +138,11 @@ def prepare() -> None:
     quiet_dask()
 
 
-__all__ = ["assigned_names", "check_injected_parameters", "quiet_dask", "prepare"]
+__all__ = [
+    "assigned_names",
+    "check_injected_parameters",
+    "ran_parameters",
+    "parameters_of_kernel",
+    "quiet_dask",
+    "prepare",
+]

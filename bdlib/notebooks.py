@@ -81,6 +81,7 @@ def check_parameters(path: Path, params: dict[str, Any], valid: dict[str, Any] |
     Returns the parameters as plain values; raises NotebookError naming the parameter."""
     from bdlib.config import ConfigError
     from bdlib.profiles import resolve
+    from bdlib.train import select_device
 
     valid = parameters(path) if valid is None else valid
     unknown = sorted(set(params) - set(valid))
@@ -100,6 +101,8 @@ def check_parameters(path: Path, params: dict[str, Any], valid: dict[str, Any] |
         out[name] = str(value) if isinstance(value, _Plain) else value
     try:
         resolve(str(out.get("profile", valid.get("profile"))), overrides=out.get("overrides", valid.get("overrides")))
+        if "device" in valid:
+            select_device(str(out.get("device", valid["device"])))  # a device the machine lacks
         for name, value in out.items():
             _check_value(name, value, valid[name])
     except (ConfigError, ValueError, TypeError) as err:

@@ -37,13 +37,14 @@ def cache_dir() -> Path:
     return Path(os.path.abspath(os.path.expanduser(env))) if env else project_dir() / ".bdlib-cache"
 
 
-def figures_dir(profile: str = DEFAULT_PROFILE) -> Path:
-    """``$BDLIB_FIGURES``, else ``<project>/figures`` for ``quick`` and
-    ``<project>/build/figures/<profile>`` for any other profile."""
+def figures_dir(profile: str = DEFAULT_PROFILE, committed: bool = True) -> Path:
+    """``$BDLIB_FIGURES``, else ``<project>/figures`` for the committed configuration (profile
+    ``quick``, and ``committed``: the notebook's default parameters) and
+    ``<project>/build/figures/<profile>`` for any other run."""
     env = os.environ.get("BDLIB_FIGURES")
     if env:
         return Path(os.path.abspath(os.path.expanduser(env)))
-    if profile == DEFAULT_PROFILE:
+    if profile == DEFAULT_PROFILE and committed:
         return project_dir() / "figures"
     return project_dir() / "build" / "figures" / profile
 

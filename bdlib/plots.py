@@ -15,6 +15,11 @@ METRIC_COLORS = {"BA": "#0072B2", "ASR": "#D55E00", "RA": "#009E73"}
 PAGE_WIDTH = 14.0
 
 
+def diverged(row: Mapping) -> bool:
+    """Whether a row is a defense cell whose training diverged (``bdlib.experiment.divergence``)."""
+    return bool(row.get("diverged"))
+
+
 def style() -> None:
     """The house style: seaborn whitegrid, colour-blind palette, readable sizes."""
     sns.set_theme(context="notebook", style="whitegrid", palette="colorblind", font_scale=0.95)
@@ -218,8 +223,15 @@ def metric_panels(
 
     facets = list(dict.fromkeys(r[facet] for r in records))
     order = list(dict.fromkeys(r[by] for r in records))
+    # A group with a diverged seed gets no bar (never the mean of its other seeds) but a label.
+    failed = {(r[facet], r[by]) for r in records if diverged(r)}
     long = pd.DataFrame(
-        [{facet: r[facet], by: r[by], "metric": m, "value": r[m]} for r in records for m in metrics if m in r]
+        [
+            {facet: r[facet], by: r[by], "metric": m, "value": r[m]}
+            for r in records
+            for m in metrics
+            if m in r and (r[facet], r[by]) not in failed
+        ]
     )
     per_bar = 0.9 if len(facets) <= 4 else 0.6  # narrower groups once the panels wrap into rows
     fig, axes, rows = _panels(len(facets), 4, max(3.2, per_bar * len(order) + 1.2), 3.4, sharey=True)
@@ -237,6 +249,9 @@ def metric_panels(
             err_kws={"linewidth": 1},
             ax=ax,
         )
+        for i, name in enumerate(order):
+            if (f, name) in failed:
+                ax.text(i, 50, "diverged", rotation=90, ha="center", va="center", color="#b2182b", fontsize=8)
         ax.set_title(str(f)), ax.set_xlabel(""), ax.set_ylim(0, 105)
         ax.tick_params(axis="x", rotation=20 if rows == 1 else 35)
         ax.get_legend().remove()
@@ -419,11 +434,15 @@ def heatmaps(
         1, len(values), figsize=(5.2 * len(values), 0.45 * df[index].nunique() + 2.2), squeeze=False
     )
     cmaps = {"BA": "Blues", "ASR": "Reds", "RA": "Greens", "DER": "Purples"}
+    # A cell with a diverged seed is drawn as such ("div."), never as the mean of its other seeds.
+    df["_diverged"] = [diverged(r) for r in rows]
+    div = df.pivot_table(index=index, columns=columns, values="_diverged", aggfunc="any", sort=False)
     for ax, v in zip(axes[0], values):
-        table = df.pivot_table(index=index, columns=columns, values=v, aggfunc="mean", sort=False)
+        table = df.pivot_table(index=index, columns=columns, values=v, aggfunc="mean", sort=False, dropna=False)
         fmt, vmax = (".2f", 1.0) if v == "DER" else (".0f", 100.0)
+        flagged = div.reindex(index=table.index, columns=table.columns).fillna(False).astype(bool)
         sns.heatmap(
-            table,
+            table.mask(flagged),
             annot=True,
             fmt=fmt,
             cmap=cmaps.get(v, "viridis"),
@@ -434,9 +453,14 @@ def heatmaps(
             ax=ax,
             annot_kws={"fontsize": 8},
         )
+        for i, j in zip(*np.nonzero(flagged.to_numpy())):  # seaborn leaves masked cells unlabelled
+            ax.text(j + 0.5, i + 0.5, "div.", ha="center", va="center", fontsize=8, color="#b2182b")
         ax.set_title(f"{v} (mean over seeds)"), ax.set_xlabel(""), ax.set_ylabel("")
         ax.tick_params(axis="x", rotation=30)
         ax.tick_params(axis="y", rotation=0)
+    if df["_diverged"].any():
+        note = "div.: the defense's training diverged on a seed of this cell (a failure)"
+        fig.text(0.5, 0.0, note, ha="center", va="top")
     fig.tight_layout()
     return fig
 
@@ -467,7 +491,11 @@ def tradeoff(
     """
     import pandas as pd
 
+    failed = {(r["attack"], r["defense"], r["setting"]) for r in rows if diverged(r)}
     df = pd.DataFrame(rows).groupby(["attack", "defense", "setting"], sort=False)[["cost", "ASR"]].mean().reset_index()
+    # A setting with a diverged seed is drawn as a cross at the top of the panel, not as a mean.
+    df["failed"] = [(a, d, s) in failed for a, d, s in zip(df["attack"], df["defense"], df["setting"])]
+    df.loc[df["failed"], ["cost", "ASR"]] = float("nan")
     attacks = list(dict.fromkeys(df["attack"]))
     names = list(dict.fromkeys(df["defense"]))
     palette = dict(zip(names, sns.color_palette("colorblind", len(names))))
@@ -479,6 +507,8 @@ def tradeoff(
         for d in names:
             g = df[(df["attack"] == a) & (df["defense"] == d)]
             ax.plot(g["cost"], g["ASR"], marker="o", ms=4, lw=1.3, color=palette[d], label=d)
+            for _ in range(int(g["failed"].sum())):
+                ax.scatter([0], [101], marker="x", s=40, color=palette[d], zorder=5)
             if chosen and d in chosen:
                 c = g[g["setting"] == chosen[d]["setting"]]
                 ax.scatter(c["cost"], c["ASR"], s=120, facecolors="none", edgecolors=palette[d], linewidths=2, zorder=5)
@@ -494,7 +524,7 @@ def tradeoff(
     fig.legend(handles, labels, ncols=min(7, len(labels)), loc="upper center", bbox_to_anchor=(0.5, 0.02))
     fig.suptitle(
         "Every defense across its tuning grid\n(mean over the tuning seeds · ring: the protocol's choice · "
-        "grey: within the BA-cost bar)",
+        "grey: within the BA-cost bar" + (" · ×: a setting that diverged)" if failed else ")"),
         fontweight="bold",
         fontsize=10,
     )

@@ -92,10 +92,16 @@ def store_notice(text: str) -> None:
     _append(f"notice {' '.join(text.split())}")
 
 
+def diverged(text: str) -> None:
+    """Report a defense cell whose training diverged (recorded as a result) to the runner, which
+    lists it under the notebook's summary line."""
+    _append(f"diverged {' '.join(text.split())}")
+
+
 def read_store_log(directory: Path) -> dict[str, Any]:
-    """``{"loaded": {kind: n}, "computed": {kind: n}, "notices": [text, ...]}`` from a status
-    directory's ``store.log``."""
-    counts: dict[str, Any] = {"loaded": {}, "computed": {}, "notices": []}
+    """``{"loaded": {kind: n}, "computed": {kind: n}, "notices": [text, ...], "diverged": [text, ...]}``
+    from a status directory's ``store.log``."""
+    counts: dict[str, Any] = {"loaded": {}, "computed": {}, "notices": [], "diverged": []}
     try:
         lines = (directory / STORE_LOG).read_text(encoding="utf-8").splitlines()
     except OSError:
@@ -104,6 +110,9 @@ def read_store_log(directory: Path) -> dict[str, Any]:
         outcome, _, kind = line.partition(" ")
         if outcome == "notice":
             counts["notices"].append(kind)
+        elif outcome == "diverged":
+            if kind not in counts["diverged"]:
+                counts["diverged"].append(kind)
         elif outcome in counts:
             counts[outcome][kind] = counts[outcome].get(kind, 0) + 1
     return counts

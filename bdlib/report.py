@@ -174,8 +174,14 @@ def defense_rows(
             r = defend(c, defense)
             runs[(name, seed)] = r
             rows.append({"attack": name, "seed": seed, "model": "undefended", **r.before})
-            rows.append({"attack": name, "seed": seed, "model": defense, **r.metrics, "seconds": r.seconds})
+            row = {"attack": name, "seed": seed, "model": defense, **r.metrics, "seconds": r.seconds}
+            rows.append({**row, **grid.diverged_field(r)})
     return rows, runs
+
+
+def finished(runs: dict[tuple[str, int], DefenseRun]) -> dict[tuple[str, int], DefenseRun]:
+    """The runs whose training did not diverge (a diverged run has no model and no record)."""
+    return {k: r for k, r in runs.items() if not getattr(r, "diverged", None)}
 
 
 def flagged_examples(run: DefenseRun, n: int = 8) -> tuple[dict, dict, dict[str, int]]:
@@ -475,7 +481,7 @@ def table(rows: Sequence[dict]):
 def nt_stage_rows(runs: dict[tuple[str, int], DefenseRun]) -> list[dict]:
     """BA / ASR / RA of M0, the NT teacher (unless it is M0) and the NT student, per NT-ML run."""
     rows = []
-    for (a, s), run in runs.items():
+    for (a, s), run in finished(runs).items():
         rec = run.record
         models = {"poisoned": rec.poisoned, "nt teacher": rec.nt_teacher_metrics, "nt student": rec.nt_student_metrics}
         if run.cfg.defenses["ntml"].teacher == "poisoned":  # the NT teacher is M0 itself
@@ -566,7 +572,7 @@ def variant_choice(cfg: Config, variant: dict | None) -> str:
 def detection_rows(runs: dict[tuple[str, int], DefenseRun]) -> list[dict]:
     """Precision / recall of each run's flagged samples against the true poison index."""
     rows = []
-    for (a, s), run in runs.items():
+    for (a, s), run in finished(runs).items():
         truth = poisoned_model(run.cfg).poisoned.poison_idx
         rows.append(
             {"attack": a, "seed": s, **metrics.detection(run.record.flagged, truth), "poisoned": int(truth.sum())}
@@ -584,8 +590,10 @@ def detection_table(rows: Sequence[dict]):
 
 def round_rows(runs: dict[tuple[str, int], DefenseRun], label: str = "NONE") -> list[dict]:
     """Per NONE run, BA / ASR / RA after each round; round 0 is the undefended model."""
-    rows = [{"round": 0, **run.before, "attack": a, "series": label} for (a, s), run in runs.items()]
-    return rows + [{**h, "attack": a, "series": label} for (a, s), run in runs.items() for h in run.record.rounds]
+    rows = [{"round": 0, **run.before, "attack": a, "series": label} for (a, s), run in finished(runs).items()]
+    return rows + [
+        {**h, "attack": a, "series": label} for (a, s), run in finished(runs).items() for h in run.record.rounds
+    ]
 
 
 # --- MCLDef (notebook 05)
@@ -595,7 +603,7 @@ def inversion_rows(runs: dict[tuple[str, int], DefenseRun], seed: int) -> list[d
     """Per attack (the runs of ``seed``): true trigger, inverted mask and pattern, mask norms per
     class, true and detected target (:func:`bdlib.plots.inversion_panels`)."""
     rows = []
-    for (a, s), run in runs.items():
+    for (a, s), run in finished(runs).items():
         if s != seed:
             continue
         d, rec = run_data(run.cfg), run.record
@@ -633,13 +641,13 @@ def target_detection(runs: dict[tuple[str, int], DefenseRun]) -> list[dict]:
             "confident": r.record.detection_confident,
             "purified": r.record.purified,
         }
-        for (a, s), r in runs.items()
+        for (a, s), r in finished(runs).items()
     ]
 
 
 def no_outlier_notes(runs: dict[tuple[str, int], DefenseRun]) -> str:
     """One line per detecting-MCLDef run that found no outlier class (its model left unpurified)."""
-    lines = [f"{a}, seed {s}: {r.record.note}" for (a, s), r in runs.items() if not r.record.purified]
+    lines = [f"{a}, seed {s}: {r.record.note}" for (a, s), r in finished(runs).items() if not r.record.purified]
     return "\n".join(lines) or "detection found an outlier class in every run: each was purified"
 
 

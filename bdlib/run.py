@@ -5,9 +5,12 @@
     python -m bdlib assignments [NOTEBOOK ...] [--course course/] [--assignment ps1] [--repo-url URL]
     python -m bdlib tune --profile quick [DEFENSE ...]
 
+    python -m bdlib status
+
 Executed copies go to ``build/executed/`` of the user's project (never over the sources);
-figures to ``--figures DIR``, by default ``figures/`` for profile quick and
-``build/figures/<profile>/`` for the others (``bdlib.paths``). For each notebook it prints a line
+figures to ``--figures DIR``, by default ``figures/`` for the committed configuration (profile
+quick, the notebook's default parameters) and ``build/figures/<profile>/`` for any other run
+(:func:`figures_for`). For each notebook it prints a line
 when it starts, a live line of the current cell and step on a terminal, and at the end its
 seconds and how many results it computed or loaded from the store. A failing cell is reported
 in one paragraph — notebook, cell, error — and the exit status is non-zero.
@@ -27,13 +30,22 @@ import time
 from pathlib import Path
 from typing import Any, Sequence, TextIO
 
-from bdlib import openmp, paths, progress
+from bdlib import openmp, paths, progress, store
 from bdlib.notebooks import NotebookError, notebooks, parameters, parse_value, route_parameters
 
 
 class RunError(NotebookError):
     """A run that did not finish: its message is the one paragraph the user reads; ``code`` the
     exit status (1, or 130 for Ctrl-C)."""
+
+
+def figures_for(path: Path, own: dict[str, Any]) -> Path:
+    """Where a notebook run with ``own`` parameters writes its figures: ``figures/`` only for the
+    committed configuration (profile quick, every given value the notebook's default), else
+    ``build/figures/<profile>/`` (``$BDLIB_FIGURES`` overrides both; ``--figures`` overrides this)."""
+    defaults = parameters(path)
+    committed = all(k in defaults and defaults[k] == v for k, v in own.items())
+    return paths.figures_dir(str(own.get("profile", defaults.get("profile"))), committed=committed)
 
 
 def parameters_position(nb: dict) -> int | None:
@@ -284,6 +296,10 @@ def run_notebook(
         shutil.rmtree(staging, ignore_errors=True)
     seconds = time.perf_counter() - start
     print(f"{path.stem}: {seconds:.1f} s; {store_summary(counts)}", file=stream, flush=True)
+    if counts["diverged"]:
+        print(f"  {path.stem}: {len(counts['diverged'])} defense cell(s) diverged:", file=stream, flush=True)
+    for text in counts["diverged"]:
+        print(f"    {text}", file=stream, flush=True)
     for warning in notebook_warnings(nb):
         print(f"  warning in {path.stem}, {warning}", file=stream, flush=True)
     return seconds
@@ -337,8 +353,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--figures",
         type=Path,
         default=None,
-        help="where figures go (default: $BDLIB_FIGURES, else figures/ for profile quick and "
-        "build/figures/PROFILE/ for the others, in the project you work in)",
+        help="where figures go (default: $BDLIB_FIGURES, else figures/ for profile quick with a notebook's "
+        "default parameters and build/figures/PROFILE/ for any other run, in the project you work in)",
     )
     par = sub.add_parser("params", help="list a notebook's parameters and defaults")
     par.add_argument("notebook")
@@ -356,8 +372,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     tun.add_argument("defenses", nargs="*", help="defense names (default: all)")
     tun.add_argument("--profile", default="quick", help="smoke | quick | paper (default quick)")
     tun.add_argument("--out", help="where the JSON of rows and choices goes (default build/tune-PROFILE.json)")
+    sub.add_parser("status", help="say which committed figures the current code would not reproduce")
     args = parser.parse_args(argv)
     try:
+        if args.command == "status":
+            from bdlib import provenance
+
+            return provenance.main()
         if args.command == "tune":
             from bdlib import tune
 
@@ -375,13 +396,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         params = {"profile": args.profile or "quick", **given}
         params["profile"] = str(params["profile"])
-        figures = args.figures or paths.figures_dir(params["profile"])
         out = args.out or paths.executed_dir()
         total = 0.0
-        # A parameter goes to the notebooks that declare it (-p taus to 02 of 01 02); all checked first.
-        for path, own in route_parameters(notebooks(args.notebooks), params):
+        # A parameter goes to the notebooks that declare it (-p taus to 02 of 01 02); all checked first,
+        # and the store with them, before the first kernel starts.
+        routed = route_parameters(notebooks(args.notebooks), params)
+        try:
+            store.check_root()
+        except store.StoreAccessError as err:
+            raise RunError(str(err)) from None
+        places = set()
+        for path, own in routed:
+            figures = args.figures or figures_for(path, own)
+            places.add(str(figures))
             total += run_notebook(path, own, out, figures)
-        print(f"all notebooks: {total:.1f} s; figures in {figures}", flush=True)
+        print(f"all notebooks: {total:.1f} s; figures in {', '.join(sorted(places))}", flush=True)
         return 0
     except NotebookError as err:  # RunError, an unknown notebook or parameter, AssignmentError
         print(f"error: {err}", file=sys.stderr)

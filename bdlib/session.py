@@ -14,6 +14,7 @@ from typing import Sequence
 from bdlib import attacks, data, figures, kernel
 from bdlib.config import Config
 from bdlib.profiles import resolve
+from bdlib.store import check_root
 from bdlib.train import configure, seed_everything, select_device
 
 
@@ -38,6 +39,7 @@ def setup(
         progress = os.environ.get("BDLIB_PROGRESS", "1") != "0"
     cfg = resolve(profile, attack=attack, seed=seed, device=device, overrides=overrides, progress=progress)
     dev = select_device(cfg.device)
+    check_root()  # a store that is not a writable directory: refused before any training
     cfg = dataclasses.replace(cfg, device=dev.type)
     configure(cfg.deterministic, cfg.compile)
     seed_everything(cfg.seed)
@@ -45,7 +47,7 @@ def setup(
     note = cpu_estimate(cfg)
     if note:
         warnings.warn(note, stacklevel=2)
-    figures.start_clock()
+    figures.start_clock(kernel.parameters_of_kernel())
     return cfg
 
 

@@ -21,10 +21,12 @@ a wait for another process) is reported to the runner (:func:`bdlib.progress.sto
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import dataclasses
 import datetime as _dt
 import errno
+import functools
 import hashlib
 import json
 import logging
@@ -52,7 +54,11 @@ __all__ = [
     "CODE_SALT",
     "CORE_MODULES",
     "source_hash",
+    "code_hash",
+    "normalised_source",
     "module_hash",
+    "dependencies",
+    "USED",
     "tensors_digest",
     "tensors_under",
     "Entry",
@@ -60,6 +66,7 @@ __all__ = [
     "StoreAccessError",
     "canonical_json",
     "disk_full_named",
+    "check_root",
     "UMASK",
 ]
 
@@ -93,6 +100,34 @@ def _access_error(path: Path, root: Path, doing: str) -> StoreAccessError:
     )
 
 
+def check_root(root: Path | None = None) -> Path:
+    """Refuse, in one sentence, a store location that is not a writable directory (checked
+    before any kernel or training starts); return the location. A missing one is fine where
+    its nearest existing parent is a writable directory (the store creates it)."""
+    root = Path(root or cache_dir())
+    fix = (
+        "set BDLIB_CACHE to a directory you can write (or unset it for the project's .bdlib-cache/)"
+        if os.environ.get("BDLIB_CACHE")
+        else "set BDLIB_CACHE to a directory you can write"
+    )
+    where = (
+        f"the store {root} (BDLIB_CACHE={os.environ['BDLIB_CACHE']})"
+        if os.environ.get("BDLIB_CACHE")
+        else f"the store {root}"
+    )
+    if root.exists() and not root.is_dir():
+        raise StoreAccessError(f"{where} is a file, not a directory: {fix}")
+    probe = root
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise StoreAccessError(f"{where} cannot be created: {probe} is a file, not a directory; {fix}")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        doing = "is not writable by you" if probe == root else f"cannot be created: {probe} is not writable by you"
+        raise StoreAccessError(f"{where} {doing} (uid {os.getuid()}); {fix}")
+    return root
+
+
 @contextlib.contextmanager
 def disk_full_named(directory: Path, what: str) -> Iterator[None]:
     """Turn a write in the block that failed because ``directory``'s disk is full (an ENOSPC
@@ -122,16 +157,17 @@ META_FILE = "meta.json"
 
 _KEY_RE = re.compile(r"^[0-9a-f]{64}$")
 _SHARD_RE = re.compile(r"^[0-9a-f]{2}$")
-_STORE_FIELDS = ("key", "kind", "spec", "salt", "created", "files")
 # A temp dir older than this can only be debris of a killed writer: writes take seconds.
 _STALE_TMP_SECONDS = 24 * 3600
 
 
-# The modules every stored result depends on. A method's own module is salted separately
-# (``source_hash`` in the spec its caller builds), so editing one defense, a plot or the runner
-# does not invalidate every cached model.
+# The modules every stored result depends on: the code that computes (data, models, training,
+# metrics, the cached stages and the method interfaces). A method's own module is salted
+# separately (``module_hash`` in the spec its caller builds), so editing one defense does not
+# invalidate every cached model; the store, the runner, the reports and the plots never salt a
+# result. Each module counts by its code only (:func:`normalised_source`): comments, docstrings
+# and formatting do not change a key.
 CORE_MODULES = (
-    "store.py",
     "data.py",
     "models.py",
     "train.py",
@@ -140,18 +176,39 @@ CORE_MODULES = (
     "attacks/base.py",
     "defenses/base.py",
 )
+_PKG = Path(__file__).resolve().parent
+_CODE_RE = re.compile(r"^([A-Za-z0-9_/]+\.py)@[0-9a-f]{16}$")
+
+
+def normalised_source(text: str) -> str:
+    """A module's code without its comments, docstrings and formatting: the source Python
+    regenerates from the module's syntax tree with every docstring removed."""
+    tree = ast.parse(text)
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            first = node.body[0] if node.body else None
+            if (
+                isinstance(first, ast.Expr)
+                and isinstance(first.value, ast.Constant)
+                and isinstance(first.value.value, str)
+            ):
+                node.body = node.body[1:] or [ast.Pass()]
+    return ast.unparse(tree)
+
+
+@functools.cache
+def code_hash(relative: str) -> str:
+    """sha256 (first 16 hex) of one bdlib module's normalised code (:func:`normalised_source`)."""
+    text = (_PKG / relative).read_text(encoding="utf-8")
+    return hashlib.sha256(normalised_source(text).encode("utf-8")).hexdigest()[:16]
 
 
 def source_hash(*relative: str) -> str:
-    """sha256 (first 16 hex) of the named bdlib source files, paths included."""
-    pkg = Path(__file__).resolve().parent
+    """sha256 (first 16 hex) of the named bdlib modules' code (:func:`code_hash`), paths included."""
     h = hashlib.sha256()
     for rel in sorted(relative):
-        # Separators keep (path, contents) pairs unambiguous when concatenated.
-        h.update(rel.encode("utf-8"))
-        h.update(b"\0")
-        h.update((pkg / rel).read_bytes())
-        h.update(b"\0")
+        # Separators keep (path, hash) pairs unambiguous when concatenated.
+        h.update(f"{rel}\0{code_hash(rel)}\0".encode())
     return h.hexdigest()[:16]
 
 
@@ -159,12 +216,42 @@ CODE_SALT: str = source_hash(*CORE_MODULES)
 
 
 def module_hash(fn: Callable) -> str:
-    """The source hash of the bdlib module defining ``fn`` (an attack's or defense's own file):
-    part of the key of every result that module computes."""
+    """``path@hash`` of the bdlib module defining ``fn`` (an attack's or defense's own file):
+    part of the spec of every result that module computes, so the store knows which module
+    a result depends on (:data:`USED`)."""
     import inspect
 
-    pkg = Path(__file__).resolve().parent
-    return source_hash(Path(inspect.getfile(fn)).resolve().relative_to(pkg).as_posix())
+    rel = Path(inspect.getfile(fn)).resolve().relative_to(_PKG).as_posix()
+    return f"{rel}@{code_hash(rel)}"
+
+
+# Every result this process used (loaded or computed): key -> (kind, the modules whose code it
+# depends on, its own and its upstream results' included). ``bdlib.figures`` records it per
+# notebook, so ``python -m bdlib status`` can say which figures a code change makes stale.
+USED: dict[str, tuple[str, frozenset[str]]] = {}
+
+
+def dependencies(spec: Any) -> frozenset[str]:
+    """The modules a result of ``spec`` depends on: the core modules, every ``path@hash`` in the
+    spec, and the modules of every upstream result (a key in the spec) this process has used."""
+    found = set(CORE_MODULES)
+
+    def walk(v: Any) -> None:
+        if isinstance(v, Mapping):
+            for x in v.values():
+                walk(x)
+        elif isinstance(v, (list, tuple)):
+            for x in v:
+                walk(x)
+        elif isinstance(v, str):
+            m = _CODE_RE.match(v)
+            if m:
+                found.add(m.group(1))
+            elif v in USED:
+                found.update(USED[v][1])
+
+    walk(spec)
+    return frozenset(found)
 
 
 def tensors_under(tensors: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -522,6 +609,7 @@ class Store:
         ``meta["seconds"]`` records the wall time of ``compute`` unless it sets it itself.
         """
         key = self.key(kind, spec)
+        USED[key] = (kind, dependencies(spec))
         entry = self.get(key)
         if entry is not None:
             progress.store_event(kind, "loaded")

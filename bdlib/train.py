@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bdlib.config import TrainConfig
+from bdlib.config import ConfigError, TrainConfig
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -57,7 +57,10 @@ def select_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' was requested but torch sees no CUDA device; use 'cpu' or 'auto'")
+        raise ConfigError(
+            "device 'cuda' was requested but torch sees no CUDA device on this machine; "
+            "use device 'auto' (CUDA where there is one, else the CPU) or 'cpu'"
+        )
     return torch.device(name)
 
 
@@ -156,7 +159,12 @@ def cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: torch
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss of a training became NaN or infinite (checked once per epoch, no per-step sync)."""
+    """The loss of a training became NaN or infinite (checked once per epoch, no per-step sync);
+    ``stage`` (the training's description), ``epoch`` of ``epochs`` and ``lr`` say where."""
+
+    def __init__(self, message: str, stage: str = "", epoch: int = 0, epochs: int = 0, lr: float = math.nan) -> None:
+        super().__init__(message)
+        self.stage, self.epoch, self.epochs, self.lr = stage, epoch, epochs, lr
 
 
 def fit(
@@ -223,7 +231,11 @@ def fit(
                 f"training diverged ({desc}): the mean loss of epoch {epoch + 1}/{train.epochs} is "
                 f"{record['loss']} at learning rate {train.lr:g}; nothing of this training was stored. "
                 "Lower the learning rate (for the victims: -p overrides '{\"train.lr\": 0.01}'; "
-                "for a defense: its own lr field, e.g. defenses.ft.lr)."
+                "for a defense: its own lr field, e.g. defenses.ft.lr).",
+                stage=desc,
+                epoch=epoch + 1,
+                epochs=train.epochs,
+                lr=train.lr,
             )
         if on_epoch is not None:
             record.update(on_epoch(epoch + 1, model))

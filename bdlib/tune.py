@@ -22,7 +22,7 @@ import itertools
 import math
 from typing import Any, Iterable, Mapping, Sequence
 
-from bdlib import defenses, metrics
+from bdlib import defenses, grid, metrics
 from bdlib.config import Config, TuningConfig, override
 
 MAX_BA_COST = TuningConfig().max_cost  # the default bar, for callers without a Config
@@ -77,6 +77,7 @@ def _run(
         **r.metrics,
         "cost": r.before["BA"] - r.metrics["BA"],
         "seconds": r.seconds,
+        **grid.diverged_field(r),
     }
 
 
@@ -105,6 +106,13 @@ def _aggregate(rows: Iterable[Mapping]) -> dict[str, dict[str, Any]]:
     rows = list(rows)
     for setting in dict.fromkeys(r["setting"] for r in rows):
         mine = [r for r in rows if r["setting"] == setting]
+        failed = sum(1 for r in mine if r.get("diverged"))
+        if failed:  # a setting that diverged on any cell fails the bar, whatever its other cells did
+            inf = math.inf
+            attacks = dict.fromkeys(r["attack"] for r in mine)
+            out[setting] = {"ASR": inf, "DER": -inf, "cost": inf, "cost_by_attack": dict.fromkeys(attacks, inf)}
+            out[setting]["diverged"] = failed
+            continue
         by_attack = {a: [r for r in mine if r["attack"] == a] for a in dict.fromkeys(r["attack"] for r in mine)}
         mean = {k: {a: sum(r[k] for r in rs) / len(rs) for a, rs in by_attack.items()} for k in ("ASR", "DER", "cost")}
         out[setting] = {

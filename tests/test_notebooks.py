@@ -154,3 +154,28 @@ def test_every_attack_poisons_on_smoke(smoke_run, monkeypatch):
         assert len(list((smoke_run / "cache").glob("*/*/meta.json"))) == stored
     finally:
         ex.store.cache_clear()
+
+
+def test_a_diverging_defense_cell_is_a_result_and_notebook_06_finishes(smoke_run):
+    # FT at lr 1e20 diverges (NaN loss) on every cell of the grid; the notebook still finishes, the
+    # cell is marked in its rows and in the ledger, and the runner's summary names it with FT's own
+    # lr field, the attack and the seed. The victims and the tuning sweep are warm from smoke_run.
+    out_dir = smoke_run / "diverging"
+    proc = _run(
+        out_dir,
+        "06",
+        "--profile",
+        "smoke",
+        *("-p", "attacks", '["badnets"]', "-p", "defenses", '["ft"]'),
+        *("-p", "budgets", '{"clean": [0.05], "attacks": ["badnets"], "seeds": [0]}'),
+        *("-p", "overrides", '{"defenses.ft.lr": 1e20}'),
+        cache=smoke_run / "cache",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert re.search(r"06_comparisons: 1 defense cell\(s\) diverged:", proc.stdout), proc.stdout
+    assert re.search(r"ft diverged on the badnets victim, seed 0: .*defenses\.ft\.lr \(now 1e\+20\)", proc.stdout)
+    body = json.loads((out_dir / "figures" / "06_comparisons.json").read_text())["metrics"]
+    ft = [r for r in body["grid"] if r["defense"] == "ft" and r["clean_fraction"] == 0.05]
+    assert ft and all("defenses.ft.lr" in r["diverged"] for r in ft)
+    bar = next(e for e in body["ledger"] if e["id"] == "bar-ft")
+    assert bar["verdict"] == "fails" and bar["diverged"] == ["badnets × ft"] and "badnets diverged" in bar["evidence"]

@@ -50,8 +50,8 @@ def test_figures_save_writes_a_smoke_figure_under_build_not_figures(tmp_path, mo
     monkeypatch.delenv("BDLIB_FIGURES", raising=False)
     fig, ax = plt.subplots()
     ax.plot([0, 1])
-    written = figures.save(fig, "line", resolve("smoke"))
-    assert written[0] == tmp_path / "build" / "figures" / "smoke" / "line.png" and written[0].exists()
+    figures.save(fig, "line", resolve("smoke"))
+    assert (tmp_path / "build" / "figures" / "smoke" / "line.png").exists()
     assert not (tmp_path / "figures").exists()
     assert not plt.fignum_exists(fig.number)
 
@@ -94,7 +94,7 @@ def test_store_events_are_counted_from_the_log(tmp_path, monkeypatch):
     for spec in ({"a": 1}, {"a": 1}, {"a": 2}, {"a": 1}):
         s.get_or_compute("thing", spec, lambda: ({"w": torch.ones(1)}, {}))
     counts = progress.read_store_log(tmp_path / "status")
-    assert counts == {"computed": {"thing": 2}, "loaded": {"thing": 2}, "notices": []}
+    assert counts == {"computed": {"thing": 2}, "loaded": {"thing": 2}, "notices": [], "diverged": []}
     assert run.store_summary(counts) == "2 results computed (2 thing), 2 loaded from the store"
     assert run.store_summary({"computed": {}, "loaded": {"x": 1}}) == "0 results computed, 1 loaded from the store"
 
