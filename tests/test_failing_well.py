@@ -296,3 +296,31 @@ def test_a_second_user_reads_and_extends_an_instructors_cache_and_permission_pro
         assert Store(root).get(private) is not None  # not discarded
     finally:
         shutil.rmtree(shared, ignore_errors=True)
+
+
+@pytest.mark.parametrize("kind", ["a file", "under a file"])
+def test_a_store_that_is_not_a_writable_directory_is_refused_before_a_kernel_starts(
+    kind, capsys, tmp_path, monkeypatch
+):
+    (tmp_path / "store").write_text("not a directory")
+    where = tmp_path / "store" if kind == "a file" else tmp_path / "store" / "cache"
+    monkeypatch.setenv("BDLIB_CACHE", str(where))
+    start = time.perf_counter()
+    code, err = _main("01", "--figures", str(tmp_path / "f"), "--out", str(tmp_path / "e"), capsys=capsys)
+    assert code == 1 and "the store" in err and "BDLIB_CACHE" in err and "is a file" in err, err
+    assert time.perf_counter() - start < 5 and not (tmp_path / "e").exists()  # no kernel was started
+
+
+def test_a_read_only_store_is_refused_in_one_sentence(tmp_path, monkeypatch):
+    from bdlib import store
+
+    monkeypatch.setenv("BDLIB_CACHE", str(tmp_path))
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # as for a user other than root
+    with pytest.raises(store.StoreAccessError, match=r"the store .* is not writable by you .*set BDLIB_CACHE"):
+        store.check_root()
+
+
+def test_a_device_the_machine_lacks_is_refused_before_a_kernel_starts(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(Exception, match="device 'cuda' was requested but torch sees no CUDA device.*'auto'"):
+        check_parameters(notebooks(["04"])[0], {"device": "cuda"})
