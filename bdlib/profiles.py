@@ -93,10 +93,11 @@ _PROFILE_METHODS: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
             # NONE: CI-sized, 2 fine-tuning epochs (published: 20) for both forms; ρ and lr the grid's strong end.
             "none": {"rho": 0.5, "none_lr": 0.01, "epochs2": 2},
             "none_published": {"epochs2": 2},
-            "nad": {"epochs": 2, "teacher_epochs": 2, "betas": (200.0, 200.0, 200.0)},
-            "anp": {"eps": 0.3, "steps": 15},
-            "ibau": {"eps": 1.5, "rounds": 2},
-            "ft": {"epochs": 2},
+            # The baselines' reference recipes at CI-sized budgets (steps, not settings, shrink).
+            "nad": {"teacher_steps": 4, "steps": 8},
+            "anp": {"steps": 15},
+            "ibau": {"rounds": 2, "batches": 2},
+            "ft": {"steps": 8},
             "ntml": {"teacher": "poisoned", "reading": "suppress"},  # as quick
         },
     },
@@ -129,14 +130,15 @@ _PROFILE_METHODS: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
             # one, until bdlib.tune's rule has run on the tuning seeds.
             # NONE as published ("none_published"): the Params defaults, 20 epochs, unchanged.
             "none": {"rho": 0.03, "none_lr": 1e-4, "epochs2": 5},
-            "nad": {"epochs": 10, "betas": (10.0, 10.0, 10.0)},
-            "ft": {"lr": 0.03},
             # NT-ML: M0 as the ML teacher halves the NT stage's cost with the same result on quick; the
             # reading chosen by bdlib.tune.select_variant (docs/methods.md, "NT-ML readings").
             "ntml": {"teacher": "poisoned", "reading": "suppress", "tau": 2.0},
-            # ANP: 150 mask steps, since the paper's 2000 would take minutes on the CPU.
-            "anp": {"eps": 0.1, "steps": 150},
-            "ibau": {"eps": 0.3, "rounds": 3},
+            # FT, NAD, ANP, I-BAU: their reference recipes (the Params defaults); quick shrinks only the
+            # budgets, to fit a cold `make figures` on a 2-core CPU (docs/methods.md, "Baselines"):
+            "ft": {"batch_size": 32},  # the reference's 1,000 steps, in batches of 32 (reference: 256)
+            "nad": {"batch_size": 32},  # the reference's 400 + 800 steps, in batches of 32 (reference: 64)
+            "anp": {"steps": 150},  # 150 mask steps (reference: 2,000): a mask costs ~22 s, 22 of them
+            "ibau": {"batches": 4},  # one pass over the 400 clean images a round (reference: 50 batches)
         },
     },
     "paper": {

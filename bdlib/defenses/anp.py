@@ -1,18 +1,29 @@
 """ANP: Adversarial Neuron Pruning (Wu & Wang, NeurIPS 2021).
 
-Backdoor neurons are the ones whose small perturbation most easily flips the model. ANP puts
-a mask m ∈ [0, 1] on every BatchNorm channel and, on the clean subset, minimises
-α·L(m) + (1−α)·L(m, δ) where δ are worst-case multiplicative perturbations (within ε) of the
-BN weights and biases found by a signed-gradient ascent step; channels whose mask falls below
-a threshold are pruned. The masks and perturbations act through forward hooks on the
-``nn.BatchNorm2d`` modules, so any model with BatchNorm works unchanged.
+Reference: ANP's official code (github.com/csdongxian/ANP_backdoor): ``models/anp_batchnorm.py``
+(``NoisyBatchNorm2d``), ``optimize_mask_cifar.py`` and ``prune_neuron_cifar.py``; BackdoorBench's
+``defense/anp.py`` and ``config/defense/anp/config.yaml`` run the same recipe.
+
+Every BatchNorm channel gets a mask m ∈ [0, 1] and two perturbations, δ on its weight and ξ on
+its bias: the perturbed BN computes γ·(m + δ)·x̂ + β·(1 + ξ), the unperturbed one γ·m·x̂ + β (the
+bias is never masked). Each step on a clean batch (BN in train mode, batch statistics): draw
+δ, ξ ~ U[−ε, ε], take ``ascent_steps`` signed-gradient ascent steps of ε / ascent_steps on the
+loss (no clamp), then one SGD step on the masks of α·L(m) + (1 − α)·L(m, δ, ξ) and clip them to
+[0, 1]. Pruning zeroes the BN **weight** of every channel whose mask is at most ``threshold``
+(or of the ``n_pruned`` lowest masks). The masks and perturbations act through forward hooks on
+the ``nn.BatchNorm2d`` modules, so any model with BatchNorm works unchanged.
+
+The masks depend on the victim and the optimisation's settings only, not on how the model is
+pruned: they are computed once per victim and cached (``ctx.memo``), so a sweep over the
+threshold or the number pruned trains nothing.
 """
 
 from __future__ import annotations
 
+import copy
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Literal
 
 import torch
 import torch.nn.functional as F
@@ -21,18 +32,22 @@ from torch import nn
 from bdlib.defenses.base import Defended, Defense, DefenseContext
 from bdlib.train import augment, generator, to_float
 
+PRUNING = ("threshold", "number")
+
 
 @dataclass(frozen=True)
 class Params:
-    eps: float = 0.4  # bound on the relative BN weight / bias perturbation (ANP paper, CIFAR-10)
-    alpha: float = 0.2  # weight of the natural loss; 1 − α on the perturbed loss (ANP paper)
-    ascent_steps: int = 1  # signed-gradient steps on δ per mask step, each of size ε / ascent_steps (ANP's code)
-    steps: int = 2000  # mask optimisation steps (ANP paper)
-    batch_size: int = 128  # clean images per step (ANP's code)
-    mask_lr: float = 0.2  # SGD lr of the masks (ANP's code)
-    mask_momentum: float = 0.9  # SGD momentum of the masks (ANP's code)
-    threshold: float = 0.2  # prune channels whose mask ends below this (ANP paper)
-    augment: bool = False  # crop / flip the clean batches as the profile's training does (choice: ANP's code does)
+    eps: float = 0.4  # ANP optimize_mask_cifar.py --anp-eps (recipe.md: eps 0.4 for CIFAR-10)
+    alpha: float = 0.2  # ANP optimize_mask_cifar.py --anp-alpha
+    ascent_steps: int = 1  # ANP optimize_mask_cifar.py --anp-steps (each step of eps / anp-steps)
+    steps: int = 2000  # ANP optimize_mask_cifar.py --nb-iter
+    batch_size: int = 128  # ANP optimize_mask_cifar.py --batch-size
+    mask_lr: float = 0.2  # ANP optimize_mask_cifar.py --lr
+    mask_momentum: float = 0.9  # ANP optimize_mask_cifar.py (SGD momentum of the masks)
+    augment: bool = True  # ANP optimize_mask_cifar.py transform_train: random crop and flip (the profile's)
+    pruning_by: Literal["threshold", "number"] = "threshold"  # ANP prune_neuron_cifar.py --pruning-by
+    threshold: float = 0.2  # prune masks <= this (ANP paper's fixed threshold; prune_neuron_cifar.py uses <=)
+    n_pruned: int = 0  # with pruning_by "number": prune this many lowest masks (prune_neuron_cifar.py)
 
     def validate(self) -> None:
         if not self.eps >= 0:
@@ -43,6 +58,10 @@ class Params:
         for name in ("ascent_steps", "steps", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.n_pruned < 0:
+            raise ValueError(f"n_pruned must be >= 0, got {self.n_pruned}")
+        if self.pruning_by not in PRUNING:
+            raise ValueError(f"pruning_by {self.pruning_by!r} is unknown; choose one of: {', '.join(PRUNING)}")
         if not self.mask_lr > 0:
             raise ValueError(f"mask_lr must be > 0, got {self.mask_lr}")
         if not 0 <= self.mask_momentum < 1:
@@ -57,8 +76,8 @@ def batchnorms(model: nn.Module) -> list[tuple[str, nn.modules.batchnorm._BatchN
 class Masking:
     """Per-channel masks and weight / bias perturbations on a list of BN modules.
 
-    The hook rewrites a BN output y = x̂·γ + β as m·((y − β)·(1 + δ_γ) + β·(1 + δ_β)),
-    which is the BN with γ·(1 + δ_γ) and β·(1 + δ_β), masked; with ``perturb`` off, m·y.
+    The hook rewrites a BN output y = γ·x̂ + β as (y − β)·(m + δ) + β·(1 + ξ) when ``perturb``
+    is on (ANP's NoisyBatchNorm2d with noise included), else as (y − β)·m + β.
     """
 
     def __init__(self, bns: list[nn.Module]):
@@ -76,11 +95,10 @@ class Masking:
     def _hook(self, i: int):
         def rewrite(bn: nn.Module, inputs, y: torch.Tensor) -> torch.Tensor:
             shape = (1, -1) + (1,) * (y.dim() - 2)
-            m = self.masks[i].view(shape)
+            m, b = self.masks[i].view(shape), bn.bias.view(shape)
             if not self.perturb:
-                return m * y
-            b = bn.bias.view(shape)
-            return m * ((y - b) * (1 + self.d_weight[i].view(shape)) + b * (1 + self.d_bias[i].view(shape)))
+                return (y - b) * m + b
+            return (y - b) * (m + self.d_weight[i].view(shape)) + b * (1 + self.d_bias[i].view(shape))
 
         return rewrite
 
@@ -103,7 +121,7 @@ def anp_step(
     p: Params,
     gen: torch.Generator,
 ) -> torch.Tensor:
-    """One ANP step (hooks attached): random δ in [−ε, ε], signed ascent on δ, descent on the masks.
+    """One ANP step (hooks attached): δ, ξ ~ U[−ε, ε], signed ascent on them, descent on the masks.
 
     δ is drawn on ``gen``'s device (give one on the model's); returns the loss, detached, on the
     device, so a loop of steps never waits for the host.
@@ -117,7 +135,7 @@ def anp_step(
             grads = torch.autograd.grad(F.cross_entropy(model(x), y), masking.noise)
             with torch.no_grad():
                 for d, g in zip(masking.noise, grads):
-                    d.add_(g.sign(), alpha=p.eps / p.ascent_steps).clamp_(-p.eps, p.eps)
+                    d.add_(g.sign(), alpha=p.eps / p.ascent_steps)
         robust = F.cross_entropy(model(x), y)
     else:
         robust = torch.zeros((), device=x.device)
@@ -135,12 +153,13 @@ def anp_step(
 def optimize_masks(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, p: Params, crop_pad: int, flip: bool, seed: int
 ) -> tuple[list[str], list[torch.Tensor], list[float]]:
-    """Run ANP's mask optimisation on ``(x, y)``; the model's own weights are never changed.
+    """Run ANP's mask optimisation on ``(x, y)``; ``model`` itself is never changed.
 
-    The model runs in eval mode (BN running statistics fixed, as the pruned model will use them).
-    Returns the BN names, their final masks and the loss of every step.
+    A copy runs in train mode (batch statistics, as ANP's mask_train), so the running statistics
+    its forward passes update are the copy's. Returns the BN names, their final masks and the
+    loss of every step.
     """
-    model.eval()
+    model = copy.deepcopy(model).train()
     named = batchnorms(model)
     device = next(model.parameters()).device
     x, y = x.to(device), y.to(device)
@@ -163,48 +182,69 @@ def optimize_masks(
     return [n for n, _ in named], [m.detach() for m in masking.masks], torch.stack(losses).tolist()
 
 
-@torch.no_grad()
-def prune_by_mask(model: nn.Module, masks: dict[str, torch.Tensor], threshold: float) -> int:
-    """Zero BN weight and bias of every channel whose mask is below ``threshold``; return the count.
+def pruned_channels(masks: dict[str, torch.Tensor], p: Params) -> dict[str, torch.Tensor]:
+    """Per BN name, the boolean channels to prune: masks <= ``threshold``, or the ``n_pruned`` lowest."""
+    if p.pruning_by == "threshold":
+        return {n: m <= p.threshold for n, m in masks.items()}
+    flat = torch.cat([m.flatten().cpu() for m in masks.values()])
+    cut = torch.zeros(len(flat), dtype=torch.bool)
+    cut[torch.argsort(flat, stable=True)[: p.n_pruned]] = True
+    out, start = {}, 0
+    for n, m in masks.items():
+        out[n] = cut[start : start + m.numel()].view_as(m)
+        start += m.numel()
+    return out
 
-    ``masks`` maps a BN module's qualified name to its per-channel mask. In place.
-    """
+
+@torch.no_grad()
+def prune(model: nn.Module, cut: dict[str, torch.Tensor]) -> int:
+    """Zero the BN weight of every channel in ``cut`` (BN name -> boolean per channel), as ANP's
+    prune_neuron_cifar.py; the bias stays. In place; returns the count."""
     modules = dict(model.named_modules())
-    pruned = 0
-    for name, m in masks.items():
-        cut = m.to(modules[name].weight.device) < threshold
-        modules[name].weight[cut] = 0.0
-        modules[name].bias[cut] = 0.0
-        pruned += int(cut.sum())
-    return pruned
+    for name, c in cut.items():
+        modules[name].weight[c.to(modules[name].weight.device)] = 0.0
+    return int(sum(int(c.sum()) for c in cut.values()))
+
+
+def mask_spec(p: Params, crop_pad: int, flip: bool) -> dict:
+    """What the masks depend on beside the victim: the stage cache's key (not the pruning)."""
+    keys = ("eps", "alpha", "ascent_steps", "steps", "batch_size", "mask_lr", "mask_momentum", "augment")
+    return {**{k: getattr(p, k) for k in keys}, "crop_pad": crop_pad, "flip": flip}
 
 
 @dataclass(frozen=True)
 class Record:
     masks: dict[str, torch.Tensor]  # per BatchNorm layer, its channels' final masks in [0, 1]
     losses: torch.Tensor  # the loss of every mask-optimisation step
-    pruned: int  # channels pruned (mask below the threshold)
+    pruned: int  # channels pruned
     channels: int  # BatchNorm channels in all
     # One row after pruning: step (how many), loss (the last), pruned, BA / ASR / RA.
     history: list[dict]
 
 
 def run(model: nn.Module, ctx: DefenseContext) -> Defended:
-    """Optimise the masks on the clean subset, then prune ``model`` (in place) by them."""
+    """Optimise the masks on the clean subset (cached per victim), then prune ``model`` (in place) by them."""
     p: Params = ctx.params
     t = ctx.train
-    names, masks, losses = optimize_masks(model, ctx.x_clean, ctx.y_clean, p, t.crop_pad, t.flip, ctx.seed)
-    by_name = dict(zip(names, masks))
-    pruned = prune_by_mask(model, by_name, p.threshold)
-    n_channels = sum(len(m) for m in masks)
-    history = [{"step": len(losses), "loss": losses[-1], "pruned": pruned, **ctx.evaluate(model)}]
-    return Defended(model=model.eval(), record=Record(by_name, torch.tensor(losses), pruned, n_channels, history))
+
+    def stage():
+        names, masks, losses = optimize_masks(model, ctx.x_clean, ctx.y_clean, p, t.crop_pad, t.flip, ctx.seed)
+        return {**{f"mask.{n}": m for n, m in zip(names, masks)}, "losses": torch.tensor(losses)}, {"names": names}
+
+    found, meta = stage() if ctx.memo is None else ctx.memo("masks", mask_spec(p, t.crop_pad, t.flip), stage)
+    by_name = {n: found[f"mask.{n}"].cpu() for n in meta["names"]}
+    losses = found["losses"].cpu()
+    pruned = prune(model, pruned_channels(by_name, p))
+    n_channels = sum(len(m) for m in by_name.values())
+    history = [{"step": len(losses), "loss": float(losses[-1]), "pruned": pruned, **ctx.evaluate(model)}]
+    return Defended(model=model.eval(), record=Record(by_name, losses, pruned, n_channels, history))
 
 
-# Tuning grid (bdlib.tune): the perturbation bound ε, ANP's strength knob: at a small ε no mask
-# has to drop to stay robust and nothing is pruned; at the paper's 0.4 a small CNN loses many
-# of its BN channels.
-TUNING = {"eps": (0.05, 0.1, 0.2, 0.3, 0.4)}
+# Tuning grid (bdlib.tune): the pruning threshold, from pruning almost nothing (0.05) to most of
+# the channels whose masks moved at all (0.9; ANP's prune_neuron_cifar.py sweeps 0 to 0.9 in
+# steps of 0.05). The masks are computed once per victim: the sweep trains nothing. 0.2 is the
+# reference recipe.
+TUNING = {"threshold": (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)}
 
 DEFENSE = Defense(
     "anp",
