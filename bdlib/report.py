@@ -645,6 +645,22 @@ def target_detection(runs: dict[tuple[str, int], DefenseRun]) -> list[dict]:
     ]
 
 
+def published_triggers(runs: dict[tuple[str, int], DefenseRun]) -> list[dict]:
+    """Per MCLDef-as-published run: the given target, the inverted pattern's perturbed pixels, its
+    success on the clean images not of the target, and whether a pass reached the 90 % bound."""
+    return [
+        {
+            "attack": a,
+            "seed": s,
+            "target": r.record.target,
+            "pixels": r.record.mask_norm,
+            "success": float(r.record.trigger_success[0]),
+            "accepted": r.record.trigger_accepted,
+        }
+        for (a, s), r in finished(runs).items()
+    ]
+
+
 def no_outlier_notes(runs: dict[tuple[str, int], DefenseRun]) -> str:
     """One line per detecting-MCLDef run that found no outlier class (its model left unpurified)."""
     lines = [f"{a}, seed {s}: {r.record.note}" for (a, s), r in finished(runs).items() if not r.record.purified]

@@ -137,9 +137,9 @@ def test_inversion_leaves_the_model_untouched():
 @pytest.mark.parametrize(
     "change",
     [
-        dict(lam=0.0),
+        dict(init_cost=0.0),
         dict(inv_epochs=0),
-        dict(inv_patience=-1),
+        dict(asr_bound=1.5),
         dict(tau=-0.5),
         dict(lr_decay=1.5),
         dict(lr_decay_epochs=(10, 5)),
@@ -167,16 +167,13 @@ def test_params_through_config_overrides():
 
 def test_the_official_schedule_and_defaults():
     """lr 0.1 in epoch 0, 0.01 in epochs 1-9, 0.001 from 10 (MCL utils/util.py, CIFAR10); the
-    bdlib options off; only the published form is told the target, only the detecting one tuned."""
+    inversion as PixelBackdoor's; the bdlib options off; only the published form is told the
+    target, only the detecting one tuned."""
     p = mcldef.Params()
     assert [round(p.lr * mcldef._lr_factor(p, e), 6) for e in (0, 1, 9, 10, 19)] == [0.1, 0.01, 0.01, 0.001, 0.001]
-    assert (p.ce_weight, p.bn_eval, p.inv_lr, p.inv_epochs, p.inv_patience, p.inv_batch_size) == (
-        0.0,
-        False,
-        0.005,
-        100,
-        30,
-        64,
+    official = (0.0, False, False, 1e-3, 0.1, 100, 0.9, 64)
+    assert (p.ce_weight, p.bn_eval, p.augment, p.init_cost, p.inv_lr, p.inv_epochs, p.asr_bound, p.inv_batch_size) == (
+        official
     )
     assert REGISTRY["mcldef"].needs_target and not REGISTRY["mcldef"].tuning
     assert not REGISTRY["mcldef_detect"].needs_target and REGISTRY["mcldef_detect"].tuning
@@ -224,30 +221,34 @@ def _same(a: dict, b: dict) -> bool:
 
 
 def test_official_inversion_recovers_planted_patch():
+    """PixelBackdoor's additive pattern on the planted backdoor: two bright patch pixels already
+    send every dark image to class 0 (2·20 > 24), and the pruning keeps only them."""
     model = PatchModel()
     x = _dark_images(128)
     y = model(x.float() / 255).argmax(1)
-    # 8 steps per pass (16 of 128 images): 800 Adam steps at lr 0.005 shrink the mask to the patch.
-    mask, pattern, norm, passes = mcldef.invert_official(model, x, 0, mcldef.Params(inv_batch_size=16), seed=0)
-    assert mask.shape == (1, SIDE, SIDE) and pattern.shape == (1, SIDE, SIDE)
-    assert mask.min() >= 0 and mask.max() <= 1 and pattern.min() >= 0 and pattern.max() <= 1
-    assert norm == pytest.approx(float(mask.sum())) and 1 <= passes <= 100
-    in_patch = mask[0, -PATCH:, -PATCH:].sum() / mask.sum()
-    assert in_patch > 0.9, f"only {in_patch:.2f} of the mask mass is on the planted patch"
-    assert mcldef.trigger_success(model, x, y, torch.tensor([0]), mask[None], pattern[None])[0] > 90
+    delta, accepted, pixels, passes = mcldef.invert_official(model, x, 0, mcldef.Params(), seed=0)
+    assert delta.shape == (1, SIDE, SIDE) and delta.min() >= -1 and delta.max() <= 1
+    assert accepted and passes == 100
+    on = delta[0].abs() > 0
+    assert pixels == int(on.sum()) and 1 <= pixels <= PATCH * PATCH
+    assert on[-PATCH:, -PATCH:].sum() == pixels and (delta[0, -PATCH:, -PATCH:] >= 0).all()  # on the patch, brighter
+    assert mcldef.additive_success(model, x, y, 0, delta)[0] > 90
 
 
-@pytest.mark.parametrize("patience", [0, 3])
-def test_official_inversion_stops_once_the_norm_misses_a_new_minimum_more_than_patience_passes(patience):
-    """A model with zero weights and λ = 0 give no gradient: the norm never moves, so the first
-    pass sets the minimum and the inversion stops once it has missed it ``patience + 1`` times."""
+def test_official_inversion_keeps_no_pattern_below_the_success_bound():
+    """A model that never predicts the target: no pass reaches 90 %, and the pattern stays zero
+    (the official ``pattern_best`` starts at zeros and is only replaced by an accepted one)."""
     model = PatchModel()
     with torch.no_grad():
         model.fc.weight.zero_()
-        model.fc.bias.zero_()
-    params = mcldef.Params(lam=0.0, inv_patience=patience, inv_batch_size=8)
-    _, _, _, passes = mcldef.invert_official(model, _dark_images(16), 0, params, seed=0)
-    assert passes == patience + 2
+        model.fc.bias.copy_(torch.tensor([-100.0] + [0.0] * (K - 1)))
+    delta, accepted, pixels, _ = mcldef.invert_official(model, _dark_images(16), 0, mcldef.Params(inv_epochs=3))
+    assert not accepted and pixels == 0 and not delta.any()
+    # and one that always does: the first pass is accepted
+    with torch.no_grad():
+        model.fc.bias.copy_(torch.tensor([100.0] + [0.0] * (K - 1)))
+    _, accepted, pixels, _ = mcldef.invert_official(model, _dark_images(16), 0, mcldef.Params(inv_epochs=1))
+    assert accepted and pixels > 0
 
 
 @pytest.mark.parametrize("curve", [True, False])
@@ -263,14 +264,15 @@ def test_published_form_uses_the_given_target_and_never_detects(monkeypatch, cur
         mcldef, "invert_official", lambda m, x, t, *a, **k: seen.append(t) or official(m, x, t, *a, **k)
     )
     x, y = _tiny_data()
-    params = mcldef.Params(inv_epochs=3, epochs=2, batch_size=10, curve=curve)
+    params = mcldef.Params(inv_epochs=3, inv_batch_size=10, epochs=2, batch_size=10, curve=curve)
     calls = []
     model = tiny_cnn(0)
     before = _state(model)
     out = mcldef.run(model, _given(params, x, y, 7, calls=calls))
     rec = out.record
     assert seen == [7] and rec.target == 7 and rec.classes == [7] and rec.target_mode == "given"
-    assert rec.mask_norms.shape == (1,) and rec.mask.shape == (1, 28, 28) and rec.inversion_passes == 3
+    assert rec.mask_norms.shape == (1,) and rec.mask.shape == (1, 28, 28) and rec.pattern.shape == (1, 28, 28)
+    assert rec.additive and isinstance(rec.trigger_accepted, bool) and rec.trigger_success.shape == (1,)
     assert rec.purified and rec.true_target_known_to_defense and rec.anomaly_index is None
     assert not _same(before, out.model.state_dict())
     if curve:  # evaluated before purification and after each epoch
@@ -345,6 +347,7 @@ _OTHER_VALUES = {
     "inv_patience": 1,
     "inv_batch_size": 8,
     "anomaly_threshold": 3.0,
+    "augment": True,
     "tau": 0.1,
     "epochs": 3,
     "lr": 0.2,
@@ -386,9 +389,9 @@ def test_published_inversion_cache_key():
     key = mcldef.inversion_spec(base, _given(base, x, y, 1))
     assert key["target"] == 1 and mcldef.inversion_spec(base, _given(base, x, y, 2)) != key
     for name in mcldef.INVERSION_FIELDS:
-        changed = dataclasses.replace(base, **{name: getattr(base, name) + 1})
+        changed = dataclasses.replace(base, **{name: getattr(base, name) / 2})
         assert mcldef.inversion_spec(changed, _given(changed, x, y, 1)) != key, name
-    for name, value in {"lr": 0.02, "epochs": 3, "ce_weight": 0.1, "bn_eval": True, "curve": True}.items():
+    for name, value in {"lr": 0.02, "epochs": 3, "ce_weight": 0.1, "augment": True, "curve": True}.items():
         changed = dataclasses.replace(base, **{name: value})
         assert mcldef.inversion_spec(changed, _given(changed, x, y, 1)) == key, name
 

@@ -112,6 +112,12 @@ def test_target_detection_reads_the_mcldef_record():
     ]
 
 
+def test_published_triggers_read_the_published_record():
+    rec = SimpleNamespace(target=0, mask_norm=16.0, trigger_success=torch.tensor([97.5]), trigger_accepted=True)
+    rows = report.published_triggers({("sig", 2): SimpleNamespace(record=rec, diverged=False)})
+    assert rows == [{"attack": "sig", "seed": 2, "target": 0, "pixels": 16.0, "success": 97.5, "accepted": True}]
+
+
 def test_no_outlier_notes_name_each_unpurified_run():
     runs = {
         ("badnets", 0): _mcldef_run(0, 2.6, True, "class 0 is an outlier"),
