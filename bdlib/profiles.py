@@ -137,7 +137,7 @@ _PROFILE_METHODS: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
             # budgets, to fit a cold `make figures` on a 2-core CPU (docs/methods.md, "Baselines"):
             "ft": {"batch_size": 32},  # the reference's 1,000 steps, in batches of 32 (reference: 256)
             "nad": {"batch_size": 32},  # the reference's 400 + 800 steps, in batches of 32 (reference: 64)
-            "anp": {"steps": 150},  # 150 mask steps (reference: 2,000): a mask costs ~22 s, 22 of them
+            "anp": {"steps": 300},  # 300 mask steps (reference: 2,000): 22 masks (cached per victim) in a cold run
             "ibau": {"batches": 4},  # one pass over the 400 clean images a round (reference: 50 batches)
         },
     },
