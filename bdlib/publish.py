@@ -6,8 +6,9 @@ figures and never edited by hand:
 
 * no volatile metadata: papermill's and nbclient's timestamps and durations, the input and output
   paths, the interpreter's version go; the run's parameters stay (``metadata.papermill.parameters``);
-  execution counts run 1, 2, … over the executed code cells; papermill's injected cell gets a fixed
-  id; pandas' random Styler ids are numbered; consecutive stream outputs are joined and
+  execution counts run 1, 2, … over the executed code cells; the cell ids papermill draws at random
+  are replaced by ids from each cell's source; pandas' random Styler ids are numbered and an
+  object's memory address (``<… at 0x7f…>``) dropped; consecutive stream outputs are joined and
   carriage-return progress collapsed (how a stream is split depends on timing);
 * no absolute path of the machine: the project directory, the interpreter's and site-packages'
   directories, the home and temporary directories are replaced (a staged figure's path becomes the
@@ -24,6 +25,7 @@ The same results give the same bytes. :func:`saved_figures` lists the figures a 
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import os
@@ -42,6 +44,7 @@ INJECTED_ID = "injected-parameters"  # papermill's injected cell's id (papermill
 PALETTE_COLOURS = 256
 
 _STAGING = re.compile(r"/\.([\w.-]+?)-staging-[\w-]+(?=/|\b)")  # the runner's staging dir -> its target
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+>")  # an object's default repr: <pandas...Styler at 0x7f...>
 _STYLER_ID = re.compile(r"T_([0-9a-f]{5})(?![0-9a-zA-Z])")  # pandas Styler's uuid4().hex[:5]
 # What counts as an absolute path of the machine in a published notebook (:func:`absolute_paths`).
 _ABSOLUTE = re.compile(r"(?<![\w.~<>/-])/(?:home|root|tmp|work|usr|opt|var|srv|mnt|Users|private|nix)/[^\s'\"<>)]*")
@@ -164,6 +167,8 @@ def _outputs(outputs: list[dict], count: int | None, project: Path) -> list[dict
                     data[mime] = value
                 elif isinstance(value, (str, list)):
                     data[mime] = scrub(_text(value), project)
+                    if mime == "text/plain":
+                        data[mime] = _ADDRESS.sub(">", data[mime])
                 else:
                     data[mime] = json.loads(scrub(json.dumps(value), project))
             out["data"] = data
@@ -204,8 +209,17 @@ def clean(nb: Mapping, project: Path | None = None) -> dict:
         if k not in ("kernelspec", "language_info", "papermill", "widgets") and k not in kept_meta:
             kept_meta[k] = v
     nb["metadata"] = kept_meta
-    count = 0
+    count, ids = 0, set()
     for cell in nb["cells"]:
+        if "id" in cell or nb.get("nbformat_minor", 0) >= 5:
+            # The sources (nbformat 4.4) have no cell ids: papermill draws random ones. An id from
+            # the cell's kind and source instead: stable across runs, and a new cell moves no other.
+            digest = hashlib.sha256(f"{cell['cell_type']}\0{_text(cell.get('source', ''))}".encode()).hexdigest()
+            base, n = digest[:8], 1
+            while (cell_id := base if n == 1 else f"{base}-{n}") in ids:
+                n += 1
+            ids.add(cell_id)
+            cell["id"] = cell_id
         cm = cell.get("metadata", {})
         for volatile in ("execution", "papermill", "collapsed", "scrolled"):
             cm.pop(volatile, None)

@@ -12,10 +12,10 @@ Generates the Sphinx sources under ``OUT/src`` and builds ``OUT/html`` (open ``O
   throughput and the code fingerprint its figures were made from;
 * ``docs/methods.md``.
 
-Provenance fields are read from ``FIGURES/manifest.json`` (per entry of the notebook:
-``code_fingerprint``, ``throughput``, ``date``), else ``FIGURES/provenance.json`` (``code``,
-``throughput``, ``date`` of the notebook's record); the date, when neither has one, is the date of
-the commit that holds the executed notebook. A field found nowhere reads "unknown".
+Provenance fields are read from the notebook's record in ``FIGURES/provenance.json``, else from
+its entries in ``FIGURES/manifest.json``: ``code_fingerprint`` or ``code``, ``throughput`` and
+``date``; the date, when neither has one, is the date of the commit that holds the executed
+notebook unchanged. A field found nowhere reads "unknown".
 """
 
 from __future__ import annotations
@@ -120,13 +120,11 @@ def provenance(stem: str, nb: Mapping, manifest: Mapping, record: Mapping, path:
     mine = [e for e in manifest.values() if isinstance(e, Mapping) and e.get("notebook") == stem]
 
     def field(*names: str) -> Any:
-        for e in mine:
+        """The notebook's record first (one per run), then its figures' manifest entries."""
+        for e in (record, *mine):
             for n in names:
                 if e.get(n) not in (None, ""):
                     return e[n]
-        for n in names:
-            if record.get(n) not in (None, ""):
-                return record[n]
         return None
 
     fingerprint = field("code_fingerprint", "code")

@@ -76,6 +76,76 @@ def test_scrub_replaces_the_machines_paths():
     assert not publish.absolute_paths({"cells": [{"outputs": [{"text": out}]}]}), out
 
 
+def _raw_run(tag: str, uid: str, address: str, split: bool) -> dict:
+    """An executed notebook as papermill writes it, volatile parts drawn from the arguments."""
+    stamp = {"start_time": f"2026-12-0{tag}T10:00:00", "duration": float(tag), "status": "completed"}
+    stream = ["one\n", "two\n"] if split else ["one\ntwo\n"]
+    return {
+        "nbformat": 4,
+        "nbformat_minor": 5,
+        "metadata": {
+            "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+            "language_info": {"name": "python", "version": f"3.11.{tag}"},
+            "papermill": {**stamp, "input_path": f"{REPO}/notebooks/x.ipynb", "parameters": {"profile": "smoke"}},
+        },
+        "cells": [
+            {"cell_type": "markdown", "id": f"md{tag}", "metadata": {"papermill": stamp, "tags": []}, "source": "# x"},
+            {
+                "cell_type": "code",
+                "id": f"inj{tag}",
+                "execution_count": 3,
+                "metadata": {"tags": ["injected-parameters"], "execution": {"iopub.status.idle": stamp["start_time"]}},
+                "outputs": [],
+                "source": '# Parameters\nprofile = "smoke"\n',
+            },
+            {
+                "cell_type": "code",
+                "id": f"code{tag}",
+                "execution_count": 7,
+                "metadata": {"papermill": stamp},
+                "source": "show()",
+                "outputs": [
+                    *({"output_type": "stream", "name": "stdout", "text": t} for t in stream),
+                    {"output_type": "display_data", "metadata": {"bdlib_progress": True}, "data": {"text/plain": tag}},
+                    {
+                        "output_type": "execute_result",
+                        "execution_count": 7,
+                        "metadata": {},
+                        "data": {
+                            "text/html": f'<table id="T_{uid}"><td id="T_{uid}_row0_col0">{REPO}/figures</td></table>',
+                            "text/plain": f"<pandas.io.formats.style.Styler at {address}>",
+                        },
+                    },
+                ],
+            },
+        ],
+    }
+
+
+def test_the_same_results_give_the_same_bytes():
+    a = publish.dumps(publish.clean(_raw_run("1", "a1b2c", "0x7f00aa", split=True), REPO))
+    b = publish.dumps(publish.clean(_raw_run("2", "9f8e7", "0x7f11bb", split=False), REPO))
+    assert a == b
+    nb = json.loads(a)
+    assert nb["metadata"] == {
+        "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+        "language_info": {"name": "python"},
+        "papermill": {"parameters": {"profile": "smoke"}},
+    }
+    code = nb["cells"][2]
+    assert [c["execution_count"] for c in nb["cells"][1:]] == [1, 2] and code["outputs"][-1]["execution_count"] == 2
+    assert (
+        nb["cells"][1]["id"] == "injected-parameters"
+        and "".join(nb["cells"][1]["source"]) == '# Parameters\nprofile = "smoke"'
+    )
+    assert [o["output_type"] for o in code["outputs"]] == ["stream", "execute_result"]
+    assert (
+        "".join(code["outputs"][-1]["data"]["text/html"])
+        == '<table id="T_t0001"><td id="T_t0001_row0_col0">figures</td></table>'
+    )
+    assert not publish.absolute_paths(nb)
+
+
 def test_every_notebook_is_executed_with_every_figure_inline_and_no_absolute_path(executed_set):
     executed, figures, origin = executed_set
     manifest = json.loads((figures / "manifest.json").read_text(encoding="utf-8"))
