@@ -126,10 +126,11 @@ _PROFILE_METHODS: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
             # (x10 classes), which found the same classes as 600 of 32 on all six attacks, 4x faster.
             "mcldef_detect": {"inv_steps": 300, "inv_batch_size": 16},
             # NONE as tuned: 5 fine-tuning epochs (published: 20; budget: a 20-epoch cell takes ~63 s on one
-            # busy core, the 48-cell NONE sweep ~50 min); ρ and none_lr: the published point, not a tuned
-            # one, until bdlib.tune's rule has run on the tuning seeds.
+            # busy core, the 48-cell NONE sweep ~50 min). ρ and none_lr: bdlib.tune's rule on tuning seeds
+            # 100-101 (BadNets, Blended), `python -m bdlib tune --profile quick none`, 2026-12-07, this 2-core
+            # VM: mean ASR 65.4, worst BA cost 2.6 (Blended; docs/methods.md, NONE).
             # NONE as published ("none_published"): the Params defaults, 20 epochs, unchanged.
-            "none": {"rho": 0.03, "none_lr": 1e-4, "epochs2": 5},
+            "none": {"rho": 0.25, "none_lr": 1e-3, "epochs2": 5},
             # NT-ML: M0 as the ML teacher halves the NT stage's cost with the same result on quick; the
             # reading chosen by bdlib.tune.select_variant (docs/methods.md, "NT-ML readings").
             "ntml": {"teacher": "poisoned", "reading": "suppress", "tau": 2.0},
