@@ -35,7 +35,7 @@ import sys
 import sysconfig
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 from bdlib import paths
 
@@ -297,7 +297,7 @@ def parameters_of(nb: Mapping) -> dict:
 
 def problems(nb: Mapping, manifest: Mapping[str, Mapping], notebook: str) -> list[str]:
     """What a published notebook lacks or leaks: a figure it saved on its profile not shown inline,
-    an absolute path, an error output."""
+    an absolute path, an error output, a warning printed."""
     profile = parameters_of(nb).get("profile")
     shown = set(shown_figures(nb))
     found = [
@@ -312,18 +312,17 @@ def problems(nb: Mapping, manifest: Mapping[str, Mapping], notebook: str) -> lis
         for out in cell.get("outputs", [])
         if out.get("output_type") == "error"
     ]
+    found += [f"{notebook}: warning in {line}" for line in warnings_in(nb) if re.search(r"Warning\b", line)]
     return found
 
 
 def warnings_in(nb: Mapping) -> list[str]:
-    """Warning lines a notebook's outputs hold (stderr streams and text outputs), for review."""
+    """The lines a notebook's cells wrote to stderr (``cell i: …``): warnings land there."""
     lines: list[str] = []
     for i, cell in enumerate(nb.get("cells", [])):
         for out in cell.get("outputs", []):
-            texts: Iterable[str] = []
             if out.get("output_type") == "stream" and out.get("name") == "stderr":
-                texts = [_text(out.get("text", ""))]
-            for text in texts:
+                text = _text(out.get("text", ""))
                 lines += [f"cell {i}: {line.strip()}" for line in text.splitlines() if line.strip()]
     return lines
 

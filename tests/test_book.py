@@ -1,8 +1,8 @@
 """The executed notebooks and the book, as a reader gets them (issue #28).
 
 The committed executed notebooks (``executed/``) hold an image for every figure their notebook
-saves (``figures/manifest.json``), no absolute path of a machine and no error, and publishing is
-deterministic. The book built from them (``book/build.py``, ``make book``) is opened in headless
+saves (``figures/manifest.json``), no absolute path of a machine, no error and no warning, and
+publishing is deterministic. The book built from them (``book/build.py``, ``make book``) is opened in headless
 Chromium (Debian's package, driven by Playwright; ``make browser`` installs both): every image
 loads, the claims ledger is on the front page, every internal link resolves, the console shows
 no error and no request leaves the site (it reads offline).
