@@ -4,8 +4,13 @@ Backdoors During Training", NeurIPS 2022, arXiv 2202.06382).
 A backdoor lives in a few channels that fire far above their usual range on the samples the
 model is most confident about. Each round scores every monitored conv channel by how far its
 peak on confident samples of a class exceeds its range on non-members (mean + 3 std), resets
-the top channels of each layer, flags the training samples on which those channels fire
-(optimal two-means split) and fine-tunes on the rest with BatchNorm frozen.
+the top channels of each layer (and their readers), flags the training samples on which those
+channels fire (optimal two-means split) and fine-tunes on the rest with BatchNorm frozen.
+
+Reimplemented, never copied, from the official code, github.com/RU-System-Software-and-Security/NONE
+(``run_none.py``, ``none/compromised_detection.py``, ``none/reset_neurons.py``, ``models/resnet.py``).
+Two registry entries share this code: ``none``, whose ρ and lr the comparison protocol sets
+(:data:`TUNING`), and ``none_published``, the official recipe (the :class:`Params` defaults).
 """
 
 from __future__ import annotations
@@ -333,7 +338,9 @@ class Record:
     scores: dict[str, torch.Tensor]  # per monitored conv, the last round's channel scores [C]
     selected: dict[str, torch.Tensor]  # per monitored conv, the channels the last round reset
     monitored: list[str]  # the monitored convs, in model order
-    residual_outputs: list[str]  # convs feeding a residual sum: reset, the sum's readers are not
+    # Convs feeding a residual sum: reset with their readers past the sum (the next block's first
+    # conv, or the fc), as NONE's reset_neurons.py; the identity path and projection are left alone.
+    residual_outputs: list[str]
     # Per round: round, flagged (so far), flagged_this_round, and BA / ASR / RA after it.
     rounds: list[dict]
 
