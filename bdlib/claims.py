@@ -18,6 +18,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping, Sequence
 
+from bdlib import defenses
+
 ATTACKS = ("badnets", "blended", "trojan", "sig", "wanet", "narcissus")
 UNDEFENDED = "undefended"
 SPREAD = 20.0  # ASR points between a cell's seeds beyond which the cell is spread out
@@ -54,7 +56,9 @@ class Claim:
         )
 
 
-RIVALS = ("none", "mcldef", "nad", "anp", "ibau")
+# NT-ML's five rivals as a defender runs them: each set by the comparison protocol, MCLDef in its
+# detecting form (a defender is not told the target; "mcldef", told it, carries MCLDef's own claim).
+RIVALS = ("none", "mcldef_detect", "nad", "anp", "ibau")
 BAR_ASR, BAR_COST = 5.0, 3.0  # the companion's bar for "defended": ASR ≤ 5 % at ≤ 3 BA points
 
 CLAIMS: tuple[Claim, ...] = (
@@ -80,7 +84,7 @@ CLAIMS: tuple[Claim, ...] = (
         "NONE",
         "ASR 54.83× lower than undefended under standard poisoning",
         "asr_ratio",
-        "none",
+        "none_published",  # the abstract's claim is about NONE as its authors ran it
         attacks=("badnets", "blended", "trojan"),
         ratio=54.83,
         partly={"ratio": 10.0},
@@ -105,7 +109,7 @@ CLAIMS: tuple[Claim, ...] = (
             asr_max=BAR_ASR,
             cost_max=BAR_COST,
         )
-        for d in ("ntml", "none", "mcldef", "ft", "nad", "anp", "ibau")
+        for d in defenses.REGISTRY
     ),
 )
 

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -79,6 +81,35 @@ def current(modules: list[str] | tuple[str, ...], stem: str) -> dict[str, str]:
     return out
 
 
+THROUGHPUT_ENV = "BDLIB_THROUGHPUT"  # the runner's measurement, handed to each notebook's kernel
+
+
+def measure_throughput(n: int = 12000, epochs: int = 2) -> float:
+    """This machine's training throughput, images/s: bdlib's loop training the small CNN on ``n``
+    Fashion-MNIST images (quick's data, batch and model) for ``epochs`` epochs, the last one timed
+    (steady state), as ``benchmarks/train_throughput.py`` reports it. A few seconds."""
+    import time
+
+    import torch
+
+    from bdlib import data, models
+    from bdlib.config import TrainConfig
+    from bdlib.train import fit
+
+    ds = data.load("fmnist")
+    x, y = ds.x_train[:n], ds.y_train[:n]
+    torch.manual_seed(0)
+    model = models.build("smallcnn", 1, 10, "fmnist").to(memory_format=torch.channels_last)
+    stamps = [time.perf_counter()]
+
+    def tick(epoch: int, m: Any) -> dict:
+        stamps.append(time.perf_counter())
+        return {}
+
+    fit(model, x, y, TrainConfig(epochs=epochs, batch_size=128, lr=0.05, crop_pad=0), seed=0, on_epoch=tick)
+    return len(y) / (stamps[-1] - stamps[-2])
+
+
 def record(stem: str) -> dict[str, Any]:
     """What this process's notebook ``stem`` used so far: its code fingerprint, the hash of each
     module its figures depend on, and each store result with the method modules it depends on
@@ -90,7 +121,10 @@ def record(stem: str) -> dict[str, Any]:
         modules |= deps
         results[key] = [kind, sorted(deps - core)]
     hashes = current(sorted(modules), stem)
-    return {"code": fingerprint(hashes), "modules": hashes, "results": results}
+    made = {"date": time.strftime("%Y-%m-%d", time.gmtime())}
+    if os.environ.get(THROUGHPUT_ENV):
+        made["throughput"] = round(float(os.environ[THROUGHPUT_ENV]))
+    return {"code": fingerprint(hashes), **made, "modules": hashes, "results": results}
 
 
 def stale(entry: Mapping[str, Any], now: Mapping[str, str]) -> dict[str, Any]:
@@ -167,4 +201,16 @@ def main() -> int:
     return 1 if bad else 0
 
 
-__all__ = ["FILE", "STUDY_MODULES", "check", "current", "fingerprint", "main", "notebook_hash", "record", "stale"]
+__all__ = [
+    "FILE",
+    "STUDY_MODULES",
+    "THROUGHPUT_ENV",
+    "measure_throughput",
+    "check",
+    "current",
+    "fingerprint",
+    "main",
+    "notebook_hash",
+    "record",
+    "stale",
+]

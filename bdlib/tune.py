@@ -82,9 +82,11 @@ def _run(
 
 
 def tuned(cfg: Config, names: Sequence[str]) -> list[str]:
-    """The defenses of ``names`` the protocol tunes: those in ``cfg.tuning.defenses`` (None: all)."""
+    """The defenses of ``names`` the protocol tunes: those that declare a grid (a method's form as
+    its authors ran it, e.g. ``none_published``, declares none) and are in ``cfg.tuning.defenses``
+    (None: all)."""
     scope = cfg.tuning.defenses
-    return [d for d in names if scope is None or d in scope]
+    return [d for d in names if defenses.get(d).tuning and (scope is None or d in scope)]
 
 
 def sweep(cfg: Config, names: Sequence[str]) -> list[dict]:

@@ -11,6 +11,8 @@ time instead of one running a long file alone at the end. The order is by second
 LONGEST_FIRST = (
     "test_notebooks.py",  # ~90 s: every notebook on smoke
     "test_paper_path.py",  # ~65 s: 01, 04, 06 on ResNet-18
+    "test_provenance.py",  # ~45 s: a parameterised quick run through the runner and papermill
+    "test_book.py",  # ~20 s: the site built and opened in Chromium
     "test_nbgrader.py",  # ~18 s
     "test_entry_points.py",  # ~17 s
     "test_failing_well.py",  # ~14 s

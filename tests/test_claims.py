@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bdlib import claims
+from bdlib import claims, defenses
 from bdlib.claims import Claim
 
 SEEDS = (0, 1, 2)
@@ -120,10 +120,19 @@ def test_every_paper_claim_is_in_the_ledger_with_a_check():
     assert all(c.kind in claims.CHECKS for c in claims.CLAIMS)
     assert len({c.id for c in claims.CLAIMS}) == len(claims.CLAIMS)
     # A ledger over a full hand-made grid evaluates every claim to one of the four verdicts.
-    defs = ("ntml", "none", "mcldef", "ft", "nad", "anp", "ibau")
+    defs = tuple(defenses.REGISTRY)
     full = rows({(a, d): same(88, 3) for a in claims.ATTACKS for d in defs})
     entries = claims.ledger(full)
     assert [e["id"] for e in entries] == [c.id for c in claims.CLAIMS]
     assert {e["verdict"] for e in entries} <= set(claims.VERDICTS)
-    assert [e["id"] for e in claims.ledger(full, defense="none")] == ["none-54x", "bar-none"]
+    assert [e["id"] for e in claims.ledger(full, defense="none_published")] == ["none-54x", "bar-none_published"]
+    assert [e["id"] for e in claims.ledger(full, defense="none")] == ["bar-none"]
     assert [e["id"] for e in claims.ledger(full, defense="ntml")] == ["ntml-six-attacks", "bar-ntml"]
+
+
+def test_the_claims_name_only_registered_defenses_and_bar_every_one():
+    named = {c.defense for c in claims.CLAIMS} | {r for c in claims.CLAIMS for r in c.rivals}
+    assert named <= set(defenses.REGISTRY), named - set(defenses.REGISTRY)
+    assert {c.defense for c in claims.CLAIMS if c.source == "companion"} == set(defenses.REGISTRY)
+    # The five rivals are forms a defender can run: none told the target, none a published variant.
+    assert len(claims.RIVALS) == 5 and not any(defenses.get(r).needs_target for r in claims.RIVALS)
