@@ -16,7 +16,7 @@ def test_cells_cover_the_product_and_undefended_once_per_attack_and_seed():
 
 
 def test_overrides_round_trip_for_workers():
-    cfg = override(resolve("smoke"), {"train.epochs": 1, "attacks.badnets.poison_rate": 0.2, "defenses.ft.epochs": 1})
+    cfg = override(resolve("smoke"), {"train.epochs": 1, "attacks.badnets.poison_rate": 0.2, "defenses.ft.steps": 1})
     again = override(resolve("smoke"), grid._overrides(cfg))
     assert again == dataclasses.replace(cfg, progress=again.progress)
 
@@ -27,7 +27,7 @@ def test_dask_grid_agrees_with_the_sequential_grid(tmp_path, monkeypatch):
     from bdlib import experiment
 
     cfg = override(
-        resolve("smoke", device="cpu"), {"n_train": 600, "n_test": 200, "train.epochs": 1, "defenses.ft.epochs": 1}
+        resolve("smoke", device="cpu"), {"n_train": 600, "n_test": 200, "train.epochs": 1, "defenses.ft.steps": 1}
     )
     cells = grid.cells(["badnets"], [grid.UNDEFENDED, "ft"], [0, 1], [0.05])
     results = {}
