@@ -481,13 +481,18 @@ def seconds_bars(rows: Sequence[Mapping], by: str = "defense") -> plt.Figure:
 
 
 def tradeoff(
-    rows: Sequence[Mapping], chosen: Mapping[str, Mapping] | None = None, max_cost: float | None = None
+    rows: Sequence[Mapping],
+    chosen: Mapping[str, Mapping] | None = None,
+    max_cost: float | None = None,
+    reference: Mapping[str, str] | None = None,
 ) -> plt.Figure:
     """ASR against BA cost across each defense's tuning grid, one panel per attack.
 
     ``rows`` are ``bdlib.tune.sweep`` rows (mean over seeds is plotted); each defense is one line
     through its grid in declared order; ``chosen`` (``tune.select``) rings the chosen setting;
-    ``max_cost`` shades the BA-cost bar. A defense that dominates lies left of and below the others.
+    ``reference`` (defense -> setting label, ``tune.reference``) marks the reference recipe with a
+    square; ``max_cost`` shades the BA-cost bar. A defense that dominates lies left of and below
+    the others.
     """
     import pandas as pd
 
@@ -512,6 +517,9 @@ def tradeoff(
             if chosen and d in chosen:
                 c = g[g["setting"] == chosen[d]["setting"]]
                 ax.scatter(c["cost"], c["ASR"], s=120, facecolors="none", edgecolors=palette[d], linewidths=2, zorder=5)
+            if reference and d in reference:
+                r = g[g["setting"] == reference[d]]
+                ax.scatter(r["cost"], r["ASR"], s=70, marker="s", facecolors="none", edgecolors=palette[d], zorder=5)
         ax.set_xscale("symlog", linthresh=5)
         ticks = [t for t in (-2, 0, 1, 2, 3, 5, 10, 20, 40, 80) if t <= max(5.0, df["cost"].max() * 1.2)]
         ax.set_xticks(ticks, [str(t) for t in ticks])
@@ -524,7 +532,9 @@ def tradeoff(
     fig.legend(handles, labels, ncols=min(7, len(labels)), loc="upper center", bbox_to_anchor=(0.5, 0.02))
     fig.suptitle(
         "Every defense across its tuning grid\n(mean over the tuning seeds · ring: the protocol's choice · "
-        "grey: within the BA-cost bar" + (" · ×: a setting that diverged)" if failed else ")"),
+        + ("square: the reference recipe · " if reference else "")
+        + "grey: within the BA-cost bar"
+        + (" · ×: a setting that diverged)" if failed else ")"),
         fontweight="bold",
         fontsize=10,
     )

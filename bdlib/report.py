@@ -284,6 +284,34 @@ def der_table(rows: Sequence[dict]):
     return (der["mean"].astype(str) + " ± " + der["std"].astype(str)).unstack("defense")
 
 
+def reference_rows(tuning: Sequence[dict], max_cost: float) -> list[dict]:
+    """Per tuned defense, its reference recipe (``tune.reference``) on the tuning seeds: mean ASR,
+    worst BA cost, and whether it is within the BA bar and meets the companion's ASR bar."""
+    out = []
+    for d in dict.fromkeys(r["defense"] for r in tuning):
+        agg, ref = tune.aggregate(r for r in tuning if r["defense"] == d), tune.reference(d)
+        if ref in agg:
+            a = agg[ref]
+            ok = a["cost"] <= max_cost and a["ASR"] <= claims.BAR_ASR
+            out.append({"defense": d, "reference": ref, "ASR": a["ASR"], "cost": a["cost"], "defends": ok})
+    return out
+
+
+def reference_note(tuning: Sequence[dict], max_cost: float) -> str:
+    """In words, which defenses fail the companion's bar even at their reference recipe."""
+    rows = reference_rows(tuning, max_cost)
+    failing = [r["defense"] for r in rows if not r["defends"]]
+    bar = f"mean ASR ≤ {claims.BAR_ASR:g} % within {max_cost:g} BA points"
+    lines = [
+        f"{r['defense']} at its reference recipe ({r['reference']}): mean ASR {r['ASR']:.1f} %, worst BA cost {r['cost']:.1f}"
+        for r in rows
+    ]
+    verdict = f"fail the companion's bar ({bar}) even at their reference recipe, on the tuning seeds: " + (
+        ", ".join(failing) or "none"
+    )
+    return "\n".join([*lines, verdict])
+
+
 def protocol_table(chosen: dict, variant: dict | None = None):
     """The comparison protocol's choice per defense, as a pandas table."""
     import pandas as pd
@@ -295,6 +323,7 @@ def protocol_table(chosen: dict, variant: dict | None = None):
             "mean ASR (tuning seeds)": round(c["ASR"], 1),
             "worst BA cost": round(c["cost"], 2),
             "within the BA bar": c["qualified"],
+            "reference recipe": tune.reference(d) if d in defenses.REGISTRY else "",
         }
         for d, c in chosen.items()
     ]

@@ -81,6 +81,13 @@ def _run(
     }
 
 
+def reference(defense: str) -> str:
+    """The label of a defense's reference recipe among its grid's knobs: its ``Params`` defaults,
+    which every grid contains as a point (tests/test_tune.py)."""
+    d = defenses.get(defense)
+    return label({k: getattr(d.Params(), k) for k in d.tuning})
+
+
 def tuned(cfg: Config, names: Sequence[str]) -> list[str]:
     """The defenses of ``names`` the protocol tunes: those that declare a grid (a method's form as
     its authors ran it, e.g. ``none_published``, declares none) and are in ``cfg.tuning.defenses``
@@ -101,7 +108,7 @@ def sweep(cfg: Config, names: Sequence[str]) -> list[dict]:
     ]
 
 
-def _aggregate(rows: Iterable[Mapping]) -> dict[str, dict[str, Any]]:
+def aggregate(rows: Iterable[Mapping]) -> dict[str, dict[str, Any]]:
     """Per setting: ASR and DER averaged per attack over its seeds, then over the attacks (every
     attack weighs the same, however many seeds it ran on), and the worst attack's mean BA cost."""
     out: dict[str, dict[str, Any]] = {}
@@ -136,7 +143,7 @@ def select(rows: Iterable[Mapping], max_cost: float = MAX_BA_COST) -> dict[str, 
     rows = list(rows)
     chosen = {}
     for d in dict.fromkeys(r["defense"] for r in rows):
-        agg = _aggregate(r for r in rows if r["defense"] == d)
+        agg = aggregate(r for r in rows if r["defense"] == d)
         ok = [s for s, v in agg.items() if v["cost"] <= max_cost]
         if ok:
             best = min(ok, key=lambda s: (agg[s]["ASR"], agg[s]["cost"]))
@@ -222,7 +229,7 @@ def select_variant(rows: Iterable[Mapping], max_cost: float = MAX_BA_COST) -> di
     """The NT-ML variant with the best mean DER over the attacks among those whose mean BA cost
     is at most ``max_cost`` on every attack; if none qualifies, the best mean DER overall (None
     without rows: the readings sweep did not run)."""
-    agg = _aggregate(rows)
+    agg = aggregate(rows)
     if not agg:
         return None
     ok = [s for s, v in agg.items() if v["cost"] <= max_cost]
@@ -266,6 +273,8 @@ __all__ = [
     "label",
     "sweep",
     "select",
+    "aggregate",
+    "reference",
     "profile_mismatches",
     "variants",
     "variant_setting",

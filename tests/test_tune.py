@@ -171,3 +171,23 @@ def test_grid_points_keep_both_ends_and_spread_between_them():
     for bad in (1, 0, 2.5, True):
         with pytest.raises(ConfigError, match="tuning.grid_points"):
             resolve("smoke", overrides={"tuning.grid_points": bad})
+
+
+def test_every_grid_contains_its_reference_recipe_as_a_point():
+    for name, d in defenses.REGISTRY.items():
+        if d.tuning:
+            assert tune.reference(name) in [tune.label(s) for s in tune.settings(name)], name
+
+
+def test_reference_rows_say_which_defenses_fail_even_at_their_reference_recipe():
+    from bdlib import report
+
+    ref = tune.reference("ft")
+    rows = [
+        {"defense": "ft", "setting": ref, "attack": a, "seed": s, "ASR": asr, "DER": 0.6, "cost": 1.0}
+        for a, asr in (("badnets", 40.0), ("blended", 20.0))
+        for s in (100, 101)
+    ] + [{"defense": "ft", "setting": "other", "attack": "badnets", "seed": 100, "ASR": 0.0, "DER": 1.0, "cost": 0.0}]
+    (row,) = report.reference_rows(rows, 3.0)
+    assert row["reference"] == ref and row["ASR"] == 30.0 and row["cost"] == 1.0 and not row["defends"]
+    assert report.reference_note(rows, 3.0).endswith("even at their reference recipe, on the tuning seeds: ft")
