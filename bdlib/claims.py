@@ -22,6 +22,7 @@ from bdlib import defenses
 
 ATTACKS = ("badnets", "blended", "trojan", "sig", "wanet", "narcissus")
 UNDEFENDED = "undefended"
+CLEAN = "clean model"  # bdlib.grid.CLEAN: the clean model under the attack's trigger, the ASR floor
 SPREAD = 20.0  # ASR points between a cell's seeds beyond which the cell is spread out
 VERDICTS = ("holds", "partly", "fails", "inconclusive")
 
@@ -150,7 +151,7 @@ class Cell:
             # point lost, no effectiveness; ``diverged`` makes the evidence say why.
             worst_cost = max(c for c, d in zip(self.cost, self.diverged) if d)
             return {"ASR": 100.0, "BA": 0.0, "cost": worst_cost, "DER": 0.0, "diverged": 1.0}
-        if mode == "mean" or not self.spread_out:
+        if mode == "mean" or not self.spread_out or self.defense == CLEAN:  # the floor is always the mean
             return {k: sum(getattr(self, k)) / n for k in ("ASR", "BA", "cost", "DER")}
         want_low = (mode == "best") == (favour == "low")
         i = min(range(n), key=lambda j: self.ASR[j] if want_low else -self.ASR[j])
@@ -194,12 +195,33 @@ def _get(table: Mapping[tuple[str, str], Cell], attack: str, defense: str) -> Ce
 View = Callable[[str, str, str], Mapping[str, float]]
 
 
+def floor(view: View, attack: str) -> float | None:
+    """The mean ASR the attack's trigger reaches on a clean model (None where not measured)."""
+    try:
+        return view(attack, CLEAN, "low")["ASR"]
+    except ValueError:
+        return None
+
+
+def _bar(c: Claim, view: View, attack: str) -> tuple[float, str]:
+    """The ASR bar of ``c`` on ``attack`` read against the trigger's floor: a bar below what a
+    clean model already reaches is judged at the floor instead (no defense can do better), and the
+    evidence says so."""
+    f = floor(view, attack)
+    if f is None:
+        return c.asr_max, ""
+    if f > c.asr_max:
+        return f, f"; clean-model floor {f:.1f} % is above the bar: judged at the floor"
+    return c.asr_max, f"; floor {f:.1f} %"
+
+
 def _defends(c: Claim, view: View) -> tuple[str, str]:
     ok, parts = [], []
     for a in c.attacks:
         v = view(a, c.defense, "low")
-        ok.append(v["ASR"] <= c.asr_max and v["cost"] <= c.cost_max)
-        parts.append(f"{a} diverged" if v.get("diverged") else f"{a} {v['ASR']:.1f} % ({v['cost']:+.1f})")
+        bar, note = _bar(c, view, a)
+        ok.append(v["ASR"] <= bar and v["cost"] <= c.cost_max)
+        parts.append(f"{a} diverged" if v.get("diverged") else f"{a} {v['ASR']:.1f} % ({v['cost']:+.1f}{note})")
     verdict = "holds" if all(ok) else "partly" if any(ok) else "fails"
     return verdict, f"{sum(ok)}/{len(ok)} attacks meet it; ASR (BA cost): " + ", ".join(parts)
 
@@ -223,7 +245,9 @@ def _asr_ratio(c: Claim, view: View) -> tuple[str, str]:
     # ASR is a share of ~2,000 images: below one image's share the ratio is bounded by it.
     ratio = before / max(after, 0.05)
     verdict = "holds" if ratio >= c.ratio else "partly" if ratio >= c.partly["ratio"] else "fails"
-    return verdict, f"mean ASR {before:.1f} % → {after:.2f} % ({ratio:.1f}× lower) on {', '.join(c.attacks)}"
+    floors = [f for f in (floor(view, a) for a in c.attacks) if f is not None]
+    best = f"; a clean model's mean ASR {sum(floors) / len(floors):.2f} %" if len(floors) == len(c.attacks) else ""
+    return verdict, f"mean ASR {before:.1f} % → {after:.2f} % ({ratio:.1f}× lower) on {', '.join(c.attacks)}{best}"
 
 
 def _best_reduction(c: Claim, view: View) -> tuple[str, str]:
@@ -253,6 +277,17 @@ CHECKS: dict[str, Callable[[Claim, View], tuple[str, str]]] = {
 def _involved(c: Claim) -> set[str]:
     extra = {UNDEFENDED} if c.kind in ("asr_ratio", "best_reduction") else set()
     return {c.defense, *c.rivals, *extra}
+
+
+def below_floor(claim: Claim, table: Mapping[tuple[str, str], Cell]) -> list[str]:
+    """The attacks on which the claim's ASR bar lies below the clean-model floor (mean over seeds)."""
+    if claim.asr_max is None:
+        return []
+    return [
+        f"{a} (floor {table[(a, CLEAN)].view('mean', 'low')['ASR']:.1f} %)"
+        for a in claim.attacks
+        if (a, CLEAN) in table and table[(a, CLEAN)].view("mean", "low")["ASR"] > claim.asr_max
+    ]
 
 
 def evaluate(claim: Claim, table: Mapping[tuple[str, str], Cell]) -> dict:
@@ -305,6 +340,7 @@ def evaluate(claim: Claim, table: Mapping[tuple[str, str], Cell]) -> dict:
         "evidence": evidence,
         "spread_out": spread,
         "diverged": diverged,
+        "below_floor": below_floor(claim, table),
         "seeds": seeds,
         "range": f"{worst} … {best}" if best != worst else verdict,
     }
@@ -345,6 +381,7 @@ def table(entries: Sequence[Mapping]):
                 "measured": e["evidence"],
                 "seeds spread > 20 ASR points": "; ".join(e["spread_out"]) or "none",
                 "diverged (a failure)": "; ".join(e.get("diverged", ())) or "none",
+                "bar below the clean-model floor": "; ".join(e.get("below_floor", ())) or "none",
             }
             for e in entries
         ]

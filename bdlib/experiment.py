@@ -277,6 +277,16 @@ def poisoned_model(cfg: Config) -> PoisonRun:
     )
 
 
+def trigger_floor(cfg: Config) -> ModelRun:
+    """The clean model (never poisoned) of this run's seed under the attack's test trigger: the
+    ASR no defense can be expected to go below, since a model that never saw a poison reaches it
+    (Narcissus' amplified trigger fools a clean model too). Evaluation only; the model is cached."""
+    run, victim = clean_model(cfg), poisoned_model(cfg)
+    d = run_data(cfg)
+    ev = metrics.evaluate(run.model, d.x_test, d.y_test, cfg.target, victim.test_trigger, cfg.train.eval_batch_size)
+    return ModelRun(run.key, run.model, ev, run.seconds, run.meta)
+
+
 def clean_subset(cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
     """The defender's clean data: a stratified ``clean_fraction`` of the unpoisoned training subset."""
     d = run_data(cfg)

@@ -16,6 +16,9 @@ from typing import Any, Sequence
 from bdlib.config import Config, as_dict, override
 
 UNDEFENDED = "undefended"
+# The clean model (never poisoned) under the attack's test trigger: each attack's ASR floor.
+CLEAN = "clean model"
+BASELINES = (UNDEFENDED, CLEAN)  # the rows every defense is read against; neither depends on the budget
 
 
 @dataclass(frozen=True)
@@ -30,9 +33,12 @@ def cells(
     attacks: Sequence[str], defenses: Sequence[str], seeds: Sequence[int], budgets: Sequence[float]
 ) -> list[Cell]:
     """Every combination; the undefended model does not depend on the clean budget."""
-    out = [Cell(a, d, s, b) for a, d, s, b in itertools.product(attacks, defenses, seeds, budgets) if d != UNDEFENDED]
-    if UNDEFENDED in defenses:
-        out += [Cell(a, UNDEFENDED, s, budgets[0]) for a, s in itertools.product(attacks, seeds)]
+    out = [
+        Cell(a, d, s, b) for a, d, s, b in itertools.product(attacks, defenses, seeds, budgets) if d not in BASELINES
+    ]
+    for base in BASELINES:
+        if base in defenses:
+            out += [Cell(a, base, s, budgets[0]) for a, s in itertools.product(attacks, seeds)]
     return out
 
 
@@ -44,8 +50,8 @@ def run_cell(cfg: Config, cell: Cell) -> dict[str, Any]:
         dataclasses.replace(cfg, attack=cell.attack, seed=cell.seed, progress=False),
         {"clean_fraction": cell.clean_fraction},
     )
-    if cell.defense == UNDEFENDED:
-        run = ex.poisoned_model(c)
+    if cell.defense in BASELINES:
+        run = ex.poisoned_model(c) if cell.defense == UNDEFENDED else ex.trigger_floor(c)
         return {**dataclasses.asdict(cell), **run.metrics, "DER": 0.5, "seconds": run.seconds}
     run = ex.defend(c, cell.defense)
     return {**dataclasses.asdict(cell), **run.metrics, "seconds": run.seconds, **diverged_field(run)}

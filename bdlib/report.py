@@ -269,7 +269,9 @@ def extra_seed_cells(rows: Sequence[dict], seeds: Sequence[int], clean_fraction:
     have = {(r["attack"], r["defense"], r["seed"]) for r in rows}
     out = []
     for attack, defense in spread:
-        for d in dict.fromkeys([grid.UNDEFENDED, defense]):
+        if defense in grid.BASELINES:  # the floor's own spread is the trigger's, not a defense's
+            continue
+        for d in dict.fromkeys([*grid.BASELINES, defense]):
             out += [grid.Cell(attack, d, s, clean_fraction) for s in seeds if (attack, d, s) not in have]
             have |= {(attack, d, s) for s in seeds}
     return out
@@ -279,7 +281,7 @@ def der_table(rows: Sequence[dict]):
     """DER ``mean ± std`` per attack (rows) and defense (columns), from grid rows."""
     import pandas as pd
 
-    df = pd.DataFrame([r for r in rows if r["defense"] != "undefended"])
+    df = pd.DataFrame([r for r in rows if r["defense"] not in grid.BASELINES])
     der = df.groupby(["attack", "defense"], sort=False)["DER"].agg(["mean", "std"]).fillna(0.0).round(3)
     return (der["mean"].astype(str) + " ± " + der["std"].astype(str)).unstack("defense")
 
@@ -493,7 +495,7 @@ def means(rows: Sequence[dict], attack: str, model: str) -> dict[str, float]:
 
 def ledger(cfg: Config, defense: str, names: Sequence[str], seeds: Sequence[int]) -> list:
     """The claims ledger of ``defense`` on the grid of ``names`` × ``seeds`` at the profile's budget."""
-    cells = grid.cells(names, [grid.UNDEFENDED, defense], seeds, [cfg.clean_fraction])
+    cells = grid.cells(names, [*grid.BASELINES, defense], seeds, [cfg.clean_fraction])
     return claims.ledger(grid.run(cfg, cells), defense=defense)
 
 
@@ -726,7 +728,7 @@ def protocol_note(cfg: Config, chosen: dict) -> str:
 
 def extra_seeds_note(extra: Sequence, seeds: Sequence[int]) -> str:
     """Which attack × defense cells :func:`extra_seed_cells` added ``seeds`` to."""
-    spread = sorted({f"{x.attack} × {x.defense}" for x in extra if x.defense != grid.UNDEFENDED}) or "none"
+    spread = sorted({f"{x.attack} × {x.defense}" for x in extra if x.defense not in grid.BASELINES}) or "none"
     return f"cells whose seeds disagree by more than {claims.SPREAD:g} ASR points, run on seeds {seeds} too: {spread}"
 
 

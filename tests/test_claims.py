@@ -136,3 +136,20 @@ def test_the_claims_name_only_registered_defenses_and_bar_every_one():
     assert {c.defense for c in claims.CLAIMS if c.source == "companion"} == set(defenses.REGISTRY)
     # The five rivals are forms a defender can run: none told the target, none a published variant.
     assert len(claims.RIVALS) == 5 and not any(defenses.get(r).needs_target for r in claims.RIVALS)
+
+
+def test_an_asr_bar_below_the_clean_model_floor_is_read_against_the_floor():
+    # Narcissus' trigger fools a clean model 30 % of the time: a defense at 28 % is at the floor.
+    grid_rows = rows({("narcissus", "x"): same(89, 28), ("badnets", "x"): same(89, 28)})
+    floor = [
+        {"attack": a, "defense": claims.CLEAN, "seed": s, "BA": 90.0, "ASR": f, "DER": 0.5}
+        for a, f in (("narcissus", 30.0), ("badnets", 1.0))
+        for s in (0, 1, 2)
+    ]
+    c = defends(attacks=("narcissus",))
+    assert claims.evaluate(c, claims.cells(grid_rows))["verdict"] == "fails"  # no floor measured
+    e = claims.evaluate(c, claims.cells(grid_rows + floor))
+    assert e["verdict"] == "holds" and e["below_floor"] == ["narcissus (floor 30.0 %)"]
+    assert "clean-model floor 30.0 % is above the bar: judged at the floor" in e["evidence"]
+    e = claims.evaluate(defends(attacks=("badnets",)), claims.cells(grid_rows + floor))
+    assert e["verdict"] == "fails" and e["below_floor"] == [] and "floor 1.0 %" in e["evidence"]

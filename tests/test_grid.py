@@ -29,7 +29,7 @@ def test_dask_grid_agrees_with_the_sequential_grid(tmp_path, monkeypatch):
     cfg = override(
         resolve("smoke", device="cpu"), {"n_train": 600, "n_test": 200, "train.epochs": 1, "defenses.ft.steps": 1}
     )
-    cells = grid.cells(["badnets"], [grid.UNDEFENDED, "ft"], [0, 1], [0.05])
+    cells = grid.cells(["badnets"], [*grid.BASELINES, "ft"], [0, 1], [0.05])
     results = {}
     for mode in ("sequential", "dask"):
         monkeypatch.setenv("BDLIB_CACHE", str(tmp_path / mode))  # separate stores: both really compute
@@ -54,7 +54,10 @@ def test_dask_grid_agrees_with_the_sequential_grid(tmp_path, monkeypatch):
     experiment.store.cache_clear()
     strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
     assert strip(results["sequential"]) == strip(results["dask"])
-    assert {r["defense"] for r in results["dask"]} == {grid.UNDEFENDED, "ft"}
+    assert {r["defense"] for r in results["dask"]} == {grid.UNDEFENDED, grid.CLEAN, "ft"}
+    # The floor: the clean model (not the victim) under the same trigger.
+    by = {(r["defense"], r["seed"]): r for r in results["sequential"]}
+    assert all(by[(grid.CLEAN, s)]["ASR"] < by[(grid.UNDEFENDED, s)]["ASR"] for s in (0, 1))
 
 
 def test_close_dask_stops_a_local_cluster_and_accepts_none():
