@@ -159,6 +159,74 @@ _PROFILE_METHODS: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
 assert tuple(_PROFILE_BASE) == tuple(_PROFILE_METHODS) == PROFILES, "bdlib.config.PROFILES names every profile"
 
 
+@dataclasses.dataclass(frozen=True)
+class Why:
+    """Where a profile's departure from a method's default comes from.
+
+    ``kind``: ``"rule"`` the comparison protocol's choice (``bdlib.tune``) on the tuning seeds,
+    never the reported ones; ``"budget"`` a smaller budget so the profile fits its machine (the
+    setting itself unchanged); ``"setting"`` what the profile's data and model need for an attack
+    to work at all (the attack's strength, not a defense's knob); ``"ci"`` the smoke profile's
+    CI-sized value, meant to mean nothing.
+    """
+
+    kind: str
+    reason: str
+
+
+WHY_KINDS = ("rule", "budget", "setting", "ci")
+_CI = Why("ci", "CI-sized: every notebook's code path in about two minutes; results mean nothing")
+_TUNE_NONE = Why(
+    "rule",
+    "bdlib.tune's rule on the tuning seeds 100-101 (BadNets, Blended): python -m bdlib tune --profile quick none, "
+    "2026-12-07 (mean ASR 65.4, worst BA cost 2.6)",
+)
+_READING = Why(
+    "rule", "bdlib.tune.select_variant on the tuning seeds 100-101, every attack (docs/methods.md, NT-ML readings)"
+)
+_TAU = Why("rule", "bdlib.tune's rule on the tuning seeds 100-101 (BadNets, Blended), NT-ML's tuned knob")
+_NARCISSUS = Why(
+    "setting",
+    "Narcissus needs 8 % of 8,000 images and a gentle surrogate warm-up on the small CNN to reach the spec's "
+    "undefended ASR >= 85 % (the attack's strength; no defense is tuned on it)",
+)
+# Every value a profile sets in _PROFILE_METHODS, "profile.kind.method.field" -> Why;
+# tests/test_profiles.py checks that the two name the same values.
+PROVENANCE: dict[str, Why] = {
+    **{f"smoke.attacks.trojan.{f}": _CI for f in ("steps", "n_background")},
+    **{f"smoke.attacks.narcissus.{f}": _CI for f in _PROFILE_METHODS["smoke"]["attacks"]["narcissus"]},
+    **{f"smoke.defenses.{m}.{f}": _CI for m, fields in _PROFILE_METHODS["smoke"]["defenses"].items() for f in fields},
+    **{
+        f"quick.attacks.narcissus.{f}": _NARCISSUS for f in ("poison_rate", "warmup_lr", "synth_epochs", "aug_crop_pad")
+    },
+    "quick.attacks.sig.test_delta": Why(
+        "setting",
+        "SIG's test sinusoid at 20/255 reached 22 % ASR on the small CNN; its evaluation allows a stronger one",
+    ),
+    "quick.attacks.wanet.strength": Why(
+        "setting", "WaNet at s = 0.5 costs ~3 BA points on 28x28 images; a stronger warp at half the rate keeps BA"
+    ),
+    "quick.attacks.wanet.poison_rate": Why("setting", "WaNet's stronger warp at half the rate (see strength)"),
+    "quick.defenses.mcldef_detect.inv_steps": Why(
+        "budget", "300 Neural Cleanse steps of 16 images find the same classes as 600 of 32, 4x faster"
+    ),
+    "quick.defenses.mcldef_detect.inv_batch_size": Why("budget", "see inv_steps"),
+    "quick.defenses.none.rho": _TUNE_NONE,
+    "quick.defenses.none.none_lr": _TUNE_NONE,
+    "quick.defenses.none.epochs2": Why("budget", "5 fine-tuning epochs (published: 20): the NONE sweep fits the CPU"),
+    "quick.defenses.ntml.teacher": Why("budget", "M0 as the ML teacher halves the NT stage's cost (docs/methods.md)"),
+    "quick.defenses.ntml.reading": _READING,
+    "quick.defenses.ntml.tau": _TAU,
+    "quick.defenses.ft.batch_size": Why("budget", "the reference's 1,000 steps in batches of 32 (reference: 256)"),
+    "quick.defenses.nad.batch_size": Why("budget", "the reference's 400 + 800 steps in batches of 32 (reference: 64)"),
+    "quick.defenses.anp.steps": Why("budget", "300 mask steps (reference: 2,000)"),
+    "quick.defenses.ibau.batches": Why("budget", "one pass over the 400 clean images a round (reference: 50 batches)"),
+    "paper.attacks.narcissus.pood": Why(
+        "setting", "the full CIFAR-10 training set leaves no held-out split: CIFAR-100 is the surrogate's extra data"
+    ),
+}
+
+
 def _methods(kind: str, profile: str) -> dict[str, Any]:
     registry = attacks.REGISTRY if kind == "attacks" else defenses.REGISTRY
     chosen = _PROFILE_METHODS[profile][kind]
@@ -201,4 +269,4 @@ def resolve(
     return cfg
 
 
-__all__ = ["PROFILES", "profile", "resolve"]
+__all__ = ["PROFILES", "PROVENANCE", "WHY_KINDS", "Why", "profile", "resolve"]
