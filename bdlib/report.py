@@ -314,6 +314,33 @@ def reference_note(tuning: Sequence[dict], max_cost: float) -> str:
     return "\n".join([*lines, verdict])
 
 
+# BackdoorBench's published BadNets ASR (%) after each baseline: CIFAR-10, PreAct-ResNet-18, 5 % clean
+# data; BackdoorBench v1's README table, as quoted in this project's issue #31 (the current README
+# links a leaderboard instead). A different setting from quick's: shown beside, never compared as equal.
+BACKDOORBENCH_BADNETS_ASR = {"ft": 1.48, "nad": 2.14, "anp": 0.73}
+
+
+def backdoorbench_table(tuning: Sequence[dict], max_cost: float, attack: str = "badnets"):
+    """Each baseline at its reference recipe on ``attack`` (quick's tuning seeds) beside
+    BackdoorBench's published number, as a pandas table; labelled as the different settings they are."""
+    import pandas as pd
+
+    mine = [r for r in tuning if r["attack"] == attack]
+    rows = []
+    for r in reference_rows(mine, max_cost):
+        published = BACKDOORBENCH_BADNETS_ASR.get(r["defense"])
+        rows.append(
+            {
+                "defense": r["defense"],
+                "reference recipe": r["reference"],
+                f"bdlib {attack} ASR (this profile, tuning seeds)": round(r["ASR"], 1),
+                "bdlib BA cost": round(r["cost"], 1),
+                f"BackdoorBench {attack} ASR (CIFAR-10, PreAct-ResNet-18)": published if published else "not quoted",
+            }
+        )
+    return pd.DataFrame(rows).set_index("defense")
+
+
 def protocol_table(chosen: dict, variant: dict | None = None):
     """The comparison protocol's choice per defense, as a pandas table."""
     import pandas as pd

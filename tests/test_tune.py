@@ -191,3 +191,17 @@ def test_reference_rows_say_which_defenses_fail_even_at_their_reference_recipe()
     (row,) = report.reference_rows(rows, 3.0)
     assert row["reference"] == ref and row["ASR"] == 30.0 and row["cost"] == 1.0 and not row["defends"]
     assert report.reference_note(rows, 3.0).endswith("even at their reference recipe, on the tuning seeds: ft")
+
+
+def test_backdoorbench_table_sets_each_reference_recipe_beside_the_published_number():
+    from bdlib import report
+
+    rows = [
+        {"defense": d, "setting": tune.reference(d), "attack": a, "seed": 100, "ASR": asr, "DER": 0.6, "cost": 1.0}
+        for d, asr in (("ft", 40.0), ("ibau", 60.0))
+        for a in ("badnets", "blended")
+    ]
+    table = report.backdoorbench_table(rows, 3.0)
+    published = table.filter(like="BackdoorBench").iloc[:, 0]
+    assert published["ft"] == 1.48 and published["ibau"] == "not quoted"
+    assert table.filter(like="bdlib badnets ASR").iloc[:, 0]["ft"] == 40.0
