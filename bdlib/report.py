@@ -480,6 +480,44 @@ def ml_effect(rows: Sequence[dict]):
     return pd.DataFrame(out).set_index("attack")
 
 
+def ml_paired(rows: Sequence[dict]) -> list[dict]:
+    """What mutual learning adds, paired per seed: per attack, λ minus λ = 0 of ASR and DER on each
+    seed both ran (``tune.ml_contribution`` rows), their means, and on how many of those seeds the
+    difference has the sign of its mean ("agree"; a zero difference agrees with nothing)."""
+
+    def sign(v: float) -> int:
+        return (v > 0) - (v < 0)
+
+    out = []
+    for a in dict.fromkeys(r["attack"] for r in rows):
+        on = {r["seed"]: r for r in rows if r["attack"] == a and r["lam"] > 0}
+        off = {r["seed"]: r for r in rows if r["attack"] == a and r["lam"] == 0}
+        seeds = [s for s in on if s in off]
+        row: dict = {"attack": a, "seeds": seeds}
+        for k in ("ASR", "DER"):
+            diffs = [on[s][k] - off[s][k] for s in seeds]
+            mean = sum(diffs) / len(diffs) if diffs else float("nan")
+            row[f"d{k}"] = diffs
+            row[f"d{k}_mean"] = mean
+            row[f"d{k}_agree"] = sum(1 for d in diffs if sign(d) == sign(mean) != 0)
+        out.append(row)
+    return out
+
+
+def ml_paired_lines(rows: Sequence[dict]) -> list[str]:
+    """:func:`ml_paired` as one sentence per attack: the per-seed differences and the sign count."""
+    lines = []
+    for r in ml_paired(rows):
+        n = len(r["seeds"])
+        parts = [
+            f"Δ{k} {r[f'd{k}_mean']:+.{p}f} (per seed {', '.join(f'{d:+.{p}f}' for d in r[f'd{k}'])};"
+            f" same sign on {r[f'd{k}_agree']} of {n})"
+            for k, p in (("ASR", 1), ("DER", 3))
+        ]
+        lines.append(f"{r['attack']}: ML (λ minus λ=0) " + "; ".join(parts))
+    return lines
+
+
 # --- helpers behind the notebooks' cells: each turns cached results into the rows a figure or
 # --- a metrics file takes, so that a cell is a call, a plot and a save.
 

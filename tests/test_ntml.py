@@ -217,9 +217,11 @@ def test_readings_mask_and_push_what_they_say():
 
 
 def test_reading_params_validated():
-    with pytest.raises(ValueError, match=r"reading 'inverse'.*nontarget, predicted, suppress, estimated"):
+    with pytest.raises(
+        ValueError, match=r"reading 'inverse'.*nontarget, predicted, suppress, estimated, complementary"
+    ):
         ntml.Params(reading="inverse").validate()
-    with pytest.raises(ValueError, match=r"ml_data 'all'.*clean, clean\+train"):
+    with pytest.raises(ValueError, match=r"ml_data 'all'.*clean, clean\+train, clean\+agree"):
         ntml.Params(ml_data="all").validate()
     with pytest.raises(ValueError, match=r"isolate.*got 1.5"):
         ntml.Params(isolate=1.5).validate()
@@ -251,13 +253,85 @@ def test_nt_cache_key_covers_every_nt_field():
 
 
 @pytest.mark.parametrize(
-    "reading,ml_data", [("suppress", "clean+train"), ("estimated", "clean"), ("predicted", "clean")]
+    "reading,ml_data,init",
+    [
+        ("suppress", "clean+train", "scratch"),
+        ("estimated", "clean", "scratch"),
+        ("predicted", "clean", "scratch"),
+        ("complementary", "clean+agree", "poisoned"),
+    ],
 )
-def test_readings_run_end_to_end(reading, ml_data):
-    ctx = _tiny_ctx(reading=reading, ml_data=ml_data, isolate=0.25, nt_epochs=1, ml_epochs=1)
+def test_readings_run_end_to_end(reading, ml_data, init):
+    ctx = _tiny_ctx(reading=reading, ml_data=ml_data, init=init, isolate=0.25, nt_epochs=1, ml_epochs=1)
     out = ntml.DEFENSE.run(ctx.new_model(7), ctx)
-    expected = 12 if reading != "estimated" else None  # 25 % of 48; estimated keeps one label's share
-    if expected is not None:
-        assert out.record.isolated == expected
-    assert 0 < out.record.isolated <= 12 and out.record.estimated_target in (0, 1, 2)
+    if reading == "complementary":  # weighted samples: above their class's median, at most half
+        assert 0 < out.record.isolated <= 24
+    else:
+        expected = 12 if reading != "estimated" else None  # 25 % of 48; estimated keeps one label's share
+        if expected is not None:
+            assert out.record.isolated == expected
+        assert 0 < out.record.isolated <= 12
+    assert out.record.estimated_target in (0, 1, 2)
     assert len(out.record.nt_history) == len(out.record.ml_history) == 1
+
+
+# ---- (a) complementary NT, weighted; (b) ML routed by disagreement; (c) restore ----------
+
+
+def test_complementary_loss_is_full_softmax_kl_against_renormalised_m0():
+    s = torch.tensor([[2.0, 1.0, 0.0, -1.0], [0.0, 3.0, 1.0, 1.0]], requires_grad=True)
+    t = torch.tensor([[8.0, 0.0, 1.0, 2.0], [1.0, 0.0, 2.0, -2.0]])
+    y = torch.tensor([0, 2])
+    tau = 2.0
+    hand = 0.0
+    for i in range(2):
+        q = [0.0 if c == y[i] else math.exp(t[i, c].item() / tau) for c in range(4)]
+        q = [v / sum(q) for v in q]  # M0 without the given label, renormalised
+        p = torch.softmax(s.detach()[i] / tau, 0).tolist()  # the student's full softmax
+        hand += tau**2 * sum(qc * math.log(qc / pc) for qc, pc in zip(q, p) if qc > 0) / 2
+    full = ntml.complementary_kd_loss(s, t, y, tau, torch.ones(2))
+    assert full.item() == pytest.approx(hand, rel=1e-5)
+    # weight 0: exactly the non-target reading (no gradient on the given label)
+    zero = ntml.complementary_kd_loss(s, t, y, tau, torch.zeros(2))
+    assert zero.item() == pytest.approx(ntml.nontarget_kd_loss(s, t, y, tau).item(), rel=1e-5)
+    # a per-sample weight: only the weighted sample's given label is pushed down
+    ntml.complementary_kd_loss(s, t, y, tau, torch.tensor([1.0, 0.0])).backward()
+    assert s.grad[0, 0] > 0 and s.grad[1, 2] == 0
+
+
+def test_atypicality_is_zero_for_typical_samples():
+    given = torch.tensor([1.0, 2.0, 3.0, 5.0, 5.0, 9.0])
+    y = torch.tensor([0, 0, 0, 1, 1, 1])
+    w = ntml.atypicality(given, y)
+    # class 0's median 2, class 1's 5; excesses 1 and 4, over the largest (4)
+    assert torch.allclose(w, torch.tensor([0.0, 0.0, 0.25, 0.0, 0.0, 1.0]))
+    assert torch.equal(ntml.atypicality(torch.ones(4), torch.tensor([0, 0, 1, 1])), torch.zeros(4))
+
+
+def test_complementary_reading_weights_by_atypicality_times_beta():
+    gen = torch.Generator().manual_seed(4)
+    z_s, z0 = torch.randn(3, 4, generator=gen), torch.randn(3, 4, generator=gen)
+    y = torch.tensor([0, 1, 2])
+    w = torch.tensor([0.0, 0.5, 1.0])
+    got = _reading_loss("complementary", z_s, z0, y, w, weight=2.0)
+    assert torch.allclose(got, ntml.complementary_kd_loss(z_s, z0, y, 4.0, 2.0 * w))
+
+
+def test_agreement_kd_counts_only_agreeing_images():
+    s = torch.tensor([[3.0, 0.0, 0.0], [0.0, 2.0, 0.0], [1.0, 0.0, 0.5]], requires_grad=True)
+    t = torch.tensor([[2.0, 1.0, 0.0], [3.0, 0.0, 0.0], [0.0, 0.0, 1.0]], requires_grad=True)
+    ls, lt = ntml.agreement_kd_losses(s, t, 4.0)  # only row 0 agrees (class 0)
+    assert ls.item() == pytest.approx(ntml.kd_loss(s[:1], t[:1], 4.0).item() / 3, rel=1e-5)
+    assert lt.item() == pytest.approx(ntml.kd_loss(t[:1], s[:1], 4.0).item() / 3, rel=1e-5)
+    ls.backward()
+    assert s.grad[0].abs().sum() > 0 and torch.all(s.grad[1:] == 0) and t.grad is None  # partner detached
+    # nobody agrees: nothing is learned from the partner
+    zero, _ = ntml.agreement_kd_losses(s, torch.tensor([[0.0, 3.0, 0.0], [3.0, 0.0, 0.0], [0.0, 3.0, 0.0]]), 4.0)
+    assert zero.item() == 0.0
+
+
+def test_restore_starts_the_student_from_m0():
+    ctx = _tiny_ctx(init="poisoned")
+    m0 = ctx.new_model(7)
+    start = ntml._start(m0, ctx, 0)
+    assert start is not m0 and all(torch.equal(m0.state_dict()[k], v) for k, v in start.state_dict().items())

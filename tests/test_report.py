@@ -183,6 +183,23 @@ def test_tau_budget_and_ablation_rows_defend_each_setting(monkeypatch):
     assert [r["variant"] for r in rows] == ["default", "teacher = M0", "τ = 2", "λ = 0", "λ = 2", "fine-tuning"]
 
 
+def test_ml_paired_differences_per_seed_and_sign_agreement():
+    def row(a, s, lam, asr, der):
+        return {"attack": a, "seed": s, "lam": lam, "ASR": asr, "DER": der}
+
+    rows = [row("badnets", s, 1.0, asr, der) for s, asr, der in ((0, 10.0, 0.9), (1, 30.0, 0.8), (2, 5.0, 0.9))]
+    rows += [row("badnets", s, 0.0, asr, der) for s, asr, der in ((0, 20.0, 0.85), (1, 25.0, 0.8), (2, 9.0, 0.85))]
+    rows += [row("sig", 0, 1.0, 50.0, 0.6), row("sig", 0, 0.0, 50.0, 0.6), row("sig", 1, 1.0, 1.0, 0.9)]
+    bad, sig = report.ml_paired(rows)
+    assert bad["attack"] == "badnets" and bad["seeds"] == [0, 1, 2]
+    assert bad["dASR"] == [-10.0, 5.0, -4.0] and bad["dASR_mean"] == pytest.approx(-3.0)
+    assert bad["dASR_agree"] == 2  # seeds 0 and 2 lower the ASR, seed 1 raises it
+    assert bad["dDER"] == pytest.approx([0.05, 0.0, 0.05]) and bad["dDER_agree"] == 2  # a zero agrees with nothing
+    assert sig["seeds"] == [0] and sig["dASR"] == [0.0] and sig["dASR_agree"] == 0  # seed 1 has no λ = 0 pair
+    lines = report.ml_paired_lines(rows)
+    assert lines[0].startswith("badnets: ML (λ minus λ=0) ΔASR -3.0 (per seed -10.0, +5.0, -4.0; same sign on 2 of 3)")
+
+
 def test_comparison_helpers_on_grid_rows():
     def row(a, d, s, b, asr):
         return {

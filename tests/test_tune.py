@@ -122,11 +122,14 @@ def test_variants_vary_one_factor_at_a_time_around_the_defaults():
     base = ntml.Params()
     vs = tune.variants()
     assert len({tune.label(v) for v in vs}) == len(vs)  # no variant twice
-    assert {"reading": base.reading, "ml_data": base.ml_data} in vs
-    assert {v["reading"] for v in vs} == set(ntml.READINGS)  # every reading is tried...
-    assert {v["ml_data"] for v in vs} == set(ntml.ML_DATA)  # ...and every ML variant
+    assert vs[0] == {k: getattr(base, k) for k in tune.VARIANT_FIELDS}  # the defaults first
+    for field, values in tune.VARIANT_VALUES.items():  # every value tried, the default among them
+        assert getattr(base, field) in values and {v[field] for v in vs} == set(values), field
+    # issue #30 (4): the three new readings are in the sweep
+    assert {"complementary", "clean+agree", "poisoned"} <= {x for v in vs for x in v.values()}
     for v in vs:  # each differs from the defaults in at most one field
-        assert (v["reading"] != base.reading) + (v["ml_data"] != base.ml_data) <= 1, v
+        assert list(v) == list(tune.VARIANT_FIELDS)
+        assert sum(v[k] != getattr(base, k) for k in tune.VARIANT_FIELDS) <= 1, v
         ntml.Params(**v).validate()
 
 

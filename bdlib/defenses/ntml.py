@@ -27,8 +27,8 @@ from bdlib.train import fit, logits, to_float
 
 TEACHERS = ("kd", "poisoned")
 INITS = ("scratch", "poisoned")
-READINGS = ("nontarget", "predicted", "suppress", "estimated")
-ML_DATA = ("clean", "clean+train")
+READINGS = ("nontarget", "predicted", "suppress", "estimated", "complementary")
+ML_DATA = ("clean", "clean+train", "clean+agree")
 # Params fields that only the ML stage reads; every other field shapes the NT stage and keys
 # its cached result (``nt_spec``), so a new NT field can never share a stale NT stage.
 ML_FIELDS = frozenset({"lam", "ml_epochs", "ml_lr", "ml_data", "ml_curve"})
@@ -36,28 +36,45 @@ ML_FIELDS = frozenset({"lam", "ml_epochs", "ml_lr", "ml_data", "ml_curve"})
 
 @dataclass(frozen=True)
 class Params:
-    tau: float = 4.0  # distillation temperature, NT and ML (docs/methods.md choice; 2 and 8 did worse on quick)
-    teacher: Literal["kd", "poisoned"] = "kd"  # NT teacher: self-distilled from M0, or M0 (docs/methods.md choice)
-    lam: float = 1.0  # weight of the mutual KL term in ML (docs/methods.md choice)
-    nt_epochs: int | None = None  # None: the profile's standard epochs (docs/methods.md choice)
-    nt_lr: float | None = None  # None: the profile's standard learning rate (docs/methods.md choice)
-    ml_epochs: int = 10  # "few epochs" (docs/methods.md); 5-20 tried on quick BadNets seed 0, little effect
-    ml_lr: float = 0.01  # "a low learning rate" (docs/methods.md); 0.005-0.05 tried on quick BadNets seed 0
-    init: Literal["scratch", "poisoned"] = "scratch"  # NT models start fresh (docs/methods.md) or from M0
+    # Distillation temperature, NT and ML: Hinton et al.'s common 4 (choice); quick's value is the
+    # protocol's choice on the tuning seeds (``TUNING``, bdlib.tune).
+    tau: float = 4.0
+    # The teacher: distilled from M0 on all classes ("kd"), or M0 itself ("poisoned"). A
+    # reconstruction choice (the abstract names a teacher, not how it is made); quick runs M0 for
+    # cost (docs/methods.md, "NT-ML readings"), not because a reported seed preferred it.
+    teacher: Literal["kd", "poisoned"] = "kd"
+    lam: float = 1.0  # weight of the mutual KL term in ML: deep mutual learning's 1 (choice)
+    nt_epochs: int | None = None  # None: the profile's standard epochs (choice: NT is a full training)
+    nt_lr: float | None = None  # None: the profile's standard learning rate (choice, as nt_epochs)
+    # The ML stage's length and lr: a choice reading "a few epochs" / fine-tuning at a tenth of
+    # the training lr; both are factors of the readings sweep (bdlib.tune.variants), so a
+    # profile's values are the protocol's rule's choice on the tuning seeds.
+    ml_epochs: int = 10
+    ml_lr: float = 0.01
+    # NT models start fresh ("scratch", docs/methods.md) or from M0's weights ("poisoned": reading
+    # (c), "restore, not retrain"; a factor of the readings sweep).
+    init: Literal["scratch", "poisoned"] = "scratch"
     # How the NT student reads "non-target label training" (see ``nt_student_loss``):
     # "nontarget" masks the given label (docs/methods.md's main reading); "predicted" masks M0's
     # predicted label; "suppress" adds an unlearning term on the given label of the samples M0
-    # is most confident in; "estimated" restricts that term to an estimated target class.
-    reading: Literal["nontarget", "predicted", "suppress", "estimated"] = "nontarget"
+    # is most confident in; "estimated" restricts that term to an estimated target class;
+    # "complementary" keeps the student's full softmax against M0's renormalised non-target
+    # distribution, the given label pushed down per sample by how atypically sure M0 is of it.
+    reading: Literal["nontarget", "predicted", "suppress", "estimated", "complementary"] = "nontarget"
     # "suppress" / "estimated": the fraction of training samples with the highest M0 logit of
-    # their given label that are isolated (ABL's "poisons are learned first and most surely";
-    # on quick, BadNets seed 100: the top 5 % are 99 % poisons, Blended's 44 %), and the weight
-    # β of −log(1 − p_S(given label)) on them (choice).
+    # their given label that are isolated (ABL's "poisons are learned first and most surely").
+    # A choice, not the rule's: first set from the true poison index on tuning seed 100 (knowledge
+    # a defender lacks, issue #30) and not yet re-chosen by the rule (the readings sweep had no
+    # budget for it on quick; docs/methods.md). It does nothing under the other readings.
     isolate: float = 0.05
+    # β: the weight of the unlearning term −log(1 − p_S(given label)) ("suppress", "estimated")
+    # and the largest per-sample weight of the complementary term ("complementary"); choice.
     suppress_weight: float = 1.0
     # What ML learns on: the clean subset ("clean", docs/methods.md), or also as many unlabelled
-    # batches of the poisoned training set, KL terms only ("clean+train"; choice).
-    ml_data: Literal["clean", "clean+train"] = "clean"
+    # images of the poisoned training set per step, KL terms only ("clean+train"; choice), or the
+    # same with each unlabelled image's KL terms kept only where the two models agree
+    # ("clean+agree": reading (b), "ML routed by disagreement").
+    ml_data: Literal["clean", "clean+train", "clean+agree"] = "clean"
     # Evaluate student and teacher after every ML epoch (notebook 03's curves). Instrumentation
     # only, the student is the same; off where nothing plots it (grid, tuning): on quick the
     # 20 evaluations cost several times the ML stage's training.
@@ -122,6 +139,53 @@ def unlearn_loss(student_logits: torch.Tensor, y: torch.Tensor, weight: torch.Te
     return -(weight * log_not_y).sum() / n
 
 
+def complementary_kd_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, y: torch.Tensor, tau: float, weight: torch.Tensor
+) -> torch.Tensor:
+    """τ²·KL(q ‖ softmax(z_S/τ)) with ``q`` M0's output with the given label removed and the
+    other K−1 classes renormalised, the given label's part weighted per sample by ``weight``.
+
+    KL(q ‖ p) over the full softmax ``p`` splits exactly into KL(q ‖ p̃) over the renormalised
+    non-target classes (:func:`nontarget_kd_loss`) plus −log(1 − p_y): the student is taught the
+    non-target distribution *and* pushed off the given label. ``weight`` scales the second part per
+    sample: 1 everywhere is the unweighted complementary loss, 0 everywhere is ``nontarget``.
+    """
+    n, k = student_logits.shape
+    keep = F.one_hot(y, k) == 0
+    zs, zt = student_logits[keep].view(n, k - 1), teacher_logits[keep].view(n, k - 1)
+    masked = F.kl_div(F.log_softmax(zs / tau, 1), F.log_softmax(zt / tau, 1), log_target=True, reduction="none")
+    soft = student_logits / tau
+    log_not_y = torch.logsumexp(soft.masked_fill(~keep, float("-inf")), 1) - torch.logsumexp(soft, 1)
+    return tau**2 * (masked.sum(1) - weight * log_not_y).mean()
+
+
+def atypicality(m0_given_logit: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per training sample, in [0, 1]: how far M0's logit of its given label exceeds the median of
+    that logit over the training samples with the same given label, over the largest such excess
+    in the set; 0 for every sample at or below its class's median (a typical sample)."""
+    excess = torch.zeros_like(m0_given_logit, dtype=torch.float32)
+    for c in torch.unique(y):
+        mine = y == c
+        excess[mine] = (m0_given_logit[mine].float() - m0_given_logit[mine].float().median()).clamp(min=0)
+    top = excess.max()
+    return excess / top if top > 0 else excess
+
+
+def agreement_kd_losses(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two mutual KL terms on unlabelled images, each image counted only where the two models'
+    predicted classes agree (a disagreeing image adds nothing, to either side), partners detached;
+    averaged over the whole batch, so fewer agreeing images weigh less."""
+    agree = (student_logits.argmax(1) == teacher_logits.argmax(1)).float()
+
+    def kl(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        per = F.kl_div(F.log_softmax(a / tau, 1), F.log_softmax(b.detach() / tau, 1), log_target=True, reduction="none")
+        return tau**2 * (agree * per.sum(1)).mean()
+
+    return kl(student_logits, teacher_logits), kl(teacher_logits, student_logits)
+
+
 def isolate(
     m0_given_logit: torch.Tensor, y: torch.Tensor, fraction: float, estimated: bool
 ) -> tuple[torch.Tensor, int]:
@@ -153,7 +217,17 @@ def nt_student_loss(
       the ones M0 is most sure of), so their given label is pushed down, not merely left out.
     * ``estimated`` — as ``suppress``, on the isolated samples labelled with the estimated target
       class only (:func:`isolate`), so fewer clean samples of other classes are pushed away.
+    * ``complementary`` — "non-target label training" read as complementary-label learning:
+      only M0's output loses the given label (its other classes renormalised, the KD target), the
+      student keeps its full softmax, so the given label is pushed down
+      (:func:`complementary_kd_loss`); per sample in proportion to ``isolated`` (here a weight in
+      [0, 1], :func:`atypicality`) times β, so a sample M0 is no surer of than is typical of its
+      class is not pushed off its label ("higher confidence in the correct class on poisoned
+      data": a poisoned sample is one M0 is atypically sure of). Unweighted, the term unlearns
+      every clean sample's true class (on quick the NT student falls to about 10 % BA).
     """
+    if p.reading == "complementary":
+        return complementary_kd_loss(student_logits, m0_logits, y, p.tau, p.suppress_weight * isolated)
     if p.reading == "predicted":
         return nontarget_kd_loss(student_logits, m0_logits, m0_logits.argmax(1), p.tau)
     loss = nontarget_kd_loss(student_logits, m0_logits, y, p.tau)
@@ -196,6 +270,8 @@ def nt_stage(model: nn.Module, ctx: DefenseContext) -> tuple[nn.ModuleDict, list
     z0_all = logits(m0, ctx.x_train, ctx.train.eval_batch_size)
     given = z0_all[torch.arange(len(ctx.y_train)), ctx.y_train.cpu()]
     isolated, estimated = isolate(given, ctx.y_train.cpu(), p.isolate, p.reading == "estimated")
+    if p.reading == "complementary":  # a weight per sample, not an index (``nt_student_loss``)
+        isolated = atypicality(given, ctx.y_train.cpu())
     isolated = isolated.to(ctx.y_train.device)
     pair = nn.ModuleDict({"student": _start(model, ctx, ctx.seed)})
     if p.teacher == "kd":
@@ -204,7 +280,7 @@ def nt_stage(model: nn.Module, ctx: DefenseContext) -> tuple[nn.ModuleDict, list
     def loss_fn(pair: nn.ModuleDict, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             z0 = m0(x)
-        loss = nt_student_loss(pair["student"](x), z0, y, isolated[idx], p)
+        loss = nt_student_loss(pair["student"](x), z0, y, isolated[idx], p)  # a weight (complementary)
         if "teacher" in pair:
             loss = loss + kd_loss(pair["teacher"](x), z0, p.tau)
         return loss
@@ -224,7 +300,7 @@ def nt_stage(model: nn.Module, ctx: DefenseContext) -> tuple[nn.ModuleDict, list
     )
     if p.teacher == "poisoned":
         pair["teacher"] = copy.deepcopy(m0)
-    info = {"isolated": int(isolated.sum()), "estimated_target": estimated}
+    info = {"isolated": int((isolated > 0).sum()), "estimated_target": estimated}
     return pair, history, info
 
 
@@ -235,6 +311,11 @@ def ml_stage(pair: nn.ModuleDict, ctx: DefenseContext) -> list[dict]:
     * ``ml_data="clean+train"`` — each step also draws as many unlabelled images of the poisoned
       training set and adds the two mutual KL terms on them (no labels, no CE), so that the
       teacher's clean accuracy can reach the student on far more images than the clean subset.
+    * ``ml_data="clean+agree"`` — as ``clean+train``, but each unlabelled image's two KL terms count
+      only where the student and the teacher predict the same class (:func:`agreement_kd_losses`):
+      "learn from each other" routed by disagreement, so on a triggered training image, where a
+      backdoored teacher says "target" and the student does not, the student is not pulled toward
+      the teacher (nor the teacher toward the student).
 
     One ``fit`` over both models: the summed loss has separate gradients (partners detached),
     and SGD is per parameter, so this is exactly two simultaneous updates at the same lr.
@@ -245,12 +326,15 @@ def ml_stage(pair: nn.ModuleDict, ctx: DefenseContext) -> list[dict]:
     def loss_fn(pair: nn.ModuleDict, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         student, teacher = mutual_losses(pair["student"](x), pair["teacher"](x), y, p.tau, p.lam)
         loss = student + teacher
-        if p.ml_data == "clean+train":
+        if p.ml_data in ("clean+train", "clean+agree"):
             # As many unlabelled training images as the clean batch: only the mutual KL terms.
             pick = torch.randint(0, len(ctx.x_train), (len(x),), generator=gen).to(ctx.x_train.device)
             xu = to_float(ctx.x_train[pick].to(x.device))
             zs, zt = pair["student"](xu), pair["teacher"](xu)
-            loss = loss + p.lam * (kd_loss(zs, zt.detach(), p.tau) + kd_loss(zt, zs.detach(), p.tau))
+            if p.ml_data == "clean+agree":
+                loss = loss + p.lam * sum(agreement_kd_losses(zs, zt, p.tau))
+            else:
+                loss = loss + p.lam * (kd_loss(zs, zt.detach(), p.tau) + kd_loss(zt, zs.detach(), p.tau))
         return loss
 
     history = fit(
@@ -284,7 +368,7 @@ class Record:
     nt_student_metrics: dict[str, float]  # ... of the NT student
     nt_teacher_metrics: dict[str, float]  # ... of the NT teacher (M0's when teacher="poisoned")
     ml_teacher_metrics: dict[str, float]  # ... of the teacher after mutual learning
-    isolated: int | None  # how many training samples the reading isolated
+    isolated: int | None  # how many training samples the reading isolated (complementary: weighted > 0)
     estimated_target: int | None  # the most frequent given label among them
     nt_history: list[dict]  # per NT epoch: epoch, loss
     # Per ML epoch: epoch, loss and (with ``ml_curve``) "student" / "teacher": their BA / ASR / RA.
