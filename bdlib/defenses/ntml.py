@@ -224,7 +224,7 @@ def nt_student_loss(
       [0, 1], :func:`atypicality`) times β, so a sample M0 is no surer of than is typical of its
       class is not pushed off its label ("higher confidence in the correct class on poisoned
       data": a poisoned sample is one M0 is atypically sure of). Unweighted, the term unlearns
-      every clean sample's true class (on quick the NT student falls to about 10 % BA).
+      every clean sample's true class (issue #30: on quick the NT student falls to about 10 % BA).
     """
     if p.reading == "complementary":
         return complementary_kd_loss(student_logits, m0_logits, y, p.tau, p.suppress_weight * isolated)
