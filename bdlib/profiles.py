@@ -131,8 +131,15 @@ _PROFILE_METHODS: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
             # VM: mean ASR 65.4, worst BA cost 2.6 (Blended; docs/methods.md, NONE).
             # NONE as published ("none_published"): the Params defaults, 20 epochs, unchanged.
             "none": {"rho": 0.25, "none_lr": 1e-3, "epochs2": 5},
-            # NT-ML: M0 as the ML teacher halves the NT stage's cost with the same result on quick; the
-            # reading chosen by bdlib.tune.select_variant (docs/methods.md, "NT-ML readings").
+            # NT-ML: teacher = M0 is a choice for cost (no second full training in the NT stage), not
+            # the rule's. reading: bdlib.tune.select_variant's choice in the readings sweep of 2026-11-23
+            # (tuning seeds 100-101, before issue #30's new variants); ml_epochs / ml_lr / init /
+            # ml_data: the Params defaults (choices). The readings sweep with issue #30's variants
+            # (`/work/logs/ntml_variants.py`: bdlib.tune.variant_sweep's cells, tuning seeds 100-101,
+            # 2026-12-07, this 2-core VM) did not finish before these values were committed, and on the
+            # cells it had run the rule chose init = "poisoned" with reading nontarget, the one variant
+            # within the BA bar because it leaves M0 as it is (ASR 73-99 %): not taken, for the project
+            # to decide (docs/methods.md, "NT-ML readings"). tau: the protocol's choice for suppress.
             "ntml": {"teacher": "poisoned", "reading": "suppress", "tau": 2.0},
             # FT, NAD, ANP, I-BAU: their reference recipes (the Params defaults); quick shrinks only the
             # budgets, to fit a cold `make figures` on a 2-core CPU (docs/methods.md, "Baselines"):
