@@ -124,7 +124,7 @@ _PROFILE_METHODS: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
             # MCLDef detecting the target: purification as published (ce_weight / bn_eval off: they were
             # chosen on reported seed 0, issue #30); Neural Cleanse inversion of 300 steps of 16 images
             # (x10 classes), which found the same classes as 600 of 32 on all six attacks, 4x faster.
-            "mcldef_detect": {"inv_steps": 300, "inv_batch_size": 16},
+            "mcldef_detect": {"inv_steps": 300, "inv_batch_size": 16, "lr": 0.003},
             # NONE as tuned: 5 fine-tuning epochs (published: 20; budget: a 20-epoch cell takes ~63 s on one
             # busy core, the 48-cell NONE sweep ~50 min). ρ and none_lr: bdlib.tune's rule on tuning seeds
             # 100-101 (BadNets, Blended), `python -m bdlib tune --profile quick none`, 2026-12-07, this 2-core
@@ -143,10 +143,15 @@ _PROFILE_METHODS: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
             "ntml": {"teacher": "poisoned", "reading": "suppress", "tau": 2.0},
             # FT, NAD, ANP, I-BAU: their reference recipes (the Params defaults); quick shrinks only the
             # budgets, to fit a cold `make figures` on a 2-core CPU (docs/methods.md, "Baselines"):
-            "ft": {"batch_size": 32},  # the reference's 1,000 steps, in batches of 32 (reference: 256)
-            "nad": {"batch_size": 32},  # the reference's 400 + 800 steps, in batches of 32 (reference: 64)
-            "anp": {"steps": 300},  # 300 mask steps (reference: 2,000): 22 masks (cached per victim) in a cold run
-            "ibau": {"batches": 4},  # one pass over the 400 clean images a round (reference: 50 batches)
+            # Their strength knobs: the protocol's choice (PROVENANCE; docs/methods.md, "The comparison protocol").
+            "ft": {"batch_size": 32, "budget": 0.25, "lr": 0.03},  # 1,000 steps of 32 (reference: 256)
+            "nad": {
+                "batch_size": 32,
+                "lr": 0.01,
+                "betas": (100.0, 200.0, 200.0),
+            },  # 400 + 800 steps of 32 (reference: 64)
+            "anp": {"steps": 300, "threshold": 0.3},  # 300 mask steps (reference: 2,000), cached per victim
+            "ibau": {"batches": 4, "lr": 1e-4},  # one pass over the 400 clean images a round (reference: 50 batches)
         },
     },
     "paper": {
@@ -188,6 +193,11 @@ _TUNE_NONE = Why(
     "bdlib.tune's rule on the tuning seeds 100-101 (BadNets, Blended): python -m bdlib tune --profile quick none, "
     "2026-12-07 (mean ASR 65.4, worst BA cost 2.6)",
 )
+_TUNE_BASELINES = Why(
+    "rule",
+    "bdlib.tune's rule on the tuning seeds 100-101 (BadNets, Blended): python -m bdlib tune ft nad anp ibau "
+    "mcldef_detect --profile quick, 2026-12-07 (docs/methods.md, The comparison protocol)",
+)
 _READING = Why(
     "rule", "bdlib.tune.select_variant on the tuning seeds 100-101, every attack (docs/methods.md, NT-ML readings)"
 )
@@ -218,6 +228,17 @@ PROVENANCE: dict[str, Why] = {
         "budget", "300 Neural Cleanse steps of 16 images find the same classes as 600 of 32, 4x faster"
     ),
     "quick.defenses.mcldef_detect.inv_batch_size": Why("budget", "see inv_steps"),
+    **{
+        f"quick.defenses.{m}.{f}": _TUNE_BASELINES
+        for m, fields in {
+            "ft": ("budget", "lr"),
+            "nad": ("lr", "betas"),
+            "anp": ("threshold",),
+            "ibau": ("lr",),
+            "mcldef_detect": ("lr",),
+        }.items()
+        for f in fields
+    },
     "quick.defenses.none.rho": _TUNE_NONE,
     "quick.defenses.none.none_lr": _TUNE_NONE,
     "quick.defenses.none.epochs2": Why("budget", "5 fine-tuning epochs (published: 20): the NONE sweep fits the CPU"),
