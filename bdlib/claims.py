@@ -351,7 +351,29 @@ def ledger(rows: Iterable[Mapping], claims: Sequence[Claim] = CLAIMS, defense: s
     no other defense's cells (a notebook of one defense renders these; notebook 06 all)."""
     table = cells(rows)
     chosen = [c for c in claims if defense is None or (c.defense == defense and not c.rivals)]
-    return [evaluate(c, table) for c in chosen]
+    return [evaluate(c, table) if _runs(c, table) else _not_run(c) for c in chosen]
+
+
+def _runs(claim: Claim, table: Mapping[tuple[str, str], Cell]) -> bool:
+    """Whether the results hold a cell of every defense the claim involves on some attack of it."""
+    return any(all((a, d) in table for d in _involved(claim)) for a in claim.attacks)
+
+
+def _not_run(claim: Claim) -> dict:
+    """The ledger entry of a claim whose defenses this run did not include (a run on fewer defenses)."""
+    return {
+        "id": claim.id,
+        "source": claim.source,
+        "claim": claim.claim,
+        "threshold": claim.threshold(),
+        "verdict": "inconclusive",
+        "evidence": f"not run: this run holds no cells of {', '.join(sorted(_involved(claim)))}",
+        "spread_out": [],
+        "diverged": [],
+        "below_floor": [],
+        "seeds": [],
+        "range": "inconclusive",
+    }
 
 
 def get(claim_id: str) -> Claim:

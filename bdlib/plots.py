@@ -430,9 +430,10 @@ def heatmaps(
     import pandas as pd
 
     df = pd.DataFrame(rows)
-    fig, axes = plt.subplots(
-        1, len(values), figsize=(5.2 * len(values), 0.45 * df[index].nunique() + 2.2), squeeze=False
-    )
+    # Each panel repeats the row labels: long ones (a variant's settings) widen every panel.
+    label_w = 0.075 * max(len(str(x)) for x in df[index].unique())
+    width = (5.2 + max(0.0, label_w - 1.0)) * len(values)
+    fig, axes = plt.subplots(1, len(values), figsize=(width, 0.45 * df[index].nunique() + 2.2), squeeze=False)
     cmaps = {"BA": "Blues", "ASR": "Reds", "RA": "Greens", "DER": "Purples"}
     # A cell with a diverged seed is drawn as such ("div."), never as the mean of its other seeds.
     df["_diverged"] = [diverged(r) for r in rows]

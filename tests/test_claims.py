@@ -153,3 +153,10 @@ def test_an_asr_bar_below_the_clean_model_floor_is_read_against_the_floor():
     assert "clean-model floor 30.0 % is above the bar: judged at the floor" in e["evidence"]
     e = claims.evaluate(defends(attacks=("badnets",)), claims.cells(grid_rows + floor))
     assert e["verdict"] == "fails" and e["below_floor"] == [] and "floor 1.0 %" in e["evidence"]
+
+
+def test_a_run_on_fewer_defenses_leaves_the_other_claims_not_run():
+    entries = {e["id"]: e for e in claims.ledger(rows({(a, "ft"): same(88, 3) for a in claims.ATTACKS}))}
+    assert entries["bar-ft"]["verdict"] in ("holds", "partly", "fails")
+    assert entries["ntml-six-attacks"]["verdict"] == "inconclusive"
+    assert entries["ntml-six-attacks"]["evidence"].startswith("not run: this run holds no cells of ntml")

@@ -148,7 +148,7 @@ def test_the_model_dependent_notebooks_run_on_the_paper_path(paper_run):
         assert all((paper_run / "figures" / f).stat().st_size > 0 for v in mine.values() for f in v["files"])
     body = json.loads((paper_run / "figures" / "06_comparisons.json").read_text())
     ran = {(r["attack"], r["defense"]) for r in body["metrics"]["grid"]}
-    assert ran == {("badnets", d) for d in ["undefended", *defenses.REGISTRY]}
+    assert ran == {("badnets", d) for d in ["undefended", "clean model", *defenses.REGISTRY]}
     # The protocol ran on ResNet-18 within its scope: FT's grid ends on the tuning seed.
     tuned = {(r["defense"], r["seed"]) for r in body["metrics"]["tuning"]}
     assert tuned == {("ft", 100)} and len(body["metrics"]["tuning"]) == 2
