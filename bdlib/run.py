@@ -378,8 +378,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "status":
-            from bdlib import provenance
-
             return provenance.main()
         if args.command == "tune":
             from bdlib import tune
