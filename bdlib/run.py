@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence, TextIO
 
-from bdlib import openmp, paths, progress, publish, store
+from bdlib import openmp, paths, progress, provenance, publish, store
 from bdlib.notebooks import NotebookError, notebooks, parameters, parse_value, route_parameters
 
 
