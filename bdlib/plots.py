@@ -20,6 +20,21 @@ def diverged(row: Mapping) -> bool:
     return bool(row.get("diverged"))
 
 
+def distinct_labels(labels: Sequence[str]) -> list[str]:
+    """Settings labels (``"a=1, b=2"``) without the parts most of them share, so each row names
+    what sets it apart (``"b=2"``); the row of the shared settings alone (a one-factor sweep's
+    defaults) is ``"the shared settings"``. Other labels are returned as they are."""
+    parts = [str(x).split(", ") for x in labels]
+    if len(labels) < 3 or not all(all("=" in p for p in ps) for ps in parts):
+        return [str(x) for x in labels]
+    count: dict[str, int] = {}
+    for ps in parts:
+        for p in ps:
+            count[p] = count.get(p, 0) + 1
+    shared = {p for p, n in count.items() if n > len(labels) / 2}
+    return [", ".join(p for p in ps if p not in shared) or "the shared settings" for ps in parts]
+
+
 def style() -> None:
     """The house style: seaborn whitegrid, colour-blind palette, readable sizes."""
     sns.set_theme(context="notebook", style="whitegrid", palette="colorblind", font_scale=0.95)
@@ -430,6 +445,7 @@ def heatmaps(
     import pandas as pd
 
     df = pd.DataFrame(rows)
+    df[index] = df[index].map(dict(zip(df[index].unique(), distinct_labels(list(df[index].unique())))))
     # Each panel repeats the row labels: long ones (a variant's settings) widen every panel.
     label_w = 0.075 * max(len(str(x)) for x in df[index].unique())
     width = (5.2 + max(0.0, label_w - 1.0)) * len(values)

@@ -92,3 +92,12 @@ def test_defend_stores_a_diverged_cell_naming_the_defense_lr_field_attack_and_se
         assert row["diverged"] == msg
     finally:
         experiment.store.cache_clear()
+
+
+def test_heatmap_rows_of_settings_name_only_what_sets_them_apart():
+    labels = ["a=1, b=1, c=1", "a=2, b=1, c=1", "a=1, b=2, c=1", "a=1, b=1, c=2"]
+    assert plots.distinct_labels(labels) == ["the shared settings", "a=2", "b=2", "c=2"]
+    assert plots.distinct_labels(["badnets", "sig", "wanet"]) == ["badnets", "sig", "wanet"]
+    rows = [{"setting": s, "attack": "badnets", "BA": 80.0, "ASR": 1.0} for s in labels]
+    fig = plots.heatmaps(rows, values=("BA",), index="setting", columns="attack")
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == plots.distinct_labels(labels)
