@@ -6,7 +6,7 @@ defense's cells, and each cached stage (NT-ML's NT models, MCLDef's inversions, 
 NAD's teachers) apart. A stage's seconds are also inside the defended model that first computed
 it; the table subtracts them there, so the rows add up to the computing time.
 
-    python benchmarks/time_split.py [STORE] [--markdown]
+    python benchmarks/time_split.py [STORE] [--markdown] [--used figures/provenance.json]
 
 STORE defaults to ``$BDLIB_CACHE`` or the project's ``.bdlib-cache``.
 """
@@ -34,9 +34,10 @@ def work(meta: dict) -> str:
     return kind
 
 
-def split(store: Path) -> dict[str, dict[str, float]]:
-    """``{work: {"n": count, "seconds": own seconds}}`` over every entry of ``store``."""
-    metas = [json.loads(p.read_text()) for p in store.glob("??/*/meta.json")]
+def split(store: Path, keys: set[str] | None = None) -> dict[str, dict[str, float]]:
+    """``{work: {"n": count, "seconds": own seconds}}`` over every entry of ``store`` (only those of
+    ``keys`` when given: the results the committed figures used, from ``figures/provenance.json``)."""
+    metas = [json.loads(p.read_text()) for p in store.glob("??/*/meta.json") if keys is None or p.parent.name in keys]
     out: dict[str, dict[str, float]] = defaultdict(lambda: {"n": 0, "seconds": 0.0})
     # A stage is computed inside the first defended cell of its victim and defense: its seconds
     # are counted once, under the stage, and taken off that defense's cells.
@@ -57,9 +58,15 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("store", nargs="?", type=Path, default=None)
     ap.add_argument("--markdown", action="store_true", help="a Markdown table (for benchmarks/README.md)")
+    ap.add_argument(
+        "--used", type=Path, default=None, help="a provenance.json: count only the results its figures used"
+    )
     args = ap.parse_args(argv)
     store = args.store or paths.cache_dir()
-    rows = sorted(split(store).items(), key=lambda kv: -kv[1]["seconds"])
+    keys = None
+    if args.used:
+        keys = {k for entry in json.loads(args.used.read_text()).values() for k in entry["results"]}
+    rows = sorted(split(store, keys).items(), key=lambda kv: -kv[1]["seconds"])
     total = sum(v["seconds"] for _, v in rows) or 1.0
     if args.markdown:
         print("| work | results | seconds | share |\n|---|---:|---:|---:|")
