@@ -48,6 +48,12 @@ def figures_for(path: Path, own: dict[str, Any]) -> Path:
     return paths.figures_dir(str(own.get("profile", defaults.get("profile"))), committed=committed)
 
 
+def committed_figures(figures: Path) -> bool:
+    """Whether ``figures`` is the project's committed ``figures/`` (which also gets the executed
+    copies and the machine's measured throughput)."""
+    return figures.resolve() == (paths.project_dir() / "figures").resolve()
+
+
 def parameters_position(nb: dict) -> int | None:
     """The 1-based position, among the notebook's code cells, of its cell tagged ``parameters``."""
     code = [c for c in nb["cells"] if c["cell_type"] == "code"]
@@ -258,7 +264,7 @@ def run_notebook(
                 extra_arguments=list(KERNEL_ARGUMENTS),
             )
         figs.publish(staging, figures)
-        if figures.resolve() == (paths.project_dir() / "figures").resolve():
+        if committed_figures(figures):
             publish.publish(out_dir / path.name)  # the committed executed copy: executed/<notebook>.ipynb
     except pm.PapermillExecutionError as err:
         raise RunError(
@@ -408,7 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         places = set()
         for path, own in routed:
             figures = args.figures or figures_for(path, own)
-            if figures == paths.project_dir() / "figures" and not os.environ.get(provenance.THROUGHPUT_ENV):
+            if committed_figures(figures) and not os.environ.get(provenance.THROUGHPUT_ENV):
                 # The committed figures record the machine's training throughput beside their times.
                 rate = provenance.measure_throughput()
                 os.environ[provenance.THROUGHPUT_ENV] = f"{rate:.0f}"
