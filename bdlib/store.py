@@ -68,7 +68,33 @@ __all__ = [
     "disk_full_named",
     "check_root",
     "UMASK",
+    "NotStored",
+    "probing",
 ]
+
+
+class NotStored(LookupError):
+    """Raised by :meth:`Store.get_or_compute` inside :func:`probing` for a result the store lacks."""
+
+    def __init__(self, kind: str, key: str) -> None:
+        super().__init__(f"{kind or 'entry'} {key[:12]} is not stored")
+        self.kind, self.key = kind, key
+
+
+_PROBING = [False]
+
+
+@contextlib.contextmanager
+def probing() -> Iterator[None]:
+    """Within this block a lookup of a missing result raises :class:`NotStored` instead of
+    computing it, and nothing is recorded as used: how :mod:`bdlib.pool` finds the work to hand
+    to its workers without doing any of it."""
+    before = _PROBING[0]
+    _PROBING[0] = True
+    try:
+        yield
+    finally:
+        _PROBING[0] = before
 
 
 class StoreAccessError(PermissionError):
@@ -609,8 +635,12 @@ class Store:
         ``meta["seconds"]`` records the wall time of ``compute`` unless it sets it itself.
         """
         key = self.key(kind, spec)
-        USED[key] = (kind, dependencies(spec))
         entry = self.get(key)
+        if _PROBING[0]:
+            if entry is None:
+                raise NotStored(kind, key)
+            return entry
+        USED[key] = (kind, dependencies(spec))
         if entry is not None:
             progress.store_event(kind, "loaded")
             return entry

@@ -6,7 +6,15 @@ Longest first, each worker starts on one of the two end-to-end runs (every noteb
 the paper path) and the shorter files fill in beside them, so both workers finish near the same
 time instead of one running a long file alone at the end. The order is by seconds measured on a
 2-core machine (2026-12-07); a file not listed runs after these, in collection order.
+
+The suite computes in its own processes: ``$BDLIB_WORKERS`` is 1 unless a test sets it
+(tests/test_pool.py starts worker processes on purpose), so two xdist workers never start two
+pools of their own beside each other on two cores.
 """
+
+import os
+
+os.environ.setdefault("BDLIB_WORKERS", "1")
 
 LONGEST_FIRST = (
     "test_notebooks.py",  # ~90 s: every notebook on smoke
@@ -18,6 +26,7 @@ LONGEST_FIRST = (
     "test_failing_well.py",  # ~14 s
     "test_grid.py",  # ~13 s: a Dask LocalCluster
     "test_store.py",  # ~6 s
+    "test_pool.py",  # ~10 s: spawned worker processes
 )
 
 

@@ -1,0 +1,213 @@
+"""Independent cached results computed on worker processes, one thread each, before a loop reads them.
+
+The grid, the protocol's sweeps and the notebooks' tables each loop over cells that do not
+depend on one another: (attack, seed, defense, setting). On a CPU, two single-thread processes
+train more images per second than one process of two threads (``benchmarks/pool.py``), so before
+such a loop runs, :func:`prefetch` finds which of its results the store lacks (without computing
+any: :func:`bdlib.store.probing`) and computes them on ``workers()`` processes. The loop then
+runs as it always did and reads every result from the store; the numbers are the same code's.
+
+Order: the victims (poisoned models, with their triggers) first, one job per attack and seed;
+then the rest, grouped so that cells sharing an upstream stage (an NT stage across ML variants,
+an inversion across learning rates, an ANP mask across thresholds) run one after another in the
+same worker and compute it once. A job that fails in a worker is left to the loop, which
+computes it in the notebook's own process and raises the real error there.
+
+``$BDLIB_WORKERS`` sets the number of processes: unset or 1, none (everything in this process,
+as before); ``auto``, one per CPU core on the CPU (at most :data:`MAX_AUTO`) and none on a GPU.
+Opt-in, because a CPU result depends on the number of threads that computed it: one thread and
+two sum in different orders, and the last bits can move a defense on a knife-edge far
+(``benchmarks/pool.py``: the same 14 cells on this 2-core VM, 1.16x faster on two single-thread
+workers, moved BA by up to 1.3 and ASR by up to 38 points, ANP on BadNets 67 % vs 30 %). The
+store's keys do not record the thread count, so a store filled one way answers the other way too.
+"""
+
+from __future__ import annotations
+
+import atexit
+import concurrent.futures as cf
+import logging
+import multiprocessing
+import os
+import threading
+import time
+import types
+from collections.abc import Callable, Sequence
+from multiprocessing.reduction import ForkingPickler
+from typing import Any
+
+from bdlib import progress
+from bdlib.store import NotStored, probing
+
+ENV = "BDLIB_WORKERS"
+MAX_AUTO = 8  # processes an unset $BDLIB_WORKERS may start (each holds the data and a model)
+VICTIM_KINDS = ("trigger", "poisoned_model", "clean_model")
+
+logger = logging.getLogger(__name__)
+
+Job = tuple[Callable[..., Any], tuple]  # a module-level function that computes stored results, and its arguments
+_pool: dict[str, Any] = {"executor": None, "size": 0, "runtime": None}
+
+
+def workers(device: str = "cpu") -> int:
+    """How many worker processes :func:`prefetch` uses: ``$BDLIB_WORKERS`` (unset: 1, no workers);
+    ``auto``: the CPU cores this process may use (at most :data:`MAX_AUTO`) on the CPU, 1 on any
+    other device."""
+    value = os.environ.get(ENV, "").strip()
+    if not value:
+        return 1
+    if value == "auto":
+        return max(1, min(MAX_AUTO, len(os.sched_getaffinity(0)))) if str(device).startswith("cpu") else 1
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ValueError(
+            f"${ENV} must be a whole number of processes, 1 or more (1: no workers), or 'auto'; got {value!r}"
+        )
+    return n
+
+
+def missing(jobs: Sequence[Job]) -> list[tuple[Job, str]]:
+    """The jobs whose results the store lacks, each with the kind of the first missing result
+    (a victim's when the victim is missing); nothing is computed and nothing recorded as used."""
+    out = []
+    for fn, args in jobs:
+        try:
+            with probing():
+                fn(*args)
+        except NotStored as err:
+            out.append(((fn, args), err.kind))
+    return out
+
+
+def _group(fn: Callable, args: tuple) -> tuple:
+    """Jobs of one group share upstream stages: the same function, victim and defense."""
+    cfg = args[0]
+    return (fn.__module__, fn.__name__, cfg.attack, cfg.seed, *[a for a in args[1:] if isinstance(a, str)])
+
+
+def plan(jobs: Sequence[Job]) -> list[list[list[Job]]]:
+    """Phases of groups of the missing jobs: the victims (one job per attack and seed), then the
+    rest grouped by :func:`_group`, the largest groups first. Empty when the store holds all."""
+    from bdlib import experiment
+
+    todo = missing(jobs)
+    victims: dict[tuple, list[Job]] = {}
+    groups: dict[tuple, list[Job]] = {}
+    for (fn, args), kind in todo:
+        cfg = args[0]
+        if fn in (experiment.poisoned_model, experiment.clean_model):  # a victim (or clean model) itself
+            victims[(len(victims),)] = [(fn, args)]
+            continue
+        if kind in VICTIM_KINDS:  # a cell whose victim is missing: the victim first, once per attack and seed
+            victims.setdefault((cfg.attack, cfg.seed), [(experiment.poisoned_model, (cfg,))])
+        groups.setdefault(_group(fn, args), []).append((fn, args))
+    phases = [list(victims.values()), sorted(groups.values(), key=len, reverse=True)]
+    return [p for p in phases if p]
+
+
+def _orphaned(parent: int) -> None:
+    """Exit when the process that started this worker is gone (killed without a shutdown)."""
+    while os.getppid() == parent:
+        time.sleep(2)
+    os._exit(0)
+
+
+def _init(deterministic: bool, compile: bool) -> None:
+    # Before torch is imported: one OpenMP thread, and no pool of its own.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ[ENV] = "1"
+    threading.Thread(target=_orphaned, args=(os.getppid(),), daemon=True).start()
+    import torch
+
+    from bdlib.train import configure
+
+    torch.set_num_threads(1)
+    configure(deterministic, compile)
+
+
+def _run_group(group: list[Job]) -> list[str]:
+    """Run one group's jobs in order (in a worker); the errors, as text, of those that failed."""
+    errors = []
+    for fn, args in group:
+        try:
+            fn(*args)
+        except Exception as err:  # the loop recomputes it in the notebook's process and raises there
+            errors.append(f"{fn.__name__} ({args[0].attack}, seed {args[0].seed}): {type(err).__name__}: {err}")
+    return errors
+
+
+def _executor(size: int, runtime: tuple[bool, bool]) -> cf.ProcessPoolExecutor:
+    """The process's pool, started once (spawned: a fresh interpreter, not a fork of a process
+    with OpenMP threads) and kept until it exits; restarted if the size or kernel choices change."""
+    if _pool["executor"] is not None and (_pool["size"], _pool["runtime"]) == (size, runtime):
+        return _pool["executor"]
+    shutdown()
+    ctx = multiprocessing.get_context("spawn")
+    _pool.update(executor=cf.ProcessPoolExecutor(size, ctx, _init, runtime), size=size, runtime=runtime)
+    return _pool["executor"]
+
+
+def shutdown() -> None:
+    """Stop the worker processes (if any)."""
+    ex = _pool["executor"]
+    if ex is not None:
+        ex.shutdown(wait=True, cancel_futures=True)
+    _pool.update(executor=None, size=0, runtime=None)
+
+
+atexit.register(shutdown)
+
+
+def _read_only(d: dict) -> types.MappingProxyType:
+    return types.MappingProxyType(d)
+
+
+def _mapping_proxy(m: types.MappingProxyType) -> tuple:
+    return _read_only, (dict(m),)
+
+
+# A Config holds its attacks' and defenses' Params in read-only mappings; jobs travel to the
+# workers as the same Config (pickled), not as a profile and overrides to rebuild.
+ForkingPickler.register(types.MappingProxyType, _mapping_proxy)
+
+
+def prefetch(jobs: Sequence[Job]) -> int:
+    """Compute into the store, on :func:`workers` processes, the results of ``jobs`` it lacks;
+    return how many jobs were handed out (0: all stored, or one process: the caller computes).
+    Each job's first argument is its Config (its device decides ``auto``)."""
+    if not jobs:
+        return 0
+    n = workers(getattr(jobs[0][1][0], "device", "cpu"))
+    if n < 2:
+        return 0
+    phases = plan(jobs)
+    if not phases:
+        return 0
+    from bdlib.train import RUNTIME
+
+    ex = _executor(n, (RUNTIME.deterministic, RUNTIME.compile))
+    handed = 0
+    for phase in phases:
+        handed += sum(len(g) for g in phase)
+        failed = False
+        with progress.task(f"{sum(len(g) for g in phase)} result(s) on {n} worker processes"):
+            for errors in ex.map(_run_group, phase):
+                for e in errors:
+                    failed = True
+                    logger.warning("bdlib pool: %s; left to this process", e)
+        if failed:  # e.g. a diverging victim: the caller's loop computes it here and raises the real error
+            break
+    return handed
+
+
+def defend_jobs(cfgs_and_defenses: Sequence[tuple[Any, str]]) -> list[Job]:
+    """The jobs of ``experiment.defend(cfg, defense)`` for each pair."""
+    from bdlib import experiment
+
+    return [(experiment.defend, (c, d)) for c, d in cfgs_and_defenses]
+
+
+__all__ = ["ENV", "MAX_AUTO", "Job", "workers", "missing", "plan", "prefetch", "shutdown", "defend_jobs"]

@@ -1,0 +1,98 @@
+"""bdlib.pool: the store's missing results found without computing, then computed on worker processes."""
+
+import logging
+
+import pytest
+import torch
+
+from bdlib import experiment, pool, store
+from bdlib.config import override
+from bdlib.profiles import resolve
+
+
+def _cfg():
+    return override(
+        resolve("smoke", device="cpu"), {"n_train": 600, "n_test": 200, "train.epochs": 1, "defenses.ft.steps": 1}
+    )
+
+
+@pytest.fixture
+def fresh_store(tmp_path, monkeypatch):
+    def use(name: str):
+        monkeypatch.setenv("BDLIB_CACHE", str(tmp_path / name))
+        experiment.store.cache_clear()
+        return tmp_path / name
+
+    yield use
+    experiment.store.cache_clear()
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "two", "1.5"])
+def test_a_bad_worker_count_is_refused_naming_the_variable(monkeypatch, value):
+    monkeypatch.setenv(pool.ENV, value)
+    with pytest.raises(ValueError, match=r"\$BDLIB_WORKERS.*1 or more.*'auto'"):
+        pool.workers()
+
+
+def test_worker_count_from_the_environment_none_unset_and_cores_on_the_cpu_for_auto(monkeypatch):
+    monkeypatch.setenv(pool.ENV, "3")
+    assert pool.workers("cuda") == 3
+    monkeypatch.delenv(pool.ENV)
+    assert pool.workers("cpu") == 1  # opt-in: results depend on the thread count that computed them
+    monkeypatch.setenv(pool.ENV, "auto")
+    assert pool.workers("cuda") == 1
+    assert 1 <= pool.workers("cpu") <= pool.MAX_AUTO
+
+
+def test_missing_computes_nothing_and_records_nothing(fresh_store):
+    root = fresh_store("empty")
+    cfg = _cfg()
+    used = dict(store.USED)
+    found = pool.missing([(experiment.defend, (cfg, "ft")), (experiment.poisoned_model, (cfg,))])
+    assert [kind for _, kind in found] == ["trigger", "trigger"]  # the first missing result of each: the victim's
+    assert not any(root.glob("*/*/meta.json")) and store.USED == used
+    assert [len(p) for p in pool.plan([(experiment.defend, (cfg, "ft"))])] == [1, 1]  # the victim, then the cell
+
+
+def test_workers_compute_what_this_process_would(fresh_store, monkeypatch):
+    cfg = _cfg()
+    jobs = [
+        (experiment.defend, (experiment.with_run(cfg, attack="badnets", seed=s), d))
+        for s in (0, 1)
+        for d in ("ft", "nad")
+    ]
+    results = {}
+    for mode in ("serial", "pool"):
+        fresh_store(mode)
+        monkeypatch.setenv(pool.ENV, "1" if mode == "serial" else "2")
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # the workers' thread count: the same sums in the same order
+        try:
+            handed = pool.prefetch(jobs)
+            if mode == "pool":
+                assert handed == 2 + 4  # two victims, then four cells
+                assert pool.missing(jobs) == []  # everything stored before the loop runs
+                assert pool.prefetch(jobs) == 0
+            else:
+                assert handed == 0
+            results[mode] = [fn(*args).metrics for fn, args in jobs]
+        finally:
+            torch.set_num_threads(threads)
+    pool.shutdown()
+    assert results["serial"] == results["pool"]
+
+
+def _fails(cfg):
+    raise RuntimeError("boom")
+
+
+def test_a_job_failing_in_a_worker_is_left_to_the_caller(fresh_store, monkeypatch, caplog):
+    fresh_store("failing")
+    monkeypatch.setenv(pool.ENV, "2")
+    cfg = _cfg()
+    with caplog.at_level(logging.WARNING, logger="bdlib.pool"):
+        # A victim job that raises in the worker: logged, not raised; the later phase is not handed out.
+        monkeypatch.setattr(pool, "plan", lambda jobs: [[[(_fails, (cfg,))]], [[(experiment.defend, (cfg, "ft"))]]])
+        assert pool.prefetch([(experiment.defend, (cfg, "ft"))]) == 1
+    pool.shutdown()
+    assert "_fails (badnets, seed 0): RuntimeError: boom" in caplog.text
