@@ -13,6 +13,7 @@ import itertools
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from bdlib import pool
 from bdlib.config import Config, as_dict, override
 
 UNDEFENDED = "undefended"
@@ -42,14 +43,29 @@ def cells(
     return out
 
 
+def cell_config(cfg: Config, cell: Cell) -> Config:
+    """``cfg`` for one cell: its attack, seed and clean budget."""
+    c = dataclasses.replace(cfg, attack=cell.attack, seed=cell.seed, progress=False)
+    return override(c, {"clean_fraction": cell.clean_fraction})
+
+
+def cell_job(cfg: Config, cell: Cell) -> pool.Job:
+    """The stored computation behind one cell (for :func:`bdlib.pool.prefetch`)."""
+    from bdlib import experiment as ex
+
+    c = cell_config(cfg, cell)
+    if cell.defense == UNDEFENDED:
+        return (ex.poisoned_model, (c,))
+    if cell.defense == CLEAN:
+        return (ex.trigger_floor, (c,))
+    return (ex.defend, (c, cell.defense))
+
+
 def run_cell(cfg: Config, cell: Cell) -> dict[str, Any]:
     """BA / ASR / RA (and DER, seconds) of one cell; computed once, then read from the store."""
     from bdlib import experiment as ex
 
-    c = override(
-        dataclasses.replace(cfg, attack=cell.attack, seed=cell.seed, progress=False),
-        {"clean_fraction": cell.clean_fraction},
-    )
+    c = cell_config(cfg, cell)
     if cell.defense in BASELINES:
         run = ex.poisoned_model(c) if cell.defense == UNDEFENDED else ex.trigger_floor(c)
         return {**dataclasses.asdict(cell), **run.metrics, "DER": 0.5, "seconds": run.seconds}
@@ -82,8 +98,10 @@ def _run_cell_remote(cfg_dict: dict, cell: Cell) -> dict[str, Any]:
 
 
 def run(cfg: Config, grid: Sequence[Cell], client: Any = None) -> list[dict[str, Any]]:
-    """Every cell's row, in the order of ``grid``; on ``client``'s cluster when one is given."""
+    """Every cell's row, in the order of ``grid``; on ``client``'s cluster when one is given, else
+    on this machine's worker processes (:mod:`bdlib.pool`) first, then read in order."""
     if client is None:
+        pool.prefetch([cell_job(cfg, cell) for cell in grid])
         return [run_cell(cfg, cell) for cell in grid]
     payload = {
         "profile": cfg.profile,

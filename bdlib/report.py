@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from bdlib import attacks, claims, defenses, grid, metrics, tune
+from bdlib import attacks, claims, defenses, grid, metrics, pool, tune
 from bdlib.config import Config, as_dict, override
 from bdlib.experiment import (
     DefenseRun,
@@ -104,6 +104,9 @@ def trigger_examples(cfg: Config, names: Sequence[str], index: int | None = None
 
 def poisoning_table(cfg: Config, names: Sequence[str], seeds: Sequence[int]) -> list[dict]:
     """BA / ASR / RA of the clean model and of each attack's poisoned model, per seed."""
+    jobs = [(clean_model, (with_run(cfg, seed=s),)) for s in seeds]
+    jobs += [(poisoned_model, (with_run(cfg, seed=s, attack=a),)) for s in seeds for a in names]
+    pool.prefetch(jobs)
     rows = []
     for seed in seeds:
         c = with_run(cfg, seed=seed)
@@ -168,9 +171,11 @@ def defense_rows(
 ) -> tuple[list[dict], dict[tuple[str, int], DefenseRun]]:
     """Run ``defense`` on each attack and seed; rows of BA/ASR/RA undefended and defended."""
     rows, runs = [], {}
+    cfgs = {(a, s): override(with_run(cfg, attack=a, seed=s), overrides or {}) for a in names for s in seeds}
+    pool.prefetch(pool.defend_jobs([(c, defense) for c in cfgs.values()]))
     for name in names:
         for seed in seeds:
-            c = override(with_run(cfg, attack=name, seed=seed), overrides or {})
+            c = cfgs[(name, seed)]
             r = defend(c, defense)
             runs[(name, seed)] = r
             rows.append({"attack": name, "seed": seed, "model": "undefended", **r.before})
@@ -212,11 +217,15 @@ def narcissus_control(cfg: Config, seeds: Sequence[int], paper_rate: float = 0.0
     """
     from bdlib.metrics import evaluate
 
+    cfgs = {s: with_run(cfg, attack="narcissus", seed=s) for s in seeds}
+    paper_cfgs = {s: override(c, {"attacks.narcissus.poison_rate": paper_rate}) for s, c in cfgs.items()}
+    jobs = [(fn, (c,)) for s in seeds for fn, c in ((poisoned_model, cfgs[s]), (poisoned_model, paper_cfgs[s]))]
+    pool.prefetch(jobs + [(clean_model, (c,)) for c in cfgs.values()])
     rows = []
     for seed in seeds:
-        c = with_run(cfg, attack="narcissus", seed=seed)
+        c = cfgs[seed]
         run = poisoned_model(c)
-        paper = poisoned_model(override(c, {"attacks.narcissus.poison_rate": paper_rate}))
+        paper = poisoned_model(paper_cfgs[seed])
         d = run_data(c)
         control = evaluate(
             clean_model(c).model, d.x_test, d.y_test, c.target, run.test_trigger, c.train.eval_batch_size
@@ -416,14 +425,20 @@ def reading_diagnosis(cfg: Config, names: Sequence[str], seeds: Sequence[int], r
     """:func:`target_scores` of M0 and, per NT-ML reading, its NT student and final student
     (ML on the clean subset, the knob at its default as in ``tune.variant_sweep``, whose cells
     these are), on each attack and seed: where each reading leaves the target."""
+
+    def variant(c: Config, reading: str) -> Config:
+        setting = tune.variant_setting({"reading": reading, "ml_data": "clean"})
+        return override(c, {f"defenses.ntml.{k}": v for k, v in setting.items()})
+
+    cfgs = [with_run(cfg, attack=a, seed=s) for a in names for s in seeds]
+    pool.prefetch(pool.defend_jobs([(variant(c, r), "ntml") for c in cfgs for r in readings]))
     rows = []
     for a in names:
         for s in seeds:
             c = with_run(cfg, attack=a, seed=s)
             models = {"M0": poisoned_model(c).model}
             for r in readings:
-                setting = tune.variant_setting({"reading": r, "ml_data": "clean"})
-                run = defend(override(c, {f"defenses.ntml.{k}": v for k, v in setting.items()}), "ntml")
+                run = defend(variant(c, r), "ntml")
                 models[f"NT student ({r})"] = run.record.nt_student
                 models[f"final ({r})"] = run.model
             rows += target_scores(c, models)
@@ -602,9 +617,11 @@ def nt_confidences(run: DefenseRun) -> dict:
 def tau_rows(run: DefenseRun, taus: Sequence[float]) -> list[dict]:
     """Per τ, the NT student's and the final student's BA / ASR / RA (``series`` rows), on ``run``'s
     attack and seed."""
+    cfgs = {tau: override(run.cfg, {"defenses.ntml.tau": tau}) for tau in taus}
+    pool.prefetch(pool.defend_jobs([(c, "ntml") for c in cfgs.values()]))
     rows = []
     for tau in taus:
-        rt = defend(override(run.cfg, {"defenses.ntml.tau": tau}), "ntml")
+        rt = defend(cfgs[tau], "ntml")
         rows.append({"tau": tau, "series": "NT student", **rt.record.nt_student_metrics})
         rows.append({"tau": tau, "series": "after ML (final)", **rt.metrics})
     return rows
@@ -626,10 +643,14 @@ def ml_epoch_rows(runs: Sequence[DefenseRun]) -> list[dict]:
 
 def budget_rows(cfg: Config, attack: str, budgets: Sequence[float], seeds: Sequence[int]) -> list[dict]:
     """NT-ML and fine-tuning at each clean-data budget (fraction of the training set) and seed."""
+    cfgs = {
+        (b, s): override(with_run(cfg, attack=attack, seed=s), {"clean_fraction": b}) for b in budgets for s in seeds
+    }
+    pool.prefetch(pool.defend_jobs([(c, d) for c in cfgs.values() for d in ("ntml", "ft")]))
     rows = []
     for b in budgets:
         for s in seeds:
-            cb = override(with_run(cfg, attack=attack, seed=s), {"clean_fraction": b})
+            cb = cfgs[(b, s)]
             nt, ft = defend(cb, "ntml"), defend(cb, "ft")
             rows.append({"clean %": 100 * b, "seed": s, "series": "NT-ML", **nt.metrics})
             rows.append({"clean %": 100 * b, "seed": s, "series": "fine-tuning", **ft.metrics})
@@ -648,6 +669,7 @@ def ntml_ablation(cfg: Config, attack: str, seed: int) -> list[dict]:
         "λ = 2": {"defenses.ntml.lam": 2.0},
     }
     c0 = with_run(cfg, attack=attack, seed=seed)
+    pool.prefetch(pool.defend_jobs([(override(c0, v), "ntml") for v in variants.values()] + [(c0, "ft")]))
     rows = [{"variant": k, **defend(override(c0, v), "ntml").metrics} for k, v in variants.items()]
     return rows + [{"variant": "fine-tuning", **defend(c0, "ft").metrics}]
 
