@@ -22,7 +22,7 @@ import itertools
 import math
 from typing import Any, Iterable, Mapping, Sequence
 
-from bdlib import defenses, grid, metrics
+from bdlib import defenses, grid, metrics, pool
 from bdlib.config import Config, TuningConfig, override
 
 MAX_BA_COST = TuningConfig().max_cost  # the default bar, for callers without a Config
@@ -60,13 +60,25 @@ def label(setting: Mapping[str, Any]) -> str:
     return ", ".join(f"{k}={fmt(v)}" for k, v in setting.items())
 
 
+def _config(cfg: Config, defense: str, attack: str, seed: int, setting: Mapping[str, Any]) -> Config:
+    from bdlib import experiment as ex
+
+    return override(
+        ex.with_run(cfg, attack=attack, seed=seed), {f"defenses.{defense}.{k}": v for k, v in setting.items()}
+    )
+
+
+def _prefetch(cfg: Config, cells: Sequence[tuple]) -> None:
+    """Compute the (defense, attack, seed, setting, ...) cells the store lacks on worker processes."""
+    pool.prefetch(pool.defend_jobs([(_config(cfg, *cell[:4]), cell[0]) for cell in cells]))
+
+
 def _run(
     cfg: Config, defense: str, attack: str, seed: int, setting: Mapping[str, Any], name: str | None = None
 ) -> dict:
     from bdlib import experiment as ex
 
-    c = override(ex.with_run(cfg, attack=attack, seed=seed), {f"defenses.{defense}.{k}": v for k, v in setting.items()})
-    r = ex.defend(c, defense)
+    r = ex.defend(_config(cfg, defense, attack, seed, setting), defense)
     return {
         "defense": defense,
         "setting": name or label(setting),
@@ -99,13 +111,42 @@ def tuned(cfg: Config, names: Sequence[str]) -> list[str]:
 def sweep(cfg: Config, names: Sequence[str]) -> list[dict]:
     """One row per defense × setting × tuning attack × tuning seed, for the defenses of ``names``
     the protocol tunes (:func:`tuned`); cached: a rerun reads the store."""
-    return [
-        _run(cfg, d, a, s, setting)
+    cells = [
+        (d, a, s, setting)
         for d in tuned(cfg, names)
         for setting in settings(d, cfg.tuning.grid_points)
         for a in cfg.tuning.attacks
         for s in cfg.tuning.seeds
     ]
+    return _spend(cfg, cells)
+
+
+def _name(cell: tuple) -> str:
+    return cell[4] if len(cell) > 4 else label(cell[3])
+
+
+def far_settings(rows: Iterable[Mapping], max_cost: float, factor: float | None) -> set[tuple[str, str]]:
+    """The (defense, setting) pairs of ``rows`` (one tuning seed's) far from the bar: BA cost above
+    ``factor`` x ``max_cost`` on some attack, or diverged. Such a setting's mean cost can only come
+    within ``max_cost`` if a later seed costs less than ``(2 - factor) x max_cost`` (nothing, at the
+    default factor 2); none when ``factor`` is None."""
+    if factor is None:
+        return set()
+    return {(r["defense"], r["setting"]) for r in rows if r.get("diverged") or r["cost"] > factor * max_cost}
+
+
+def _spend(cfg: Config, cells: Sequence[tuple]) -> list[dict]:
+    """The rows of (defense, attack, seed, setting[, name]) ``cells``: every cell on the first
+    tuning seed, then the later seeds' cells of the settings not far from the bar there
+    (:func:`far_settings`, the same rule for every defense), in the order of ``cells``."""
+    first = [i for i, c in enumerate(cells) if c[2] == cfg.tuning.seeds[0]]
+    _prefetch(cfg, [cells[i] for i in first])
+    rows = {i: _run(cfg, *cells[i]) for i in first}
+    far = far_settings(rows.values(), cfg.tuning.max_cost, cfg.tuning.prune_factor)
+    later = [i for i, c in enumerate(cells) if i not in rows and (c[0], _name(c)) not in far]
+    _prefetch(cfg, [cells[i] for i in later])
+    rows.update({i: _run(cfg, *cells[i]) for i in later})
+    return [rows[i] for i in sorted(rows)]
 
 
 def aggregate(rows: Iterable[Mapping]) -> dict[str, dict[str, Any]]:
@@ -224,21 +265,18 @@ def variant_sweep(cfg: Config, attacks: Sequence[str]) -> list[dict]:
         return []
     chosen = cfg.tuning.variant_attacks
     attacks = [a for a in attacks if chosen is None or a in chosen]
-    return [
-        _run(cfg, "ntml", a, s, variant_setting(v), label(v))
-        for a in attacks
-        for s in variant_seeds(cfg, a)
-        for v in variants()
+    cells = [
+        ("ntml", a, s, variant_setting(v), label(v)) for a in attacks for s in variant_seeds(cfg, a) for v in variants()
     ]
+    return _spend(cfg, cells)
 
 
 def ml_contribution(cfg: Config, attacks: Sequence[str], seeds: Sequence[int]) -> list[dict]:
     """The profile's NT-ML and the same with λ = 0 (the ML stage reduced to fine-tuning the NT
     student on the clean data), per attack and seed: what mutual learning adds."""
-    rows = []
-    for lam in (cfg.defenses["ntml"].lam, 0.0):
-        rows += [{**_run(cfg, "ntml", a, s, {"lam": lam}), "lam": lam} for a in attacks for s in seeds]
-    return rows
+    cells = [("ntml", a, s, {"lam": lam}) for lam in (cfg.defenses["ntml"].lam, 0.0) for a in attacks for s in seeds]
+    _prefetch(cfg, cells)
+    return [{**_run(cfg, *cell), "lam": cell[3]["lam"]} for cell in cells]
 
 
 def select_variant(rows: Iterable[Mapping], max_cost: float = MAX_BA_COST) -> dict[str, Any] | None:
@@ -288,6 +326,7 @@ __all__ = [
     "settings",
     "label",
     "sweep",
+    "far_settings",
     "select",
     "aggregate",
     "reference",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bdlib import defenses, tune
-from bdlib.config import PROFILES, ConfigError
+from bdlib.config import PROFILES, ConfigError, override
 from bdlib.profiles import profile, resolve
 
 
@@ -50,7 +50,12 @@ def test_tuning_seeds_are_never_reported():
 
 def test_the_protocols_scope_narrows_the_sweeps_and_names_bad_defenses(monkeypatch):
     ran = []
-    monkeypatch.setattr(tune, "_run", lambda cfg, d, a, s, setting, name=None: ran.append(d) or {})
+
+    def fake(cfg, d, a, s, setting, name=None):
+        ran.append(d)
+        return {"defense": d, "setting": name or tune.label(setting), "cost": 0.0}
+
+    monkeypatch.setattr(tune, "_run", fake)
     cfg = resolve("smoke", overrides={"tuning.defenses": ["ft", "nad"]})
     assert tune.tuned(cfg, ["ntml", "nad", "ft"]) == ["nad", "ft"]
     tune.sweep(cfg, ["ntml", "nad", "ft", "anp"])
@@ -208,3 +213,48 @@ def test_backdoorbench_table_sets_each_reference_recipe_beside_the_published_num
     published = table.filter(like="BackdoorBench").iloc[:, 0]
     assert published["ft"] == 1.48 and published["ibau"] == "not quoted"
     assert table.filter(like="bdlib badnets ASR").iloc[:, 0]["ft"] == 40.0
+
+
+def test_far_settings_are_those_over_factor_times_the_bar_or_diverged():
+    rows = [
+        {"defense": "ft", "setting": "lr=0.01", "cost": 6.0},  # at the edge: kept
+        {"defense": "ft", "setting": "lr=0.1", "cost": 6.5},
+        {"defense": "nad", "setting": "lr=0.1", "cost": float("nan"), "diverged": "nan at epoch 2"},
+        {"defense": "nad", "setting": "lr=0.01", "cost": -1.0},
+    ]
+    assert tune.far_settings(rows, 3.0, 2.0) == {("ft", "lr=0.1"), ("nad", "lr=0.1")}
+    assert tune.far_settings(rows, 3.0, None) == set()
+
+
+def test_a_setting_far_from_the_bar_on_the_first_tuning_seed_is_not_run_on_the_next(monkeypatch):
+    costs = {"lr=0.001": 0.5, "lr=0.01": 5.0, "lr=0.1": 9.0}  # on the first seed; 2 x bar = 6
+    ran = []
+
+    def fake(cfg, d, a, s, setting, name=None):
+        ran.append((tune.label(setting), a, s))
+        return {
+            "defense": d,
+            "setting": tune.label(setting),
+            "attack": a,
+            "seed": s,
+            "cost": costs[tune.label(setting)],
+        }
+
+    monkeypatch.setattr(tune, "_run", fake)
+    monkeypatch.setattr(tune, "settings", lambda d, points=None: [{"lr": v} for v in (0.001, 0.01, 0.1)])
+    cfg = resolve("smoke", overrides={"tuning.defenses": ["ft"], "tuning.seeds": [100, 101]})
+    rows = tune.sweep(cfg, ["ft"])
+    later = {(s, a) for s, a, seed in ran if seed == 101}
+    assert later == {(s, a) for s in ("lr=0.001", "lr=0.01") for a in cfg.tuning.attacks}
+    assert len(ran) == len(rows) == 3 * len(cfg.tuning.attacks) + 2 * len(cfg.tuning.attacks)
+    assert cfg.tuning.attacks == ("badnets",)  # smoke's tuning attack: the rows in the order of the grid
+    assert [(r["setting"], r["seed"]) for r in rows] == [
+        ("lr=0.001", 100),
+        ("lr=0.001", 101),
+        ("lr=0.01", 100),
+        ("lr=0.01", 101),
+        ("lr=0.1", 100),
+    ]
+    ran.clear()
+    tune.sweep(override(cfg, {"tuning.prune_factor": None}), ["ft"])
+    assert len(ran) == 3 * 2 * len(cfg.tuning.attacks)
