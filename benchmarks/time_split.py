@@ -7,6 +7,12 @@ NAD's teachers) apart. A stage's seconds are also inside the defended model that
 it; the table subtracts them there, so the rows add up to the computing time.
 
     python benchmarks/time_split.py [STORE] [--markdown] [--used figures/provenance.json]
+        [--executed build/executed]
+
+With ``--executed`` (the executed notebooks of the run that filled the store, with papermill's
+timestamps), a second table splits each notebook's wall time into its kernel's start-up, the
+results computed while it ran (by their ``created`` time) and the rest: loading results,
+evaluations, embeddings and figures.
 
 STORE defaults to ``$BDLIB_CACHE`` or the project's ``.bdlib-cache``.
 """
@@ -17,6 +23,7 @@ import argparse
 import json
 import sys
 from collections import defaultdict
+from datetime import datetime
 from pathlib import Path
 
 from bdlib import paths
@@ -54,12 +61,50 @@ def split(store: Path, keys: set[str] | None = None) -> dict[str, dict[str, floa
     return dict(out)
 
 
+def _time(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+
+
+def by_notebook(store: Path, executed: Path) -> list[dict]:
+    """Per executed notebook: wall seconds, its kernel's start-up (until the first cell ran), the
+    own seconds of the results created while it ran (stages taken off their cells, as in
+    :func:`split`), and the rest."""
+    metas = [json.loads(p.read_text()) for p in store.glob("??/*/meta.json")]
+    rows = []
+    for nb_path in sorted(executed.glob("*.ipynb")):
+        nb = json.loads(nb_path.read_text())
+        pm = nb["metadata"].get("papermill", {})
+        if not pm.get("start_time") or not pm.get("end_time"):
+            continue
+        start, end = _time(pm["start_time"]), _time(pm["end_time"])
+        cells = [c["metadata"].get("papermill", {}) for c in nb["cells"] if c["cell_type"] == "code"]
+        first = min((_time(c["start_time"]) for c in cells if c.get("start_time")), default=start)
+        mine = [m for m in metas if "created" in m and start <= _time(m["created"]) <= end]
+        computed = sum(float(m.get("seconds", 0.0)) for m in mine if m.get("kind") != "defense_stage")
+        wall = (end - start).total_seconds()
+        start_up = (first - start).total_seconds()
+        rows.append(
+            {
+                "notebook": nb_path.stem,
+                "wall": wall,
+                "start-up": start_up,
+                "computed": computed,
+                "results": len(mine),
+                "rest": wall - start_up - computed,
+            }
+        )
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("store", nargs="?", type=Path, default=None)
     ap.add_argument("--markdown", action="store_true", help="a Markdown table (for benchmarks/README.md)")
     ap.add_argument(
         "--used", type=Path, default=None, help="a provenance.json: count only the results its figures used"
+    )
+    ap.add_argument(
+        "--executed", type=Path, default=None, help="the run's executed notebooks: a per-notebook table too"
     )
     args = ap.parse_args(argv)
     store = args.store or paths.cache_dir()
@@ -77,6 +122,13 @@ def main(argv: list[str] | None = None) -> int:
         for w, v in rows:
             print(f"{w:<32} {v['n']:>5.0f} {v['seconds']:>9.1f} s {100 * v['seconds'] / total:5.1f} %")
         print(f"{'all':<32} {sum(v['n'] for _, v in rows):>5.0f} {total:>9.1f} s")
+    if args.executed:
+        nbs = by_notebook(store, args.executed)
+        cols = ("wall", "start-up", "computed", "rest")
+        print("\n| notebook | results computed | " + " | ".join(f"{c} s" for c in cols) + " |")
+        print("|---|---:|" + "---:|" * len(cols))
+        for r in nbs + [{"notebook": "all", **{k: sum(r[k] for r in nbs) for k in ("results", *cols)}}]:
+            print(f"| {r['notebook']} | {r['results']} | " + " | ".join(f"{r[c]:,.0f}" for c in cols) + " |")
     return 0
 
 
