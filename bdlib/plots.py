@@ -505,7 +505,8 @@ def tradeoff(
 ) -> plt.Figure:
     """ASR against BA cost across each defense's tuning grid, one panel per attack.
 
-    ``rows`` are ``bdlib.tune.sweep`` rows (mean over seeds is plotted); each defense is one line
+    ``rows`` are ``bdlib.tune.sweep`` rows (mean over the seeds each setting ran on is plotted: a
+    setting far from the bar on the first tuning seed runs on that seed only); each defense is one line
     through its grid in declared order; ``chosen`` (``tune.select``) rings the chosen setting;
     ``reference`` (defense -> setting label, ``tune.reference``) marks the reference recipe with a
     square; ``max_cost`` shades the BA-cost bar. A defense that dominates lies left of and below
@@ -514,6 +515,9 @@ def tradeoff(
     import pandas as pd
 
     failed = {(r["attack"], r["defense"], r["setting"]) for r in rows if diverged(r)}
+    # Settings far from the bar on the first tuning seed run on that seed only (tune.far_settings).
+    seeds = pd.DataFrame(rows).groupby(["attack", "defense", "setting"], sort=False)["seed"].nunique()
+    pruned = bool(len(seeds)) and seeds.min() < seeds.max()
     df = pd.DataFrame(rows).groupby(["attack", "defense", "setting"], sort=False)[["cost", "ASR"]].mean().reset_index()
     # A setting with a diverged seed is drawn as a cross at the top of the panel, not as a mean.
     df["failed"] = [(a, d, s) in failed for a, d, s in zip(df["attack"], df["defense"], df["setting"])]
@@ -548,7 +552,9 @@ def tradeoff(
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, labels, ncols=min(7, len(labels)), loc="upper center", bbox_to_anchor=(0.5, 0.02))
     fig.suptitle(
-        "Every defense across its tuning grid\n(mean over the tuning seeds · ring: the protocol's choice · "
+        "Every defense across its tuning grid\n(mean over the tuning seeds"
+        + ("; over the first only where it cost more than twice the bar there)\n(" if pruned else " · ")
+        + "ring: the protocol's choice · "
         + ("square: the reference recipe · " if reference else "")
         + "grey: within the BA-cost bar"
         + (" · ×: a setting that diverged)" if failed else ")"),
