@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures as cf
+import dataclasses
 import logging
 import multiprocessing
 import os
+import signal
 import threading
 import time
 import types
@@ -98,12 +100,15 @@ def plan(jobs: Sequence[Job]) -> list[list[list[Job]]]:
     groups: dict[tuple, list[Job]] = {}
     for (fn, args), kind in todo:
         cfg = args[0]
-        if fn in (experiment.poisoned_model, experiment.clean_model):  # a victim (or clean model) itself
-            victims[(len(victims),)] = [(fn, args)]
-            continue
-        if kind in VICTIM_KINDS:  # a cell whose victim is missing: the victim first, once per attack and seed
-            victims.setdefault((cfg.attack, cfg.seed), [(experiment.poisoned_model, (cfg,))])
-        groups.setdefault(_group(fn, args), []).append((fn, args))
+        # One group per attack and seed (its trigger computed once), one per seed for clean models.
+        if fn is experiment.clean_model:
+            victims.setdefault(("clean", cfg.seed), []).append((fn, args))
+        elif fn is experiment.poisoned_model:  # a victim itself (several: e.g. two poisoning rates)
+            victims.setdefault((cfg.attack, cfg.seed), []).append((fn, args))
+        else:
+            if kind in VICTIM_KINDS and (cfg.attack, cfg.seed) not in victims:  # the victim first
+                victims[(cfg.attack, cfg.seed)] = [(experiment.poisoned_model, (cfg,))]
+            groups.setdefault(_group(fn, args), []).append((fn, args))
     phases = [list(victims.values()), sorted(groups.values(), key=len, reverse=True)]
     return [p for p in phases if p]
 
@@ -120,6 +125,8 @@ def _init(deterministic: bool, compile: bool) -> None:
     os.environ["OMP_NUM_THREADS"] = "1"
     os.environ[ENV] = "1"
     threading.Thread(target=_orphaned, args=(os.getppid(),), daemon=True).start()
+    # Ctrl-C and the runner's stop reach the whole process group: the parent handles them.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     import torch
 
     from bdlib.train import configure
@@ -133,7 +140,8 @@ def _run_group(group: list[Job]) -> list[str]:
     errors = []
     for fn, args in group:
         try:
-            fn(*args)
+            # No progress bars of its own: a worker's stderr is the terminal of the notebook's runner.
+            fn(dataclasses.replace(args[0], progress=False), *args[1:])
         except Exception as err:  # the loop recomputes it in the notebook's process and raises there
             errors.append(f"{fn.__name__} ({args[0].attack}, seed {args[0].seed}): {type(err).__name__}: {err}")
     return errors

@@ -52,6 +52,14 @@ def test_missing_computes_nothing_and_records_nothing(fresh_store):
     assert [kind for _, kind in found] == ["trigger", "trigger"]  # the first missing result of each: the victim's
     assert not any(root.glob("*/*/meta.json")) and store.USED == used
     assert [len(p) for p in pool.plan([(experiment.defend, (cfg, "ft"))])] == [1, 1]  # the victim, then the cell
+    # Victims that share a trigger (one attack and seed, two poisoning rates) run in one worker, in
+    # turn: the trigger is computed once, nobody waits on another's lock; clean models by seed.
+    other_rate = override(cfg, {"attacks.badnets.poison_rate": 0.05})
+    jobs = [(experiment.poisoned_model, (c,)) for c in (cfg, other_rate)] + [(experiment.clean_model, (cfg,))]
+    jobs.append((experiment.defend, (cfg, "ft")))
+    victims, cells = pool.plan(jobs)
+    assert [[args[0] for _, args in g] for g in victims] == [[cfg, other_rate], [cfg]]
+    assert [fn for fn, _ in victims[1]] == [experiment.clean_model] and len(cells) == 1
 
 
 def test_workers_compute_what_this_process_would(fresh_store, monkeypatch):
