@@ -22,7 +22,8 @@ from filelock import FileLock
 
 from bdlib import notebooks, paths, progress, provenance
 from bdlib.config import Config, as_dict
-from bdlib.store import UMASK, canonical_json, disk_full_named
+from bdlib.files import UMASK, disk_full_named
+from bdlib.store import canonical_json
 
 _clock = {"last": time.perf_counter()}
 # The parameter values the running notebook's kernel ran with (``bdlib.setup`` reads them from

@@ -25,7 +25,6 @@ import ast
 import contextlib
 import dataclasses
 import datetime as _dt
-import errno
 import functools
 import hashlib
 import json
@@ -48,6 +47,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
 
 from bdlib import progress
+from bdlib.files import UMASK, disk_full_named
 from bdlib.paths import cache_dir
 
 __all__ = [
@@ -65,9 +65,7 @@ __all__ = [
     "Store",
     "StoreAccessError",
     "canonical_json",
-    "disk_full_named",
     "check_root",
-    "UMASK",
     "NotStored",
     "probing",
 ]
@@ -99,17 +97,6 @@ def probing() -> Iterator[None]:
 
 class StoreAccessError(PermissionError):
     """A store entry or directory exists but this user may not read or write it."""
-
-
-def _read_umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-# The process's umask, read once at import (setting the umask to read it is not thread-safe):
-# what new entries and figures are opened up to.
-UMASK = _read_umask()
 
 
 def _access_error(path: Path, root: Path, doing: str) -> StoreAccessError:
@@ -152,28 +139,6 @@ def check_root(root: Path | None = None) -> Path:
         doing = "is not writable by you" if probe == root else f"cannot be created: {probe} is not writable by you"
         raise StoreAccessError(f"{where} {doing} (uid {os.getuid()}); {fix}")
     return root
-
-
-@contextlib.contextmanager
-def disk_full_named(directory: Path, what: str) -> Iterator[None]:
-    """Turn a write in the block that failed because ``directory``'s disk is full (an ENOSPC
-    OSError, or safetensors' error with "No space left on device") into one OSError(ENOSPC)
-    paragraph naming ``what`` and ``directory`` and its free space; other errors pass unchanged."""
-    try:
-        yield
-    except Exception as err:
-        if getattr(err, "errno", None) != errno.ENOSPC and "No space left on device" not in str(err):
-            raise
-        try:
-            free = f"{shutil.disk_usage(directory).free / 2**20:.0f} MiB free"
-        except OSError:
-            free = "free space unknown"
-        raise OSError(
-            errno.ENOSPC,
-            f"no space left on the disk of the {what} {directory} ({free}): nothing was half-written; free some "
-            f"space there, or point {'BDLIB_CACHE' if what == 'store' else 'BDLIB_FIGURES (--figures)'} at a "
-            "disk with room, and rerun (finished results are kept in the store).",
-        ) from None
 
 
 logger = logging.getLogger(__name__)
