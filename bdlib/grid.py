@@ -63,13 +63,10 @@ def cell_job(cfg: Config, cell: Cell) -> pool.Job:
 
 def run_cell(cfg: Config, cell: Cell) -> dict[str, Any]:
     """BA / ASR / RA (and DER, seconds) of one cell; computed once, then read from the store."""
-    from bdlib import experiment as ex
-
-    c = cell_config(cfg, cell)
+    fn, args = cell_job(cfg, cell)
+    run = fn(*args)
     if cell.defense in BASELINES:
-        run = ex.poisoned_model(c) if cell.defense == UNDEFENDED else ex.trigger_floor(c)
         return {**dataclasses.asdict(cell), **run.metrics, "DER": 0.5, "seconds": run.seconds}
-    run = ex.defend(c, cell.defense)
     return {**dataclasses.asdict(cell), **run.metrics, "seconds": run.seconds, **diverged_field(run)}
 
 

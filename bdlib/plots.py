@@ -516,9 +516,10 @@ def tradeoff(
 
     failed = {(r["attack"], r["defense"], r["setting"]) for r in rows if diverged(r)}
     # Settings far from the bar on the first tuning seed run on that seed only (tune.far_settings).
-    seeds = pd.DataFrame(rows).groupby(["attack", "defense", "setting"], sort=False)["seed"].nunique()
+    by_setting = pd.DataFrame(rows).groupby(["attack", "defense", "setting"], sort=False)
+    seeds = by_setting["seed"].nunique()
     pruned = bool(len(seeds)) and seeds.min() < seeds.max()
-    df = pd.DataFrame(rows).groupby(["attack", "defense", "setting"], sort=False)[["cost", "ASR"]].mean().reset_index()
+    df = by_setting[["cost", "ASR"]].mean().reset_index()
     # A setting with a diverged seed is drawn as a cross at the top of the panel, not as a mean.
     df["failed"] = [(a, d, s) in failed for a, d, s in zip(df["attack"], df["defense"], df["setting"])]
     df.loc[df["failed"], ["cost", "ASR"]] = float("nan")

@@ -7,8 +7,8 @@ such a loop runs, :func:`prefetch` finds which of its results the store lacks (w
 any: :func:`bdlib.store.probing`) and computes them on ``workers()`` processes. The loop then
 runs as it always did and reads every result from the store; the numbers are the same code's.
 
-Order: the victims (poisoned models, with their triggers) first, one job per attack and seed;
-then the rest, grouped so that cells sharing an upstream stage (an NT stage across ML variants,
+Order: the victims (poisoned models, with their triggers) first, one group per attack and seed
+(clean models one per seed); then the rest, grouped so that cells sharing an upstream stage (an NT stage across ML variants,
 an inversion across learning rates, an ANP mask across thresholds) run one after another in the
 same worker and compute it once. A job that fails in a worker is left to the loop, which
 computes it in the notebook's own process and raises the real error there.
@@ -42,7 +42,7 @@ from bdlib import progress
 from bdlib.store import NotStored, probing
 
 ENV = "BDLIB_WORKERS"
-MAX_AUTO = 8  # processes an unset $BDLIB_WORKERS may start (each holds the data and a model)
+MAX_AUTO = 8  # processes $BDLIB_WORKERS=auto may start (each holds the data and a model)
 VICTIM_KINDS = ("trigger", "poisoned_model", "clean_model")
 
 logger = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ def _group(fn: Callable, args: tuple) -> tuple:
 
 
 def plan(jobs: Sequence[Job]) -> list[list[list[Job]]]:
-    """Phases of groups of the missing jobs: the victims (one job per attack and seed), then the
+    """Phases of groups of the missing jobs: the victims (one group per attack and seed), then the
     rest grouped by :func:`_group`, the largest groups first. Empty when the store holds all."""
     from bdlib import experiment
 

@@ -430,12 +430,12 @@ def reading_diagnosis(cfg: Config, names: Sequence[str], seeds: Sequence[int], r
         setting = tune.variant_setting({"reading": reading, "ml_data": "clean"})
         return override(c, {f"defenses.ntml.{k}": v for k, v in setting.items()})
 
-    cfgs = [with_run(cfg, attack=a, seed=s) for a in names for s in seeds]
-    pool.prefetch(pool.defend_jobs([(variant(c, r), "ntml") for c in cfgs for r in readings]))
+    cfgs = {(a, s): with_run(cfg, attack=a, seed=s) for a in names for s in seeds}
+    pool.prefetch(pool.defend_jobs([(variant(c, r), "ntml") for c in cfgs.values() for r in readings]))
     rows = []
     for a in names:
         for s in seeds:
-            c = with_run(cfg, attack=a, seed=s)
+            c = cfgs[(a, s)]
             models = {"M0": poisoned_model(c).model}
             for r in readings:
                 run = defend(variant(c, r), "ntml")
@@ -669,8 +669,9 @@ def ntml_ablation(cfg: Config, attack: str, seed: int) -> list[dict]:
         "λ = 2": {"defenses.ntml.lam": 2.0},
     }
     c0 = with_run(cfg, attack=attack, seed=seed)
-    pool.prefetch(pool.defend_jobs([(override(c0, v), "ntml") for v in variants.values()] + [(c0, "ft")]))
-    rows = [{"variant": k, **defend(override(c0, v), "ntml").metrics} for k, v in variants.items()]
+    cfgs = {k: override(c0, v) for k, v in variants.items()}
+    pool.prefetch(pool.defend_jobs([(c, "ntml") for c in cfgs.values()] + [(c0, "ft")]))
+    rows = [{"variant": k, **defend(c, "ntml").metrics} for k, c in cfgs.items()]
     return rows + [{"variant": "fine-tuning", **defend(c0, "ft").metrics}]
 
 
