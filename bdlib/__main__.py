@@ -1,5 +1,5 @@
 import sys
 
-from bdlib.run import main
+from bdlib.runner.cli import main
 
 sys.exit(main())

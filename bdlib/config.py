@@ -47,7 +47,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class TuningConfig:
-    """The comparison protocol's scope (bdlib.tune): where every defense's grid runs, and the bar."""
+    """The comparison protocol's scope (bdlib.study.tune): where every defense's grid runs, and the bar."""
 
     seeds: tuple[int, ...] = (100, 101)  # tuning seeds: never among the reported seeds
     attacks: tuple[str, ...] = ("badnets", "blended")  # every defense's strength knob is tuned on these
@@ -59,10 +59,10 @@ class TuningConfig:
     # Spend where the answer is open: a setting whose BA cost on the first tuning seed exceeds
     # prune_factor x max_cost on any attack (or that diverged there) is not run on the later
     # seeds; it cannot be chosen unless its seeds disagree by more than 2 x max_cost points
-    # (bdlib.tune.far_settings). None: every setting on every seed.
+    # (bdlib.study.tune.far_settings). None: every setting on every seed.
     prune_factor: float | None = 2.0
     # At most this many values of each knob's grid, spread from weakest to strongest (both ends
-    # kept; bdlib.tune.thin); None: the whole grid. For CI-sized runs of the protocol's code path.
+    # kept; bdlib.study.tune.thin); None: the whole grid. For CI-sized runs of the protocol's code path.
     grid_points: int | None = None
     # The defenses the protocol tunes (None: every one a notebook runs); NT-ML's readings sweep
     # (notebook 03) runs where ntml is among them. The others keep the profile's values: on a GPU

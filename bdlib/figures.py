@@ -20,9 +20,10 @@ from typing import Any
 
 from filelock import FileLock
 
-from bdlib import notebooks, paths, progress, provenance
+from bdlib import paths, progress
 from bdlib.config import Config, as_dict
 from bdlib.files import UMASK, disk_full_named
+from bdlib.runner import notebooks, provenance
 from bdlib.store import canonical_json
 
 _clock = {"last": time.perf_counter()}
@@ -35,7 +36,7 @@ _SHOWN_SCALE = 100 / 150
 
 def start_clock(parameters: dict[str, Any] | None = None) -> None:
     """Called by ``bdlib.setup``: the first figure's seconds count from here; ``parameters`` are
-    the values the notebook runs with, when the kernel knows them (:func:`bdlib.kernel.ran_parameters`)."""
+    the values the notebook runs with, when the kernel knows them (:func:`bdlib.session.ran_parameters`)."""
     _clock["last"] = time.perf_counter()
     _ran["parameters"] = parameters
 

@@ -505,7 +505,7 @@ def tradeoff(
 ) -> plt.Figure:
     """ASR against BA cost across each defense's tuning grid, one panel per attack.
 
-    ``rows`` are ``bdlib.tune.sweep`` rows (mean over the seeds each setting ran on is plotted: a
+    ``rows`` are ``bdlib.study.tune.sweep`` rows (mean over the seeds each setting ran on is plotted: a
     setting far from the bar on the first tuning seed runs on that seed only); each defense is one line
     through its grid in declared order; ``chosen`` (``tune.select``) rings the chosen setting;
     ``reference`` (defense -> setting label, ``tune.reference``) marks the reference recipe with a

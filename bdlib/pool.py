@@ -38,8 +38,11 @@ from collections.abc import Callable, Sequence
 from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
-from bdlib import progress
+import torch
+
+from bdlib import experiment, progress
 from bdlib.store import NotStored, probing
+from bdlib.train import RUNTIME, configure
 
 ENV = "BDLIB_WORKERS"
 MAX_AUTO = 8  # processes $BDLIB_WORKERS=auto may start (each holds the data and a model)
@@ -93,8 +96,6 @@ def _group(fn: Callable, args: tuple) -> tuple:
 def plan(jobs: Sequence[Job]) -> list[list[list[Job]]]:
     """Phases of groups of the missing jobs: the victims (one group per attack and seed), then the
     rest grouped by :func:`_group`, the largest groups first. Empty when the store holds all."""
-    from bdlib import experiment
-
     todo = missing(jobs)
     victims: dict[tuple, list[Job]] = {}
     groups: dict[tuple, list[Job]] = {}
@@ -127,10 +128,6 @@ def _init(deterministic: bool, compile: bool) -> None:
     threading.Thread(target=_orphaned, args=(os.getppid(),), daemon=True).start()
     # Ctrl-C and the runner's stop reach the whole process group: the parent handles them.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    import torch
-
-    from bdlib.train import configure
-
     torch.set_num_threads(1)
     configure(deterministic, compile)
 
@@ -194,8 +191,6 @@ def prefetch(jobs: Sequence[Job]) -> int:
     phases = plan(jobs)
     if not phases:
         return 0
-    from bdlib.train import RUNTIME
-
     ex = _executor(n, (RUNTIME.deterministic, RUNTIME.compile))
     handed = 0
     for phase in phases:
@@ -211,11 +206,4 @@ def prefetch(jobs: Sequence[Job]) -> int:
     return handed
 
 
-def defend_jobs(cfgs_and_defenses: Sequence[tuple[Any, str]]) -> list[Job]:
-    """The jobs of ``experiment.defend(cfg, defense)`` for each pair."""
-    from bdlib import experiment
-
-    return [(experiment.defend, (c, d)) for c, d in cfgs_and_defenses]
-
-
-__all__ = ["ENV", "MAX_AUTO", "Job", "workers", "missing", "plan", "prefetch", "shutdown", "defend_jobs"]
+__all__ = ["ENV", "MAX_AUTO", "Job", "workers", "missing", "plan", "prefetch", "shutdown"]

@@ -119,7 +119,7 @@ def read_store_log(directory: Path) -> dict[str, Any]:
 
 
 def set_cell(number: int | None) -> None:
-    """A new notebook cell starts (called by the kernel's pre-run hook, see ``bdlib.kernel``)."""
+    """A new notebook cell starts (called by the kernel's pre-run hook, see ``bdlib.session``)."""
     _state["cell"], _state["step"] = number, ""
     _write_stage()
 

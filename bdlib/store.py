@@ -157,7 +157,9 @@ _STALE_TMP_SECONDS = 24 * 3600
 # separately (``module_hash`` in the spec its caller builds), so editing one defense does not
 # invalidate every cached model; the store, the runner, the reports and the plots never salt a
 # result. Each module counts by its code only (:func:`normalised_source`): comments, docstrings
-# and formatting do not change a key.
+# and formatting do not change a key, nor does a method module's ``PROFILES`` (its per-profile
+# values: they enter every result's key through its ``Params`` values, the config in the key, so
+# declaring them is not code that computes, and moving them must not change the module's hash).
 CORE_MODULES = (
     "data.py",
     "models.py",
@@ -173,7 +175,11 @@ _CODE_RE = re.compile(r"^([A-Za-z0-9_/]+\.py)@[0-9a-f]{16}$")
 
 def normalised_source(text: str) -> str:
     """A module's code without its comments, docstrings and formatting: the source Python
-    regenerates from the module's syntax tree with every docstring removed."""
+    regenerates from the module's syntax tree with every docstring removed, and without a
+    module-level ``PROFILES = {...}`` (a method's per-profile values, :mod:`bdlib.profiles`). Those
+    values enter every result's key through its ``Params`` values (the config in the key), so
+    where they are declared is not code that computes: the module's hash must not change when
+    they move or change. Only a dict display counts (``config.PROFILES``, a tuple of names, stays)."""
     tree = ast.parse(text)
     for node in ast.walk(tree):
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
@@ -184,6 +190,18 @@ def normalised_source(text: str) -> str:
                 and isinstance(first.value.value, str)
             ):
                 node.body = node.body[1:] or [ast.Pass()]
+
+    def declares_profiles(node: ast.stmt) -> bool:
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, ast.AnnAssign):
+            targets = [node.target]
+        else:
+            return False
+        named = len(targets) == 1 and isinstance(targets[0], ast.Name) and targets[0].id == "PROFILES"
+        return named and isinstance(node.value, ast.Dict)
+
+    tree.body = [node for node in tree.body if not declares_profiles(node)]
     return ast.unparse(tree)
 
 

@@ -4,7 +4,7 @@
 
 Either file is a metrics JSON written by notebook 06 (``figures/06_comparisons.json``) or a
 JSON object with a ``main`` (or ``grid``) list of grid rows. The ledger is recomputed from each
-file's rows with the same code (``bdlib.claims.ledger``), so the comparison is of the results,
+file's rows with the same code (``bdlib.study.claims.ledger``), so the comparison is of the results,
 not of what each run printed. Exit status 1 when a verdict differs.
 """
 
@@ -16,7 +16,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from bdlib import claims
+from bdlib.study import claims
 
 
 def rows(path: Path) -> list[dict]:

@@ -37,7 +37,7 @@ def one_mode(args: argparse.Namespace) -> dict:
     for c in cfgs:
         experiment.poisoned_model(c)
     pairs = [(c, d) for c in cfgs for d in args.defenses]
-    handed += pool.prefetch(pool.defend_jobs(pairs))
+    handed += pool.prefetch([(experiment.defend, (c, d)) for c, d in pairs])
     rows = [{"attack": c.attack, "defense": d, **experiment.defend(c, d).metrics} for c, d in pairs]
     return {"seconds": time.perf_counter() - t0, "handed": handed, "rows": rows}
 

@@ -56,8 +56,8 @@ def readme_story(readme: Path) -> str:
 
 def ledger_html(comparisons: Path) -> str:
     """The claims ledger of notebook 06's saved results as an HTML table (``id="claims-ledger"``),
-    with the columns of ``bdlib.claims.table``."""
-    from bdlib import claims
+    with the columns of ``bdlib.study.claims.table``."""
+    from bdlib.study import claims
 
     data = _load(comparisons)
     entries = data.get("metrics", {}).get("ledger")

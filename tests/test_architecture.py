@@ -118,8 +118,8 @@ def test_config_is_a_leaf():
 
 def test_the_library_never_imports_the_cli():
     graph = import_graph()
-    users = sorted(m for m, targets in graph.items() if "bdlib.run" in targets and m != "bdlib.__main__")
-    assert not users, f"library modules import the CLI (bdlib.run): {users}"
+    users = sorted(m for m, targets in graph.items() if "bdlib.runner.cli" in targets and m != "bdlib.__main__")
+    assert not users, f"library modules import the CLI (bdlib.runner.cli): {users}"
 
 
 def _private_uses(path: Path, here: str, mods: dict[str, Path]) -> list[str]:
@@ -261,3 +261,71 @@ class _Entry:
     tensors: dict
     meta: dict
     key: str
+
+
+# The floors of the house, from the bottom: the core and the method rooms, then the cells module
+# (one way to run a cell), then the study package (grid, protocol, readings, ledger,
+# measurements), then the report package (pure functions over rows) and the notebooks.
+ABOVE_CORE = ("bdlib.study", "bdlib.report")
+ENTRY_POINTS = ("bdlib.runner.cli", "bdlib.__main__")  # the command line sits on top, beside the notebooks
+
+
+def _in(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+def test_nothing_below_the_study_and_report_packages_imports_them():
+    graph = import_graph()
+    found = []
+    for module, targets in graph.items():
+        if any(_in(module, p) for p in ABOVE_CORE) or module in ENTRY_POINTS:
+            continue
+        found += [f"{module} imports {t}" for t in sorted(targets) if any(_in(t, p) for p in ABOVE_CORE)]
+    assert not found, "modules below the study and report packages import them:\n" + "\n".join(found)
+
+
+def test_the_report_package_imports_nothing_that_computes():
+    """The report package formats rows; whatever computes goes through bdlib.cells, the study
+    package or bdlib.experiment, none of which it may import."""
+    graph = import_graph()
+    computes = ("bdlib.experiment", "bdlib.cells", "bdlib.pool", "bdlib.train", "bdlib.study")
+    found = [
+        f"{m} imports {t}"
+        for m, targets in graph.items()
+        if _in(m, "bdlib.report")
+        for t in sorted(targets)
+        if any(_in(t, c) for c in computes)
+    ]
+    assert not found, "\n".join(found)
+
+
+def test_the_method_rooms_import_neither_the_study_nor_the_cells():
+    graph = import_graph()
+    rooms = [m for m in graph if _in(m, "bdlib.attacks") or _in(m, "bdlib.defenses")]
+    found = [f"{m} imports {t}" for m in rooms for t in sorted(graph[m]) if t in ("bdlib.cells", "bdlib.experiment")]
+    assert not found, "\n".join(found)
+
+
+def test_the_ledger_names_only_registered_defenses_and_attacks():
+    from bdlib import attacks, defenses
+    from bdlib.study import claims
+
+    named = {c.defense for c in claims.CLAIMS} | {r for c in claims.CLAIMS for r in c.rivals}
+    assert named <= set(defenses.REGISTRY), (
+        f"claims name unregistered defenses: {sorted(named - set(defenses.REGISTRY))}"
+    )
+    assert set(claims.BASELINE_DEFENSES) <= set(defenses.REGISTRY)
+    used = {a for c in claims.CLAIMS for a in c.attacks}
+    assert used <= set(attacks.REGISTRY), f"claims name unregistered attacks: {sorted(used - set(attacks.REGISTRY))}"
+    assert claims.RIVALS == claims.rivals(defenses.REGISTRY)
+
+
+def test_the_rivals_come_from_the_registry():
+    from bdlib import defenses
+    from bdlib.study import claims
+
+    reg = dict(defenses.REGISTRY)
+    assert "mcldef" not in claims.RIVALS and "none_published" not in claims.RIVALS  # told the target; a variant
+    assert "mcldef_detect" in claims.RIVALS and "ntml" not in claims.RIVALS and "ft" not in claims.RIVALS
+    reg["toy"] = dataclasses.replace(defenses.get("ft"), name="toy")
+    assert claims.rivals(reg) == (*claims.RIVALS, "toy")

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from bdlib import claims, defenses
-from bdlib.claims import Claim
+from bdlib import defenses
+from bdlib.study import claims
+from bdlib.study.claims import Claim
 
 SEEDS = (0, 1, 2)
 

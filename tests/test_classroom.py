@@ -9,9 +9,9 @@ import types
 import nbformat
 import pytest
 
-from bdlib import classroom
-from bdlib.notebooks import notebooks
-from bdlib.run import main
+from bdlib.runner import classroom
+from bdlib.runner.cli import main
+from bdlib.runner.notebooks import notebooks
 
 SOURCES = {p.stem: json.loads(p.read_text(encoding="utf-8")) for p in notebooks()}
 WITH_EXERCISES = [name for name, nb in SOURCES.items() if classroom.has_exercises(nb)]

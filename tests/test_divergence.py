@@ -9,8 +9,9 @@ from defense_context import tiny_cnn
 
 matplotlib.use("Agg")
 
-from bdlib import claims, plots, tune  # noqa: E402
+from bdlib import plots  # noqa: E402
 from bdlib.config import TrainConfig  # noqa: E402
+from bdlib.study import claims, tune  # noqa: E402
 from bdlib.train import TrainingDiverged, fit  # noqa: E402
 
 
@@ -73,9 +74,10 @@ def test_figures_draw_a_diverged_cell_as_such():
 
 
 def test_defend_stores_a_diverged_cell_naming_the_defense_lr_field_attack_and_seed(tmp_path, monkeypatch):
-    from bdlib import experiment, grid
+    from bdlib import experiment
     from bdlib.config import override
     from bdlib.profiles import resolve
+    from bdlib.study import grid
 
     monkeypatch.setenv("BDLIB_CACHE", str(tmp_path))
     experiment.store.cache_clear()

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from runner import REPO
 
-from bdlib import run
-from bdlib.notebooks import NOTEBOOKS, notebooks, parameters
+from bdlib.runner import cli
+from bdlib.runner.notebooks import NOTEBOOKS, notebooks, parameters
 
 ALL = notebooks()
 
@@ -24,7 +24,7 @@ def test_every_notebook_has_the_standard_parameters():
 
 def _main(tmp: Path, capsys, *argv: str) -> tuple[int, str, str]:
     """The runner's CLI in this process (its refusals come before any kernel or subprocess)."""
-    code = run.main(["run", *argv, "--figures", str(tmp / "figures"), "--out", str(tmp / "executed")])
+    code = cli.main(["run", *argv, "--figures", str(tmp / "figures"), "--out", str(tmp / "executed")])
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -98,7 +98,7 @@ def test_each_parameter_goes_to_the_notebooks_that_declare_it_all_checked_before
     tmp_path, capsys, monkeypatch
 ):
     ran = []
-    monkeypatch.setattr(run, "run_notebook", lambda path, params, out, figures: ran.append((path.stem, params)) or 0.0)
+    monkeypatch.setattr(cli, "run_notebook", lambda path, params, out, figures: ran.append((path.stem, params)) or 0.0)
     code, _, err = _main(
         tmp_path, capsys, "02", "03", "--profile", "smoke", "-p", "taus", "[2.0]", "-p", "budgets", "[0.05]"
     )

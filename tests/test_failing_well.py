@@ -19,10 +19,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from bdlib import figures, progress, run
+from bdlib import figures, progress
 from bdlib.config import TrainConfig
-from bdlib.notebooks import check_parameters, notebooks, parse_value
 from bdlib.profiles import profile
+from bdlib.runner import cli
+from bdlib.runner.notebooks import check_parameters, notebooks, parse_value
 from bdlib.store import Store
 from bdlib.train import TrainingDiverged, fit
 
@@ -111,7 +112,7 @@ def test_a_successful_run_moves_its_figures_into_place_and_lists_store_repairs(t
 def test_a_killed_kernel_is_one_paragraph_about_memory(tmp_path):
     before = _old_figures(tmp_path)
     kill = "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n"
-    nb = _notebook(tmp_path / "killed.ipynb", "from bdlib import kernel\nkernel.prepare()\n", SAVE + kill)
+    nb = _notebook(tmp_path / "killed.ipynb", "from bdlib import session\nsession.prepare()\n", SAVE + kill)
     proc = _runner(tmp_path, nb)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 1
@@ -146,7 +147,7 @@ def test_ctrl_c_is_one_paragraph_saying_a_rerun_resumes(tmp_path):
 
 
 def _main(*argv: str, capsys) -> tuple[int, str]:
-    code = run.main(["run", *argv])
+    code = cli.main(["run", *argv])
     return code, capsys.readouterr().err
 
 
@@ -203,7 +204,7 @@ def test_store_repairs_reach_the_runner_and_its_summary(tmp_path, monkeypatch):
     counts = progress.read_store_log(tmp_path)
     assert len(counts["notices"]) == 1 and entry.key[:12] in counts["notices"][0]
     assert "corrupt" in counts["notices"][0] and "recomputed" in counts["notices"][0]
-    assert run.store_summary(counts) == (
+    assert cli.store_summary(counts) == (
         "2 results computed (2 model), 0 loaded from the store, 1 store repair (listed above)"
     )
 

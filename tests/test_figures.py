@@ -77,17 +77,22 @@ def test_flagged_examples_group_poisons_by_the_defense_flags(monkeypatch):
 
     import torch
 
-    from bdlib import plots, report
+    from bdlib import experiment, plots
+    from bdlib.report import none
+    from bdlib.study import measure
 
     y = torch.tensor([0, 1, 2, 2, 1, 0])
     x = torch.arange(6, dtype=torch.uint8).view(6, 1, 1, 1).expand(6, 1, 2, 2).contiguous()
     poison_idx = torch.tensor([False, True, True, True, False, True])
     flagged = torch.tensor([True, True, False, False, False, True])  # index 0 is a false alarm
-    monkeypatch.setattr(report, "run_data", lambda cfg: SimpleNamespace(y_train=y, classes=("a", "b", "c")))
+    monkeypatch.setattr(experiment, "run_data", lambda cfg: SimpleNamespace(y_train=y, classes=("a", "b", "c")))
     monkeypatch.setattr(
-        report, "poisoned_model", lambda cfg: SimpleNamespace(poisoned=SimpleNamespace(x=x, poison_idx=poison_idx))
+        experiment, "poisoned_model", lambda cfg: SimpleNamespace(poisoned=SimpleNamespace(x=x, poison_idx=poison_idx))
     )
-    rows, captions, missed = report.flagged_examples(SimpleNamespace(cfg=None, record=SimpleNamespace(flagged=flagged)))
+    training = measure.training_set(None)  # the poisoned set, its true labels and class names, from the store
+    assert training["x"] is x and training["poison_idx"] is poison_idx and training["y"] is y
+    run = SimpleNamespace(cfg=None, record=SimpleNamespace(flagged=flagged))
+    rows, captions, missed = none.flagged_examples(run, training)
     assert rows["caught"][:, 0, 0, 0].tolist() == [1, 5] and captions["caught"] == ["b", "a"]
     assert rows["missed"][:, 0, 0, 0].tolist() == [2, 3] and captions["missed"] == ["c", "c"]
     assert missed == {"a": 0, "b": 0, "c": 2}

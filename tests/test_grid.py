@@ -3,9 +3,9 @@ import dataclasses
 import pytest
 import torch
 
-from bdlib import grid
 from bdlib.config import override
 from bdlib.profiles import resolve
+from bdlib.study import grid
 
 
 def test_cells_cover_the_product_and_undefended_once_per_attack_and_seed():
@@ -62,7 +62,7 @@ def test_dask_grid_agrees_with_the_sequential_grid(tmp_path, monkeypatch):
 
 def test_close_dask_stops_a_local_cluster_and_accepts_none():
     distributed = pytest.importorskip("dask.distributed", reason="the [dask] extra is not installed")
-    from bdlib.grid import close_dask
+    from bdlib.study.grid import close_dask
 
     close_dask(None)
     cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None)

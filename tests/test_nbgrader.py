@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from bdlib.run import main
+from bdlib.runner.cli import main
 
 BIN = Path(sys.executable).parent  # the virtualenv's bin/ (sys.executable not resolved: a venv's python is a link)
 NBGRADER = BIN / "nbgrader"

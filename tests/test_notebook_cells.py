@@ -7,7 +7,7 @@ included.
 
 import json
 
-from bdlib.notebooks import notebooks
+from bdlib.runner.notebooks import notebooks
 
 MAX_LINES = 8
 MAX_WIDTH = 100

@@ -8,7 +8,7 @@ either printed by code instead or, if it really is a setting, added below with i
 import json
 import re
 
-from bdlib.notebooks import notebooks
+from bdlib.runner.notebooks import notebooks
 
 RESULT_LIKE = re.compile(r"\d+(?:\.\d+)?(?:\s?%|×)|\d+\.\d+")
 ALLOWED = {

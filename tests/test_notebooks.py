@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from runner import run_notebooks as _run
 
-from bdlib.notebooks import notebooks
+from bdlib.runner.notebooks import notebooks
 
 ALL = notebooks()
 

@@ -28,8 +28,9 @@ import torch
 from poisoning_checks import assert_every_attack_poisons
 from test_data import make_cifar10, make_cifar100
 
-from bdlib import attacks, data, defenses, tune
-from bdlib.notebooks import notebooks
+from bdlib import attacks, data, defenses
+from bdlib.runner.notebooks import notebooks
+from bdlib.study import tune
 
 REPO = Path(__file__).resolve().parent.parent
 SEEDS = [0]
@@ -259,12 +260,13 @@ def test_paper_on_the_cpu_warns_with_an_estimate(tiny_data):
 def test_describe_prints_the_seeds_used_and_new_model_keeps_the_global_rng(tiny_data):
     from bdlib import experiment as ex
     from bdlib import session
-    from bdlib.report import describe, seed_list
+    from bdlib.report.common import describe, seed_list
+    from bdlib.study.measure import kernels
 
     write_data(tiny_data)
     cfg = session.setup("paper", device="cpu", overrides=OVERRIDES)
-    assert "seeds [0, 1, 2]" in describe(cfg)
-    text = describe(cfg, ["none"], seed_list(cfg, [7, 3]))
+    assert "seeds [0, 1, 2]" in describe(cfg, kernels(cfg))
+    text = describe(cfg, kernels(cfg), ["none"], seed_list(cfg, [7, 3]))
     assert "seeds [7, 3]" in text and "seeds [0, 1, 2]" not in text
     assert "float32, deterministic kernels" in text
     torch.manual_seed(123)

@@ -7,8 +7,9 @@ import os
 
 import pytest
 
-from bdlib import kernel, paths, progress, run
+from bdlib import paths, progress, session
 from bdlib.config import ConfigError
+from bdlib.runner import cli
 
 # ---------------------------------------------------------------- where output goes
 
@@ -95,8 +96,8 @@ def test_store_events_are_counted_from_the_log(tmp_path, monkeypatch):
         s.get_or_compute("thing", spec, lambda: ({"w": torch.ones(1)}, {}))
     counts = progress.read_store_log(tmp_path / "status")
     assert counts == {"computed": {"thing": 2}, "loaded": {"thing": 2}, "notices": [], "diverged": []}
-    assert run.store_summary(counts) == "2 results computed (2 thing), 2 loaded from the store"
-    assert run.store_summary({"computed": {}, "loaded": {"x": 1}}) == "0 results computed, 1 loaded from the store"
+    assert cli.store_summary(counts) == "2 results computed (2 thing), 2 loaded from the store"
+    assert cli.store_summary({"computed": {}, "loaded": {"x": 1}}) == "0 results computed, 1 loaded from the store"
 
 
 class _Terminal(io.StringIO):
@@ -114,7 +115,7 @@ def test_runner_live_line_on_a_terminal_and_plain_lines_otherwise(tmp_path, monk
         it = iter(progress.bar(range(6), "fit", show=False))
         next(it), next(it), next(it)
         term, plain = _Terminal(), io.StringIO()
-        with run.Live("01_poisoning", tmp_path, 17, term), run.Live("01_poisoning", tmp_path, 17, plain, every=0.5):
+        with cli.Live("01_poisoning", tmp_path, 17, term), cli.Live("01_poisoning", tmp_path, 17, plain, every=0.5):
             time.sleep(1.3)
     shown = term.getvalue()
     assert "\r\033[K01_poisoning · cell 4/17 · training the blended victim, seed 2 · fit · epoch 3/6" in shown
@@ -125,7 +126,7 @@ def test_runner_live_line_on_a_terminal_and_plain_lines_otherwise(tmp_path, monk
 
 
 def test_last_run_time_comes_from_the_manifest(tmp_path):
-    assert run.last_seconds(tmp_path, "01_poisoning", "quick") is None
+    assert cli.last_seconds(tmp_path, "01_poisoning", "quick") is None
     (tmp_path / "manifest.json").write_text(
         json.dumps(
             {
@@ -136,8 +137,8 @@ def test_last_run_time_comes_from_the_manifest(tmp_path):
             }
         )
     )
-    assert run.last_seconds(tmp_path, "01_poisoning", "quick") == 120.5
-    assert run.last_seconds(tmp_path, "01_poisoning", "paper") is None
+    assert cli.last_seconds(tmp_path, "01_poisoning", "quick") == 120.5
+    assert cli.last_seconds(tmp_path, "01_poisoning", "paper") is None
 
 
 def test_warnings_written_by_cells_are_collected_for_the_runner():
@@ -155,7 +156,7 @@ def test_warnings_written_by_cells_are_collected_for_the_runner():
             {"outputs": [{"output_type": "stream", "name": "stdout", "text": "RuntimeWarning: printed\n"}]},
         ]
     }
-    assert run.notebook_warnings(nb) == ["cell 0: x.py:3: UserWarning: bdlib: few poisons"]
+    assert cli.notebook_warnings(nb) == ["cell 0: x.py:3: UserWarning: bdlib: few poisons"]
 
 
 # ---------------------------------------------------------------- papermill parameters, quiet logs
@@ -167,22 +168,22 @@ NOTEBOOK_PARAMS = 'profile = "quick"\nattacks = "all"\nseeds = None\n'
 def test_an_injected_parameter_the_notebook_lacks_is_refused_with_the_valid_names():
     history = ["", NOTEBOOK_PARAMS, '# Parameters\nprofile = "smoke"\natack = "badnets"\n', "cfg = bdlib.setup(...)"]
     with pytest.raises(ConfigError) as err:
-        kernel.check_injected_parameters(history)
+        session.check_injected_parameters(history)
     assert "'atack'" in str(err.value) and "profile, attacks, seeds" in str(err.value)
     assert "'profile'" not in str(err.value).split(";")[0]
 
 
 def test_known_injected_parameters_and_runs_without_papermill_pass():
-    kernel.check_injected_parameters(["", NOTEBOOK_PARAMS, '# Parameters\nprofile = "smoke"\nseeds = [0]\n'])
-    kernel.check_injected_parameters(["", NOTEBOOK_PARAMS, "cfg = bdlib.setup(profile)"])  # JupyterLab
-    kernel.check_injected_parameters([])
-    assert kernel.assigned_names("a = 1\nb: int = 2\nprint(a)\nc.d = 3\n") == ["a", "b"]
-    kernel.prepare()  # outside a kernel: nothing to do, no error
+    session.check_injected_parameters(["", NOTEBOOK_PARAMS, '# Parameters\nprofile = "smoke"\nseeds = [0]\n'])
+    session.check_injected_parameters(["", NOTEBOOK_PARAMS, "cfg = bdlib.setup(profile)"])  # JupyterLab
+    session.check_injected_parameters([])
+    assert session.assigned_names("a = 1\nb: int = 2\nprint(a)\nc.d = 3\n") == ["a", "b"]
+    session.prepare()  # outside a kernel: nothing to do, no error
 
 
 def test_dask_nanny_shutdown_warning_is_dropped_and_other_warnings_are_kept(caplog):
-    kernel.quiet_dask()
-    kernel.quiet_dask()  # idempotent
+    session.quiet_dask()
+    session.quiet_dask()  # idempotent
     log = logging.getLogger("distributed.nanny")
     with caplog.at_level(logging.WARNING, logger="distributed.nanny"):
         log.warning("Worker process still alive after 3.2 seconds, killing")
@@ -191,7 +192,7 @@ def test_dask_nanny_shutdown_warning_is_dropped_and_other_warnings_are_kept(capl
 
 
 def test_openmp_waits_passively_only_beside_a_busy_process_and_keeps_the_users_choice(tmp_path):
-    from bdlib import openmp
+    from bdlib.runner import openmp
 
     assert openmp.kernel_env(0.1, environ={}) == {}  # quiet: OpenMP's default, the fastest idle
     assert openmp.kernel_env(None, environ={}) == {}  # not measurable (no /proc/stat)

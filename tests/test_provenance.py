@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from bdlib import notebooks, provenance, store
+from bdlib import store
+from bdlib.runner import notebooks, provenance
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = '''"""A method module."""

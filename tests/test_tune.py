@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from bdlib import defenses, tune
+from bdlib import cells, defenses
 from bdlib.config import PROFILES, ConfigError, override
 from bdlib.profiles import profile, resolve
+from bdlib.study import readings, tune
 
 
 def row(defense, setting, attack, seed, cost, asr, der=0.5):
@@ -51,18 +52,18 @@ def test_tuning_seeds_are_never_reported():
 def test_the_protocols_scope_narrows_the_sweeps_and_names_bad_defenses(monkeypatch):
     ran = []
 
-    def fake(cfg, d, a, s, setting, name=None):
-        ran.append(d)
-        return {"defense": d, "setting": name or tune.label(setting), "cost": 0.0}
+    def fake(cfg, cs):
+        ran.extend(c.defense for c in cs)
+        return [{"defense": c.defense, "setting": c.label, "cost": 0.0} for c in cs]
 
-    monkeypatch.setattr(tune, "_run", fake)
+    monkeypatch.setattr(cells, "run", fake)
     cfg = resolve("smoke", overrides={"tuning.defenses": ["ft", "nad"]})
     assert tune.tuned(cfg, ["ntml", "nad", "ft"]) == ["nad", "ft"]
     tune.sweep(cfg, ["ntml", "nad", "ft", "anp"])
     assert set(ran) == {"nad", "ft"} and len(ran) == len(tune.settings("nad", 2)) + len(tune.settings("ft", 2))
-    assert tune.variant_sweep(cfg, ["badnets"]) == [] and tune.select_variant([]) is None
+    assert readings.variant_sweep(cfg, ["badnets"]) == [] and readings.select_variant([]) is None
     ran.clear()
-    tune.variant_sweep(resolve("smoke"), ["badnets"])
+    readings.variant_sweep(resolve("smoke"), ["badnets"])
     assert ran and set(ran) == {"ntml"}
     with pytest.raises(ConfigError, match="tuning.defenses: defense 'ftt' is unknown.*choose one of"):
         resolve("smoke", overrides={"tuning.defenses": ["ftt"]})
@@ -96,9 +97,9 @@ def test_select_falls_back_to_the_smallest_cost():
 def test_select_variant_best_der_within_the_bar():
     rows = [row("ntml", "v1", a, 100, 1.0, 10.0, der=0.90) for a in ("badnets", "sig")]
     rows += [row("ntml", "v2", "badnets", 100, 1.0, 1.0, der=0.99), row("ntml", "v2", "sig", 100, 3.5, 1.0, der=0.97)]
-    chosen = tune.select_variant(rows)
+    chosen = readings.select_variant(rows)
     assert chosen["setting"] == "v1" and chosen["qualified"]
-    assert tune.select_variant([r for r in rows if r["setting"] == "v2"])["qualified"] is False
+    assert readings.select_variant([r for r in rows if r["setting"] == "v2"])["qualified"] is False
 
 
 def test_labels_and_profile_mismatches():
@@ -125,26 +126,26 @@ def test_variants_vary_one_factor_at_a_time_around_the_defaults():
     from bdlib.defenses import ntml
 
     base = ntml.Params()
-    vs = tune.variants()
+    vs = readings.variants()
     assert len({tune.label(v) for v in vs}) == len(vs)  # no variant twice
-    assert vs[0] == {k: getattr(base, k) for k in tune.VARIANT_FIELDS}  # the defaults first
-    for field, values in tune.VARIANT_VALUES.items():  # every value tried, the default among them
+    assert vs[0] == {k: getattr(base, k) for k in readings.VARIANT_FIELDS}  # the defaults first
+    for field, values in readings.VARIANT_VALUES.items():  # every value tried, the default among them
         assert getattr(base, field) in values and {v[field] for v in vs} == set(values), field
     # issue #30 (4): the three new readings are in the sweep
     assert {"complementary", "clean+agree", "poisoned"} <= {x for v in vs for x in v.values()}
     for v in vs:  # each differs from the defaults in at most one field
-        assert list(v) == list(tune.VARIANT_FIELDS)
-        assert sum(v[k] != getattr(base, k) for k in tune.VARIANT_FIELDS) <= 1, v
+        assert list(v) == list(readings.VARIANT_FIELDS)
+        assert sum(v[k] != getattr(base, k) for k in readings.VARIANT_FIELDS) <= 1, v
         ntml.Params(**v).validate()
 
 
 def test_variant_seeds_keep_both_for_the_tuning_attacks_only():
     cfg = profile("quick")
     assert cfg.tuning.seeds == (100, 101) and cfg.tuning.other_attack_seeds == 1
-    assert tune.variant_seeds(cfg, "badnets") == (100, 101)
-    assert tune.variant_seeds(cfg, "narcissus") == (100,)
+    assert readings.variant_seeds(cfg, "badnets") == (100, 101)
+    assert readings.variant_seeds(cfg, "narcissus") == (100,)
     every = resolve("quick", overrides={"tuning.other_attack_seeds": None})
-    assert tune.variant_seeds(every, "narcissus") == (100, 101)
+    assert readings.variant_seeds(every, "narcissus") == (100, 101)
     for bad in (0, -1):
         with pytest.raises(ConfigError, match=r"'tuning.other_attack_seeds' must be an integer >= 1 or None"):
             resolve("quick", overrides={"tuning.other_attack_seeds": bad})
@@ -160,7 +161,7 @@ def test_every_attack_weighs_the_same_however_many_seeds_it_ran_on():
     rows += [row("ntml", "v1", "sig", 100, 1.0, 90.0, der=0.1)]
     rows += [row("ntml", "v2", "badnets", s, 1.0, 90.0, der=0.1) for s in (100, 101)]
     rows += [row("ntml", "v2", "sig", 100, 1.0, 5.0, der=0.95)]
-    chosen = tune.select_variant(rows)
+    chosen = readings.select_variant(rows)
     assert chosen["setting"] == "v2" and chosen["DER"] == pytest.approx((0.1 + 0.95) / 2)
     assert chosen["ASR"] == pytest.approx((90.0 + 5.0) / 2)
 
@@ -188,7 +189,8 @@ def test_every_grid_contains_its_reference_recipe_as_a_point():
 
 
 def test_reference_rows_say_which_defenses_fail_even_at_their_reference_recipe():
-    from bdlib import report
+    from bdlib.report import comparisons
+    from bdlib.study import claims, measure
 
     ref = tune.reference("ft")
     rows = [
@@ -196,20 +198,22 @@ def test_reference_rows_say_which_defenses_fail_even_at_their_reference_recipe()
         for a, asr in (("badnets", 40.0), ("blended", 20.0))
         for s in (100, 101)
     ] + [{"defense": "ft", "setting": "other", "attack": "badnets", "seed": 100, "ASR": 0.0, "DER": 1.0, "cost": 0.0}]
-    (row,) = report.reference_rows(rows, 3.0)
+    (row,) = measure.reference_rows(rows, 3.0)
     assert row["reference"] == ref and row["ASR"] == 30.0 and row["cost"] == 1.0 and not row["defends"]
-    assert report.reference_note(rows, 3.0).endswith("even at their reference recipe, on the tuning seeds: ft")
+    note = comparisons.reference_note(measure.reference_rows(rows, 3.0), 3.0, claims.BAR_ASR)
+    assert note.endswith("even at their reference recipe, on the tuning seeds: ft")
 
 
 def test_backdoorbench_table_sets_each_reference_recipe_beside_the_published_number():
-    from bdlib import report
+    from bdlib.report import comparisons
+    from bdlib.study import measure
 
     rows = [
         {"defense": d, "setting": tune.reference(d), "attack": a, "seed": 100, "ASR": asr, "DER": 0.6, "cost": 1.0}
         for d, asr in (("ft", 40.0), ("ibau", 60.0))
         for a in ("badnets", "blended")
     ]
-    table = report.backdoorbench_table(rows, 3.0)
+    table = comparisons.backdoorbench_table(measure.reference_rows(rows, 3.0, attack="badnets"))
     published = table.filter(like="BackdoorBench").iloc[:, 0]
     assert published["ft"] == 1.48 and published["ibau"] == "not quoted"
     assert table.filter(like="bdlib badnets ASR").iloc[:, 0]["ft"] == 40.0
@@ -230,17 +234,14 @@ def test_a_setting_far_from_the_bar_on_the_first_tuning_seed_is_not_run_on_the_n
     costs = {"lr=0.001": 0.5, "lr=0.01": 5.0, "lr=0.1": 9.0}  # on the first seed; 2 x bar = 6
     ran = []
 
-    def fake(cfg, d, a, s, setting, name=None):
-        ran.append((tune.label(setting), a, s))
-        return {
-            "defense": d,
-            "setting": tune.label(setting),
-            "attack": a,
-            "seed": s,
-            "cost": costs[tune.label(setting)],
-        }
+    def fake(cfg, cs):
+        ran.extend((c.label, c.attack, c.seed) for c in cs)
+        return [
+            {"defense": c.defense, "setting": c.label, "attack": c.attack, "seed": c.seed, "cost": costs[c.label]}
+            for c in cs
+        ]
 
-    monkeypatch.setattr(tune, "_run", fake)
+    monkeypatch.setattr(cells, "run", fake)
     monkeypatch.setattr(tune, "settings", lambda d, points=None: [{"lr": v} for v in (0.001, 0.01, 0.1)])
     cfg = resolve("smoke", overrides={"tuning.defenses": ["ft"], "tuning.seeds": [100, 101]})
     rows = tune.sweep(cfg, ["ft"])

@@ -124,6 +124,100 @@ def apply(x: torch.Tensor, trigger: Trigger, params: Params, test: bool) -> torc
     return add(x, trigger["delta"] * (params.test_scale if test else 1.0))
 
 
+# What each profile changes from Params' defaults (bdlib.profiles reads it; the store's code hash skips it):
+# profile -> registry name -> field -> (value, why: rule / budget / setting / ci, the reason).
+PROFILES = {
+    "smoke": {
+        # Quick's gentle warm-up (lr 0.01 on one class collapsed the surrogate to "always target":
+        # δ peaked at 1.6e-10 and poisoned nothing) and 20 synthesis epochs (δ peaks at ~9/255; 5 gave
+        # under 1/255, rounded away in uint8). Attacks need not succeed at 2 epochs on 2k images.
+        "narcissus": {
+            "poison_rate": (
+                0.05,
+                "ci",
+                "CI-sized: every notebook's code path in about two minutes; results mean nothing",
+            ),
+            "pood_size": (
+                2000,
+                "ci",
+                "CI-sized: every notebook's code path in about two minutes; results mean nothing",
+            ),
+            "surrogate_epochs": (
+                1,
+                "ci",
+                "CI-sized: every notebook's code path in about two minutes; results mean nothing",
+            ),
+            "warmup_epochs": (
+                1,
+                "ci",
+                "CI-sized: every notebook's code path in about two minutes; results mean nothing",
+            ),
+            "warmup_lr": (
+                0.0005,
+                "ci",
+                "CI-sized: every notebook's code path in about two minutes; results mean nothing",
+            ),
+            "synth_epochs": (
+                20,
+                "ci",
+                "CI-sized: every notebook's code path in about two minutes; results mean nothing",
+            ),
+            "synth_batch": (
+                128,
+                "ci",
+                "CI-sized: every notebook's code path in about two minutes; results mean nothing",
+            ),
+            "aug_crop_pad": (
+                2,
+                "ci",
+                "CI-sized: every notebook's code path in about two minutes; results mean nothing",
+            ),
+        },
+    },
+    "quick": {
+        # 640 poisons (80% of the target class; the paper's 0.05% gives 4, see notebook).
+        # With 12k images, 5% gave ASR 86/77/72 on seeds 0-2, 8% gave 98/94/90 (a clean model: 54/34/38);
+        # with 8k, 8% gives 82/98/76 (a clean model: 41/33/19);
+        # a gentle warm-up, since lr 0.1 on one class collapses the small surrogate to "always target".
+        "narcissus": {
+            "poison_rate": (
+                0.08,
+                "setting",
+                "Narcissus needs 8 % of 8,000 images and a gentle surrogate warm-up on the small CNN to reach the "
+                "spec's undefended ASR >= 85 % (the attack's strength; no defense is tuned on it)",
+            ),
+            "warmup_lr": (
+                0.0005,
+                "setting",
+                "Narcissus needs 8 % of 8,000 images and a gentle surrogate warm-up on the small CNN to reach the "
+                "spec's undefended ASR >= 85 % (the attack's strength; no defense is tuned on it)",
+            ),
+            "synth_epochs": (
+                100,
+                "setting",
+                "Narcissus needs 8 % of 8,000 images and a gentle surrogate warm-up on the small CNN to reach the "
+                "spec's undefended ASR >= 85 % (the attack's strength; no defense is tuned on it)",
+            ),
+            "aug_crop_pad": (
+                2,
+                "setting",
+                "Narcissus needs 8 % of 8,000 images and a gentle surrogate warm-up on the small CNN to reach the "
+                "spec's undefended ASR >= 85 % (the attack's strength; no defense is tuned on it)",
+            ),
+        },
+    },
+    "paper": {
+        # The full training set leaves no held-out split: CIFAR-100 is the surrogate's extra data.
+        "narcissus": {
+            "pood": (
+                "cifar100",
+                "setting",
+                "the full CIFAR-10 training set leaves no held-out split: CIFAR-100 is the surrogate's extra data",
+            ),
+        },
+    },
+}
+
 ATTACK = Attack(
     "narcissus",
     Params,

@@ -80,6 +80,22 @@ def apply(x: torch.Tensor, trigger: Trigger, params: Params, test: bool) -> torc
     return blend(x, trigger["pattern"], trigger["mask"])
 
 
+# What each profile changes from Params' defaults (bdlib.profiles reads it; the store's code hash skips it):
+# profile -> registry name -> field -> (value, why: rule / budget / setting / ci, the reason).
+PROFILES = {
+    "smoke": {
+        # Seconds per trigger: tiny budgets; attacks need not succeed at 2 epochs on 2k images.
+        "trojan": {
+            "steps": (30, "ci", "CI-sized: every notebook's code path in about two minutes; results mean nothing"),
+            "n_background": (
+                64,
+                "ci",
+                "CI-sized: every notebook's code path in about two minutes; results mean nothing",
+            ),
+        },
+    },
+}
+
 ATTACK = Attack(
     "trojan",
     Params,

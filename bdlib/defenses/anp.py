@@ -240,11 +240,35 @@ def run(model: nn.Module, ctx: DefenseContext) -> Defended:
     return Defended(model=model.eval(), record=Record(by_name, losses, pruned, n_channels, history))
 
 
-# Tuning grid (bdlib.tune): the pruning threshold, from pruning almost nothing (0.05) to most of
+# Tuning grid (bdlib.study.tune): the pruning threshold, from pruning almost nothing (0.05) to most of
 # the channels whose masks moved at all (0.9; ANP's prune_neuron_cifar.py sweeps 0 to 0.9 in
 # steps of 0.05). The masks are computed once per victim: the sweep trains nothing. 0.2 is the
 # reference recipe.
 TUNING = {"threshold": (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)}
+
+# What each profile changes from Params' defaults (bdlib.profiles reads it; the store's code hash skips it):
+# profile -> registry name -> field -> (value, why: rule / budget / setting / ci, the reason).
+PROFILES = {
+    "smoke": {
+        # Smoke: the reference recipe at a CI-sized budget (steps, not settings, shrink).
+        "anp": {"steps": (15, "ci", "CI-sized: every notebook's code path in about two minutes; results mean nothing")},
+    },
+    "quick": {
+        # The reference recipe (the Params defaults) at a smaller budget, to fit a cold `make figures`
+        # on a 2-core CPU (docs/methods.md, "Baselines"); the strength knobs: the comparison
+        # protocol's choice (docs/methods.md, "The comparison protocol").
+        "anp": {
+            # The masks are computed once per victim (cached), whatever the threshold.
+            "steps": (300, "budget", "300 mask steps (reference: 2,000)"),
+            "threshold": (
+                0.3,
+                "rule",
+                "bdlib.study.tune's rule on the tuning seeds 100-101 (BadNets, Blended): python -m bdlib tune ft nad anp ibau "
+                "mcldef_detect --profile quick, 2026-12-07 (docs/methods.md, The comparison protocol)",
+            ),
+        },
+    },
+}
 
 DEFENSE = Defense(
     "anp",

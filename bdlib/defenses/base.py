@@ -68,7 +68,7 @@ class Defense:
     run: Callable[[nn.Module, DefenseContext], Defended]
     uses: tuple[Literal["train", "clean"], ...]  # which data the defender is given
     cite: str
-    # The comparison protocol's grid (bdlib.tune): Params field -> the values tried, spanning
+    # The comparison protocol's grid (bdlib.study.tune): Params field -> the values tried, spanning
     # "does nothing" to "too strong"; every combination is one setting.
     tuning: Mapping[str, tuple] = field(default_factory=dict)
     # The dataclass ``run`` returns in ``Defended.record``. Its fields may be a tensor, a dict of

@@ -83,10 +83,39 @@ def run(model: nn.Module, ctx: DefenseContext) -> Defended:
     return Defended(model=model.eval(), record=Record(history))
 
 
-# Tuning grid (bdlib.tune): the number of steps (a quarter of ``steps``, and all of them) x the lr
+# Tuning grid (bdlib.study.tune): the number of steps (a quarter of ``steps``, and all of them) x the lr
 # (the reference's 0.01, and 0.03; 0.003 barely moved a quick victim: BadNets ASR 88-92 %).
 # (1, 0.01) at the default ``steps`` is the reference recipe.
 TUNING = {"budget": (0.25, 1.0), "lr": (0.01, 0.03)}
+
+# What each profile changes from Params' defaults (bdlib.profiles reads it; the store's code hash skips it):
+# profile -> registry name -> field -> (value, why: rule / budget / setting / ci, the reason).
+PROFILES = {
+    "smoke": {
+        # Smoke: the reference recipe at a CI-sized budget (steps, not settings, shrink).
+        "ft": {"steps": (8, "ci", "CI-sized: every notebook's code path in about two minutes; results mean nothing")},
+    },
+    "quick": {
+        # The reference recipe (the Params defaults) at a smaller budget, to fit a cold `make figures`
+        # on a 2-core CPU (docs/methods.md, "Baselines"); the strength knobs: the comparison
+        # protocol's choice (docs/methods.md, "The comparison protocol").
+        "ft": {
+            "batch_size": (32, "budget", "the reference's 1,000 steps in batches of 32 (reference: 256)"),
+            "budget": (
+                0.25,
+                "rule",
+                "bdlib.study.tune's rule on the tuning seeds 100-101 (BadNets, Blended): python -m bdlib tune ft nad anp ibau "
+                "mcldef_detect --profile quick, 2026-12-07 (docs/methods.md, The comparison protocol)",
+            ),
+            "lr": (
+                0.03,
+                "rule",
+                "bdlib.study.tune's rule on the tuning seeds 100-101 (BadNets, Blended): python -m bdlib tune ft nad anp ibau "
+                "mcldef_detect --profile quick, 2026-12-07 (docs/methods.md, The comparison protocol)",
+            ),
+        },
+    },
+}
 
 DEFENSE = Defense(
     "ft",

@@ -211,10 +211,36 @@ def run(model: nn.Module, ctx: DefenseContext) -> Defended:
     return Defended(model=model.eval(), record=Record(delta.cpu(), history))
 
 
-# Tuning grid (bdlib.tune): the share of each outer batch the perturbation is added to (I-BAU's
+# Tuning grid (bdlib.study.tune): the share of each outer batch the perturbation is added to (I-BAU's
 # 1 %, or all of it: bdlib's former form) x the outer Adam lr (BackdoorBench's 1e-4 and I-BAU's
 # 1e-3). (0.01, 1e-3) is the reference recipe. Two values a knob: a quick I-BAU cell costs ~12 s.
 TUNING = {"portion": (0.01, 1.0), "lr": (1e-4, 1e-3)}
+
+# What each profile changes from Params' defaults (bdlib.profiles reads it; the store's code hash skips it):
+# profile -> registry name -> field -> (value, why: rule / budget / setting / ci, the reason).
+PROFILES = {
+    "smoke": {
+        # Smoke: the reference recipe at a CI-sized budget (steps, not settings, shrink).
+        "ibau": {
+            "rounds": (2, "ci", "CI-sized: every notebook's code path in about two minutes; results mean nothing"),
+            "batches": (2, "ci", "CI-sized: every notebook's code path in about two minutes; results mean nothing"),
+        },
+    },
+    "quick": {
+        # The reference recipe (the Params defaults) at a smaller budget, to fit a cold `make figures`
+        # on a 2-core CPU (docs/methods.md, "Baselines"); the strength knobs: the comparison
+        # protocol's choice (docs/methods.md, "The comparison protocol").
+        "ibau": {
+            "batches": (4, "budget", "one pass over the 400 clean images a round (reference: 50 batches)"),
+            "lr": (
+                1e-4,
+                "rule",
+                "bdlib.study.tune's rule on the tuning seeds 100-101 (BadNets, Blended): python -m bdlib tune ft nad anp ibau "
+                "mcldef_detect --profile quick, 2026-12-07 (docs/methods.md, The comparison protocol)",
+            ),
+        },
+    },
+}
 
 DEFENSE = Defense(
     "ibau",

@@ -198,7 +198,7 @@ def run(model: nn.Module, ctx: DefenseContext) -> Defended:
     return Defended(model=model.eval(), record=Record(ctx.evaluate(teacher), meta["epochs"], history))
 
 
-# Tuning grid (bdlib.tune): the teacher's strength (its lr: 0.01 leaves a small model's backdoor
+# Tuning grid (bdlib.study.tune): the teacher's strength (its lr: 0.01 leaves a small model's backdoor
 # in the teacher, NAD's 0.1 removes more of it) x the student's lr (NAD's 0.1, or BackdoorBench's
 # defense/nad.py 0.01, which costs fewer BA points) x the attention weights β (NAD's 500 / 1000 /
 # 1000 and a fifth of them; on quick NAD's β at lr 0.1 already costs ~6 BA points on BadNets, so
@@ -208,6 +208,42 @@ TUNING = {
     "teacher_lr": (0.01, 0.1),
     "lr": (0.01, 0.1),
     "betas": ((100.0, 200.0, 200.0), (500.0, 1000.0, 1000.0)),
+}
+
+# What each profile changes from Params' defaults (bdlib.profiles reads it; the store's code hash skips it):
+# profile -> registry name -> field -> (value, why: rule / budget / setting / ci, the reason).
+PROFILES = {
+    "smoke": {
+        # Smoke: the reference recipe at a CI-sized budget (steps, not settings, shrink).
+        "nad": {
+            "teacher_steps": (
+                4,
+                "ci",
+                "CI-sized: every notebook's code path in about two minutes; results mean nothing",
+            ),
+            "steps": (8, "ci", "CI-sized: every notebook's code path in about two minutes; results mean nothing"),
+        },
+    },
+    "quick": {
+        # The reference recipe (the Params defaults) at a smaller budget, to fit a cold `make figures`
+        # on a 2-core CPU (docs/methods.md, "Baselines"); the strength knobs: the comparison
+        # protocol's choice (docs/methods.md, "The comparison protocol").
+        "nad": {
+            "batch_size": (32, "budget", "the reference's 400 + 800 steps in batches of 32 (reference: 64)"),
+            "lr": (
+                0.01,
+                "rule",
+                "bdlib.study.tune's rule on the tuning seeds 100-101 (BadNets, Blended): python -m bdlib tune ft nad anp ibau "
+                "mcldef_detect --profile quick, 2026-12-07 (docs/methods.md, The comparison protocol)",
+            ),
+            "betas": (
+                (100.0, 200.0, 200.0),
+                "rule",
+                "bdlib.study.tune's rule on the tuning seeds 100-101 (BadNets, Blended): python -m bdlib tune ft nad anp ibau "
+                "mcldef_detect --profile quick, 2026-12-07 (docs/methods.md, The comparison protocol)",
+            ),
+        },
+    },
 }
 
 DEFENSE = Defense(

@@ -37,7 +37,7 @@ ML_FIELDS = frozenset({"lam", "ml_epochs", "ml_lr", "ml_data", "ml_curve"})
 @dataclass(frozen=True)
 class Params:
     # Distillation temperature, NT and ML: Hinton et al.'s common 4 (choice); quick's value is the
-    # protocol's choice on the tuning seeds (``TUNING``, bdlib.tune).
+    # protocol's choice on the tuning seeds (``TUNING``, bdlib.study.tune).
     tau: float = 4.0
     # The teacher: distilled from M0 on all classes ("kd"), or M0 itself ("poisoned"). A
     # reconstruction choice (the abstract names a teacher, not how it is made); quick runs M0 for
@@ -47,7 +47,7 @@ class Params:
     nt_epochs: int | None = None  # None: the profile's standard epochs (choice: NT is a full training)
     nt_lr: float | None = None  # None: the profile's standard learning rate (choice, as nt_epochs)
     # The ML stage's length and lr: a choice reading "a few epochs" / fine-tuning at a tenth of
-    # the training lr; both are factors of the readings sweep (bdlib.tune.variants), so a
+    # the training lr; both are factors of the readings sweep (bdlib.study.readings.variants), so a
     # profile's values are the protocol's rule's choice on the tuning seeds.
     ml_epochs: int = 10
     ml_lr: float = 0.01
@@ -414,10 +414,50 @@ def run(model: nn.Module, ctx: DefenseContext) -> Defended:
     return Defended(model=pair["student"].eval(), record=record)
 
 
-# Tuning grid (bdlib.tune): the distillation temperature τ, which sets how much of M0's output
+# Tuning grid (bdlib.study.tune): the distillation temperature τ, which sets how much of M0's output
 # the student copies: at τ = 1 little beyond M0's top non-target class, at τ = 8 nearly uniform
 # targets (little of M0's knowledge, or of its backdoor).
 TUNING = {"tau": (1.0, 2.0, 4.0, 8.0)}
+
+# What each profile changes from Params' defaults (bdlib.profiles reads it; the store's code hash skips it):
+# profile -> registry name -> field -> (value, why: rule / budget / setting / ci, the reason).
+PROFILES = {
+    "smoke": {
+        # As quick.
+        "ntml": {
+            "teacher": (
+                "poisoned",
+                "ci",
+                "CI-sized: every notebook's code path in about two minutes; results mean nothing",
+            ),
+            "reading": (
+                "suppress",
+                "ci",
+                "CI-sized: every notebook's code path in about two minutes; results mean nothing",
+            ),
+        },
+    },
+    "quick": {
+        # teacher = M0 is a choice for cost (no second full training in the NT stage), not the rule's.
+        # reading: bdlib.study.readings.select_variant's choice in the readings sweep of 2026-11-23 (tuning seeds
+        # 100-101, before issue #30's new variants); the sweep with them makes the rule choose init =
+        # "poisoned" (docs/methods.md, "NT-ML readings"): not taken, for the project to decide.
+        # tau: the protocol's choice for reading suppress.
+        "ntml": {
+            "teacher": ("poisoned", "budget", "M0 as the ML teacher halves the NT stage's cost (docs/methods.md)"),
+            "reading": (
+                "suppress",
+                "rule",
+                "bdlib.study.readings.select_variant on the tuning seeds 100-101, every attack (docs/methods.md, NT-ML readings)",
+            ),
+            "tau": (
+                2.0,
+                "rule",
+                "bdlib.study.tune's rule on the tuning seeds 100-101 (BadNets, Blended), NT-ML's tuned knob",
+            ),
+        },
+    },
+}
 
 DEFENSE = Defense(
     "ntml",

@@ -1,6 +1,6 @@
 """Executed notebooks for the repository: the runner's executed copy made deterministic and portable.
 
-The runner (``bdlib.run``) writes each executed notebook to ``build/executed/``; :func:`publish`
+The runner (``bdlib.runner.cli``) writes each executed notebook to ``build/executed/``; :func:`publish`
 turns one into the copy committed under ``executed/`` (:data:`PUBLISHED_DIR`), regenerated with the
 figures and never edited by hand:
 

@@ -2,7 +2,7 @@
 the verdicts computed from stored results, never typed.
 
 A claim names what is measured (``kind``), on which cells (defense × attacks) and the threshold.
-:func:`ledger` evaluates every claim on grid rows (``bdlib.grid``: one row per attack ×
+:func:`ledger` evaluates every claim on grid rows (``bdlib.study.grid``: one row per attack ×
 defense × seed, undefended rows included) and returns, per claim, a verdict — ``holds``,
 ``partly``, ``fails`` or ``inconclusive`` — and the numbers behind it.
 
@@ -18,11 +18,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping, Sequence
 
-from bdlib import defenses
+from bdlib import attacks, defenses
+from bdlib.cells import CLEAN, UNDEFENDED
 
-ATTACKS = ("badnets", "blended", "trojan", "sig", "wanet", "narcissus")
-UNDEFENDED = "undefended"
-CLEAN = "clean model"  # bdlib.grid.CLEAN: the clean model under the attack's trigger, the ASR floor
+ATTACKS = tuple(attacks.REGISTRY)  # every claim is judged on every registered attack unless it says otherwise
 SPREAD = 20.0  # ASR points between a cell's seeds beyond which the cell is spread out
 VERDICTS = ("holds", "partly", "fails", "inconclusive")
 
@@ -57,9 +56,24 @@ class Claim:
         )
 
 
-# NT-ML's five rivals as a defender runs them: each set by the comparison protocol, MCLDef in its
-# detecting form (a defender is not told the target; "mcldef", told it, carries MCLDef's own claim).
-RIVALS = ("none", "mcldef_detect", "nad", "anp", "ibau")
+# The plain fine-tuning baseline: every defense is read against it (notebooks 03 and 06), it is not
+# one of the "state-of-the-art backdoor defenses" NT-ML's abstract compares itself with.
+BASELINE_DEFENSES = ("ft",)
+
+
+def rivals(registry: Mapping[str, defenses.Defense]) -> tuple[str, ...]:
+    """NT-ML's rivals as a defender runs them, from the registry: every defense the comparison
+    protocol sets (it declares a grid), that is not told the target (``needs_target``: MCLDef as
+    published carries MCLDef's own claim; its detecting form is the rival), not a labelled
+    variant of another (``variant_of``), not NT-ML and not a plain baseline."""
+    return tuple(
+        n
+        for n, d in registry.items()
+        if n != "ntml" and d.tuning and not d.needs_target and d.variant_of is None and n not in BASELINE_DEFENSES
+    )
+
+
+RIVALS = rivals(defenses.REGISTRY)
 BAR_ASR, BAR_COST = 5.0, 3.0  # the companion's bar for "defended": ASR ≤ 5 % at ≤ 3 BA points
 
 CLAIMS: tuple[Claim, ...] = (
@@ -401,9 +415,9 @@ def table(entries: Sequence[Mapping]):
                 "bar": e["threshold"],
                 "verdict": e["verdict"],
                 "measured": e["evidence"],
-                "seeds spread > 20 ASR points": "; ".join(e["spread_out"]) or "none",
-                "diverged (a failure)": "; ".join(e.get("diverged", ())) or "none",
-                "bar below the clean-model floor": "; ".join(e.get("below_floor", ())) or "none",
+                "seeds spread > 20 ASR points": "; ".join(e["spread_out"]) or "no cell",
+                "diverged (a failure)": "; ".join(e.get("diverged", ())) or "no cell",
+                "bar below the clean-model floor": "; ".join(e.get("below_floor", ())) or "no cell",
             }
             for e in entries
         ]

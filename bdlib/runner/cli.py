@@ -30,8 +30,9 @@ import time
 from pathlib import Path
 from typing import Any, Sequence, TextIO
 
-from bdlib import openmp, paths, progress, provenance, publish, store
-from bdlib.notebooks import NotebookError, notebooks, parameters, parse_value, route_parameters
+from bdlib import paths, progress, store
+from bdlib.runner import openmp, provenance, publish
+from bdlib.runner.notebooks import NotebookError, notebooks, parameters, parse_value, route_parameters
 
 
 class RunError(NotebookError):
@@ -201,7 +202,7 @@ def run_notebook(
     stream: TextIO = sys.stdout,
 ) -> float:
     """Execute one notebook with papermill, showing its progress on ``stream``; return its wall time.
-    ``params`` are the notebook's own, checked (:func:`bdlib.notebooks.route_parameters`)."""
+    ``params`` are the notebook's own, checked (:func:`bdlib.runner.notebooks.route_parameters`)."""
     # jsonschema (imported by papermill through nbformat) imports the optional rfc3987_syntax when
     # it is installed (jupyterlab's jsonschema[format-nongpl] brings it), which compiles its lark
     # grammars at import: 1.3 of papermill's 1.7 s import here. Nothing the runner does checks IRI
@@ -314,7 +315,7 @@ def run_notebook(
 
 
 def _assignments(args: argparse.Namespace) -> int:
-    from bdlib import classroom
+    from bdlib.runner import classroom
 
     url = args.repo_url or classroom.default_repo_url()
     course = args.course or paths.project_dir() / "course"
@@ -386,9 +387,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "status":
             return provenance.main()
         if args.command == "tune":
-            from bdlib import tune
+            from bdlib.study import protocol
 
-            return tune.main(args.profile, args.defenses, args.out)
+            return protocol.main(args.profile, args.defenses, args.out)
         if args.command == "assignments":
             return _assignments(args)
         if args.command == "params":

@@ -1,6 +1,6 @@
 """The companion's notebooks as files: which there are, and their parameters.
 
-Shared by the runner (``bdlib.run``, the CLI) and the student copies (``bdlib.classroom``):
+Shared by the runner (``bdlib.runner.cli``, the CLI) and the student copies (``bdlib.runner.classroom``):
 :func:`notebooks` finds the numbered notebooks (or those named), :func:`parameters` reads the
 literals of a notebook's cell tagged ``parameters``, :func:`parse_value` reads a ``-p`` value and
 :func:`check_parameters` validates given values against a notebook's parameters before a kernel
@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]  # bdlib/runner/notebooks.py -> the repository
 NOTEBOOKS = REPO / "notebooks"
 
 

@@ -8,32 +8,21 @@ filesystem they share. Cells that an earlier notebook computed are found in the 
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
-from dataclasses import dataclass
 from typing import Any, Sequence
 
-from bdlib import pool
-from bdlib.config import Config, as_dict, override
-
-UNDEFENDED = "undefended"
-# The clean model (never poisoned) under the attack's test trigger: each attack's ASR floor.
-CLEAN = "clean model"
-BASELINES = (UNDEFENDED, CLEAN)  # the rows every defense is read against; neither depends on the budget
-
-
-@dataclass(frozen=True)
-class Cell:
-    attack: str
-    defense: str  # a registered defense, or "undefended"
-    seed: int
-    clean_fraction: float
+from bdlib import cells as C
+from bdlib.cells import BASELINES, CLEAN, UNDEFENDED, Cell, run_cell  # noqa: F401 (the grid's names)
+from bdlib.config import Config, as_dict
+from bdlib.profiles import profile
+from bdlib.session import setup
 
 
 def cells(
     attacks: Sequence[str], defenses: Sequence[str], seeds: Sequence[int], budgets: Sequence[float]
 ) -> list[Cell]:
-    """Every combination; the undefended model does not depend on the clean budget."""
+    """Every combination; the undefended model and the clean-model floor do not depend on the
+    clean budget (one cell each, at the first budget)."""
     out = [
         Cell(a, d, s, b) for a, d, s, b in itertools.product(attacks, defenses, seeds, budgets) if d not in BASELINES
     ]
@@ -43,45 +32,10 @@ def cells(
     return out
 
 
-def cell_config(cfg: Config, cell: Cell) -> Config:
-    """``cfg`` for one cell: its attack, seed and clean budget."""
-    c = dataclasses.replace(cfg, attack=cell.attack, seed=cell.seed, progress=False)
-    return override(c, {"clean_fraction": cell.clean_fraction})
-
-
-def cell_job(cfg: Config, cell: Cell) -> pool.Job:
-    """The stored computation behind one cell (for :func:`bdlib.pool.prefetch`)."""
-    from bdlib import experiment as ex
-
-    c = cell_config(cfg, cell)
-    if cell.defense == UNDEFENDED:
-        return (ex.poisoned_model, (c,))
-    if cell.defense == CLEAN:
-        return (ex.trigger_floor, (c,))
-    return (ex.defend, (c, cell.defense))
-
-
-def run_cell(cfg: Config, cell: Cell) -> dict[str, Any]:
-    """BA / ASR / RA (and DER, seconds) of one cell; computed once, then read from the store."""
-    fn, args = cell_job(cfg, cell)
-    run = fn(*args)
-    if cell.defense in BASELINES:
-        return {**dataclasses.asdict(cell), **run.metrics, "DER": 0.5, "seconds": run.seconds}
-    return {**dataclasses.asdict(cell), **run.metrics, "seconds": run.seconds, **diverged_field(run)}
-
-
-def diverged_field(run: Any) -> dict[str, str]:
-    """``{"diverged": message}`` for a run whose training diverged (its metrics are NaN), else {}:
-    the row of a diverged cell says so, and every table, figure and verdict reads it."""
-    return {"diverged": run.diverged["message"]} if run.diverged else {}
-
-
 def _run_cell_remote(cfg_dict: dict, cell: Cell) -> dict[str, Any]:
     # Workers rebuild the Config from plain data, so nothing but JSON-like values is shipped, and
     # set themselves up exactly as a notebook does (bdlib.setup): the same validation, data check,
     # kernel choices (deterministic or cudnn.benchmark, torch.compile) and seeds.
-    from bdlib.session import setup
-
     cfg = setup(
         cfg_dict["profile"],
         attack=cfg_dict["attack"],
@@ -98,8 +52,7 @@ def run(cfg: Config, grid: Sequence[Cell], client: Any = None) -> list[dict[str,
     """Every cell's row, in the order of ``grid``; on ``client``'s cluster when one is given, else
     on this machine's worker processes (:mod:`bdlib.pool`) first, then read in order."""
     if client is None:
-        pool.prefetch([cell_job(cfg, cell) for cell in grid])
-        return [run_cell(cfg, cell) for cell in grid]
+        return C.run(cfg, grid)
     payload = {
         "profile": cfg.profile,
         "attack": cfg.attack,
@@ -113,8 +66,6 @@ def run(cfg: Config, grid: Sequence[Cell], client: Any = None) -> list[dict[str,
 
 def _overrides(cfg: Config) -> dict[str, Any]:
     """The dotted overrides that turn the profile's Config into ``cfg`` (for workers)."""
-    from bdlib.profiles import profile
-
     base, mine = _flatten(as_dict(profile(cfg.profile))), _flatten(as_dict(cfg))
     skip = {"attack", "seed", "device", "progress"}
     return {k: v for k, v in mine.items() if base.get(k) != v and k not in skip}

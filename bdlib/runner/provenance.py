@@ -27,27 +27,45 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from bdlib import notebooks, paths, store
+from bdlib import paths, store
+from bdlib.runner import notebooks
 
 FILE = "provenance.json"
 
 # The modules every notebook's figures depend on besides its results' own (see the docstring).
+# The study and report packages count whole: every module in them, however many there are.
+_PKG = Path(__file__).resolve().parents[1]  # the bdlib package (this module is bdlib/runner/provenance.py)
 STUDY_MODULES = (
     "config.py",
     "profiles.py",
     "session.py",
     "attacks/__init__.py",
     "defenses/__init__.py",
-    "grid.py",
-    "tune.py",
-    "claims.py",
-    "report.py",
+    "cells.py",
+    *sorted(p.relative_to(_PKG).as_posix() for pkg in ("study", "report") for p in (_PKG / pkg).glob("*.py")),
     "plots.py",
     "figures.py",
 )
+# Every method module's per-profile values (its ``PROFILES`` block, which its code hash leaves
+# out: :func:`bdlib.store.normalised_source`), as one pseudo-module of the record.
+PROFILE_VALUES = "attacks+defenses:PROFILES"
 # A change in one of these may change any result's key (a profile value, a config default, how a
 # notebook is set up): the regeneration count is then an upper bound.
-SETTING_MODULES = ("config.py", "profiles.py", "session.py")
+SETTING_MODULES = ("config.py", "profiles.py", "session.py", PROFILE_VALUES)
+
+
+def profile_values_hash() -> str:
+    """sha256 (first 16 hex) of every attack's and defense's ``PROFILES`` block, as code (torch-free)."""
+    import ast
+
+    h = hashlib.sha256()
+    for path in sorted([*(_PKG / "attacks").glob("*.py"), *(_PKG / "defenses").glob("*.py")]):
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            target = node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else None
+            target = node.target if isinstance(node, ast.AnnAssign) else target
+            if isinstance(target, ast.Name) and target.id == "PROFILES":
+                h.update(f"{path.relative_to(_PKG).as_posix()}\0{ast.unparse(node)}\0".encode())
+    return h.hexdigest()[:16]
 
 
 def notebook_hash(stem: str) -> str | None:
@@ -70,6 +88,9 @@ def current(modules: list[str] | tuple[str, ...], stem: str) -> dict[str, str]:
     out = {}
     for m in modules:
         if m.startswith("notebooks/"):
+            continue
+        if m == PROFILE_VALUES:
+            out[m] = profile_values_hash()
             continue
         try:
             out[m] = store.code_hash(m)
@@ -115,7 +136,7 @@ def record(stem: str) -> dict[str, Any]:
     module its figures depend on, and each store result with the method modules it depends on
     (the core modules, which every result depends on, left out)."""
     core = set(store.CORE_MODULES)
-    modules = set(STUDY_MODULES) | core
+    modules = set(STUDY_MODULES) | core | {PROFILE_VALUES}
     results = {}
     for key, (kind, deps) in sorted(store.USED.items()):
         modules |= deps

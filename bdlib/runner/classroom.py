@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from bdlib.config import PROFILES
-from bdlib.notebooks import REPO, NotebookError, notebooks
+from bdlib.runner.notebooks import REPO, NotebookError, notebooks
 
 BEGIN_SOLUTION, END_SOLUTION = "### BEGIN SOLUTION", "### END SOLUTION"
 BEGIN_HIDDEN, END_HIDDEN = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
