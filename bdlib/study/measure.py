@@ -25,7 +25,7 @@ from bdlib import attacks, cells, experiment, pool
 from bdlib.cells import CLEAN, UNDEFENDED, Cell, tuning_cell
 from bdlib.config import Config, override
 from bdlib.study import claims, grid, tune
-from bdlib.study.readings import variant_setting
+from bdlib.study.readings import VARIANT_VALUES, variant_setting, variants
 from bdlib.train import amp_dtype, logits
 
 PAPER_RATE = 0.0005  # Narcissus' poisoning rate in its paper (0.05 %), beside the profile's
@@ -239,13 +239,18 @@ def target_scores(cfg: Config, named_models: Mapping[str, nn.Module]) -> list[di
     return rows
 
 
-def reading_diagnosis(cfg: Config, names: Sequence[str], seeds: Sequence[int], readings: Sequence[str]) -> list[dict]:
-    """:func:`target_scores` of M0 and, per NT-ML reading, its NT student and final student
-    (ML on the clean subset, the knob at its default: the cells of ``readings.variant_sweep``), on
-    each attack and seed: where each reading leaves the target."""
+def reading_diagnosis(
+    cfg: Config, names: Sequence[str], seeds: Sequence[int], readings: Sequence[str] | None = None
+) -> list[dict]:
+    """:func:`target_scores` of M0 and, per NT-ML reading (None: every reading the readings sweep
+    tries), its NT student and final student, on each attack and seed: where each reading leaves
+    the target. The runs are the readings sweep's own cells (``readings.variant_sweep``: the
+    Params defaults but the reading, the knob at its default), whatever the profile runs."""
+    readings = list(VARIANT_VALUES["reading"] if readings is None else readings)
+    defaults = variants()[0]
 
     def cell(a: str, s: int, reading: str) -> Cell:
-        return tuning_cell("ntml", a, s, variant_setting({"reading": reading, "ml_data": "clean"}))
+        return tuning_cell("ntml", a, s, variant_setting({**defaults, "reading": reading}))
 
     runs = _cell_runs(cfg, {(a, s, r): cell(a, s, r) for a in names for s in seeds for r in readings})
     rows = []
