@@ -473,7 +473,8 @@ def heatmaps(
         for i, j in zip(*np.nonzero(flagged.to_numpy())):  # seaborn leaves masked cells unlabelled
             ax.text(j + 0.5, i + 0.5, "div.", ha="center", va="center", fontsize=8, color="#b2182b")
         ax.set_title(f"{v} (mean over seeds)"), ax.set_xlabel(""), ax.set_ylabel("")
-        ax.tick_params(axis="x", rotation=30)
+        # Column names slanted and anchored at their right end, so that long neighbours never overlap.
+        plt.setp(ax.get_xticklabels(), rotation=40, ha="right", rotation_mode="anchor")
         ax.tick_params(axis="y", rotation=0)
     if df["_diverged"].any():
         note = "div.: the defense's training diverged on a seed of this cell (a failure)"
