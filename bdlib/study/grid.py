@@ -8,6 +8,7 @@ filesystem they share. Cells that an earlier notebook computed are found in the 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from typing import Any, Sequence
 
@@ -52,7 +53,8 @@ def run(cfg: Config, grid: Sequence[Cell], client: Any = None) -> list[dict[str,
     """Every cell's row, in the order of ``grid``; on ``client``'s cluster when one is given, else
     on this machine's worker processes (:mod:`bdlib.pool`) first, then read in order."""
     if client is None:
-        return C.run(cfg, grid)
+        # No per-epoch bars for the grid's hundreds of short cells (the runner's line names each cell).
+        return C.run(dataclasses.replace(cfg, progress=False), grid)
     payload = {
         "profile": cfg.profile,
         "attack": cfg.attack,

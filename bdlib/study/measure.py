@@ -245,8 +245,11 @@ def reading_diagnosis(
     """:func:`target_scores` of M0 and, per NT-ML reading (None: every reading the readings sweep
     tries), its NT student and final student, on each attack and seed: where each reading leaves
     the target. The runs are the readings sweep's own cells (``readings.variant_sweep``: the
-    Params defaults but the reading, the knob at its default), whatever the profile runs."""
+    Params defaults but the reading, the knob at its default), whatever the profile runs, on the
+    attacks of ``names`` the sweep runs (``cfg.tuning.variant_attacks``; None: all of them)."""
     readings = list(VARIANT_VALUES["reading"] if readings is None else readings)
+    swept = cfg.tuning.variant_attacks
+    names = [a for a in names if swept is None or a in swept]
     defaults = variants()[0]
 
     def cell(a: str, s: int, reading: str) -> Cell:
