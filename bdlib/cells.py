@@ -20,7 +20,6 @@ and returns the stored runs themselves, for the notebooks that draw a defense's 
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -118,19 +117,16 @@ def run_cell(cfg: Config, cell: Cell) -> dict[str, Any]:
 def run(cfg: Config, cells: Sequence[Cell]) -> list[dict[str, Any]]:
     """Every cell's row, in order: what the store lacks is computed on this machine's worker
     processes first (:mod:`bdlib.pool`; one process unless ``BDLIB_WORKERS`` says otherwise)."""
-    pool.prefetch([job(cfg, cell) for cell in cells])
-    return [run_cell(cfg, cell) for cell in cells]
+    got = runs(cfg, cells)
+    return [row(cell, got[cell]) for cell in cells]
 
 
 def runs(cfg: Config, cells: Sequence[Cell]) -> dict[Cell, Any]:
     """The stored run of every cell (a :class:`bdlib.experiment.DefenseRun` for a defense), for
-    the notebooks that draw a defense's record; computed as :func:`run` computes."""
-    pool.prefetch([job(cfg, cell) for cell in cells])
-    out = {}
-    for cell in cells:
-        fn, args = job(cfg, cell)
-        out[cell] = fn(*args)
-    return out
+    the notebooks that draw a defense's record; what the store lacks computed as :func:`run` says."""
+    jobs = {cell: job(cfg, cell) for cell in cells}
+    pool.prefetch(list(jobs.values()))
+    return {cell: fn(*args) for cell, (fn, args) in jobs.items()}
 
 
 def defended(
@@ -144,11 +140,6 @@ def defended(
     }
     got = runs(cfg, list(made.values()))
     return {k: got[c] for k, c in made.items()}
-
-
-def as_dict(cell: Cell) -> dict[str, Any]:
-    """A cell as plain data (for a Dask worker or a JSON record)."""
-    return dataclasses.asdict(cell)
 
 
 __all__ = [
@@ -166,5 +157,4 @@ __all__ = [
     "run",
     "runs",
     "defended",
-    "as_dict",
 ]

@@ -65,6 +65,7 @@ __all__ = [
     "Store",
     "StoreAccessError",
     "canonical_json",
+    "declares_profiles",
     "check_root",
     "NotStored",
     "probing",
@@ -173,6 +174,20 @@ _PKG = Path(__file__).resolve().parent
 _CODE_RE = re.compile(r"^([A-Za-z0-9_/]+\.py)@[0-9a-f]{16}$")
 
 
+def declares_profiles(node: ast.stmt) -> bool:
+    """Whether a module-level statement is a method's ``PROFILES = {...}`` (plain or annotated,
+    a dict display): what :func:`normalised_source` leaves out of a module's code, and what
+    :func:`bdlib.runner.provenance.profile_values_hash` tracks instead."""
+    if isinstance(node, ast.Assign):
+        targets = node.targets
+    elif isinstance(node, ast.AnnAssign):
+        targets = [node.target]
+    else:
+        return False
+    named = len(targets) == 1 and isinstance(targets[0], ast.Name) and targets[0].id == "PROFILES"
+    return named and isinstance(node.value, ast.Dict)
+
+
 def normalised_source(text: str) -> str:
     """A module's code without its comments, docstrings and formatting: the source Python
     regenerates from the module's syntax tree with every docstring removed, and without a
@@ -190,16 +205,6 @@ def normalised_source(text: str) -> str:
                 and isinstance(first.value.value, str)
             ):
                 node.body = node.body[1:] or [ast.Pass()]
-
-    def declares_profiles(node: ast.stmt) -> bool:
-        if isinstance(node, ast.Assign):
-            targets = node.targets
-        elif isinstance(node, ast.AnnAssign):
-            targets = [node.target]
-        else:
-            return False
-        named = len(targets) == 1 and isinstance(targets[0], ast.Name) and targets[0].id == "PROFILES"
-        return named and isinstance(node.value, ast.Dict)
 
     tree.body = [node for node in tree.body if not declares_profiles(node)]
     return ast.unparse(tree)

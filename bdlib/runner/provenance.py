@@ -19,6 +19,7 @@ regeneration would compute.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import os
@@ -55,15 +56,12 @@ SETTING_MODULES = ("config.py", "profiles.py", "session.py", PROFILE_VALUES)
 
 
 def profile_values_hash() -> str:
-    """sha256 (first 16 hex) of every attack's and defense's ``PROFILES`` block, as code (torch-free)."""
-    import ast
-
+    """sha256 (first 16 hex) of every attack's and defense's ``PROFILES`` block, as code: what
+    their code hashes leave out (:func:`bdlib.store.declares_profiles`)."""
     h = hashlib.sha256()
     for path in sorted([*(_PKG / "attacks").glob("*.py"), *(_PKG / "defenses").glob("*.py")]):
         for node in ast.parse(path.read_text(encoding="utf-8")).body:
-            target = node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else None
-            target = node.target if isinstance(node, ast.AnnAssign) else target
-            if isinstance(target, ast.Name) and target.id == "PROFILES":
+            if store.declares_profiles(node):
                 h.update(f"{path.relative_to(_PKG).as_posix()}\0{ast.unparse(node)}\0".encode())
     return h.hexdigest()[:16]
 
