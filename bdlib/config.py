@@ -56,11 +56,14 @@ class TuningConfig:
     # (None: all): each is a retraining of NT-ML's student, and the tuning pair keeps both seeds.
     other_attack_seeds: int | None = 1
     max_cost: float = 3.0  # BA points a chosen setting may cost on each tuning attack
-    # Spend where the answer is open: a setting whose BA cost on the first tuning seed exceeds
-    # prune_factor x max_cost on any attack (or that diverged there) is not run on the later
-    # seeds; it cannot be chosen unless its seeds disagree by more than 2 x max_cost points
-    # (bdlib.study.tune.far_settings). None: every setting on every seed.
-    prune_factor: float | None = 2.0
+    # Spend where the answer is open (bdlib.study.tune.far_settings; None switches a part off):
+    # a setting is not run on the later seeds if, on the first tuning seed, its BA cost exceeds
+    # prune_factor x max_cost on any attack (or it diverged), or its mean ASR is more than
+    # prune_margin points above the best setting within the bar. On the 2026-12-07 full sweep of
+    # quick (184 + 80 cells), 1.5 and 20 choose what every setting on every seed chooses, for
+    # every defense and NT-ML's reading (docs/methods.md, "The comparison protocol").
+    prune_factor: float | None = 1.5
+    prune_margin: float | None = 20.0
     # At most this many values of each knob's grid, spread from weakest to strongest (both ends
     # kept; bdlib.study.tune.thin); None: the whole grid. For CI-sized runs of the protocol's code path.
     grid_points: int | None = None

@@ -7,6 +7,7 @@ or a later notebook — finds it instead of recomputing it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import time
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
+from threadpoolctl import threadpool_limits
 from torch import nn
 
 from bdlib import attacks, data, defenses, metrics, models, progress
@@ -36,6 +38,40 @@ def with_run(cfg: Config, **changes: Any) -> Config:
 @functools.lru_cache(maxsize=1)
 def store() -> Store:
     return Store()
+
+
+# The one-thread rule: every stored result computed on a CPU is computed by one thread (torch's
+# intra-op pool, and the OpenMP and BLAS pools numpy and scikit-learn use), so a stored CPU result
+# is the same on any number of cores and in any number of bdlib.pool's worker processes. Two
+# threads sum in another order, and the last bits can move a defense on a knife-edge far
+# (benchmarks/README.md, "Both cores"); the pool's two single-thread workers make up the speed.
+CPU_THREADS = 1
+
+
+@contextlib.contextmanager
+def stored_threads(cfg: Config):
+    """Inside: the thread count of a stored result's computation (:data:`CPU_THREADS` on the CPU;
+    a GPU's kernels are untouched). Restored after."""
+    if select_device(cfg.device).type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(CPU_THREADS)
+    try:
+        with threadpool_limits(CPU_THREADS):
+            yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _stored(cfg: Config, kind: str, spec: dict, compute: Callable[[], Any]):
+    """The store's entry for ``(kind, spec)``; a missing one computed under :func:`stored_threads`."""
+
+    def under_rule():
+        with stored_threads(cfg):
+            return compute()
+
+    return store().get_or_compute(kind, spec, under_rule)
 
 
 @dataclass(frozen=True)
@@ -170,7 +206,7 @@ def clean_model(cfg: Config, seed: int | None = None) -> ModelRun:
         ev = metrics.evaluate(m, d.x_test, d.y_test, cfg.target, None, cfg.train.eval_batch_size)
         return models.cpu_state(m), {"metrics": ev, "history": hist}
 
-    e = store().get_or_compute("clean_model", spec, compute)
+    e = _stored(cfg, "clean_model", spec, compute)
     return ModelRun(e.key, _load_model(cfg, e.tensors), e.meta["metrics"], e.meta["seconds"], e.meta)
 
 
@@ -214,7 +250,7 @@ def trigger(cfg: Config) -> tuple[str, Trigger]:
         with progress.task(f"making the {cfg.attack} trigger, seed {cfg.seed}"):
             return atk.make_trigger(ctx), {}
 
-    e = store().get_or_compute("trigger", spec, compute)
+    e = _stored(cfg, "trigger", spec, compute)
     return e.key, e.tensors
 
 
@@ -271,7 +307,7 @@ def poisoned_model(cfg: Config) -> PoisonRun:
         ev = metrics.evaluate(m, d.x_test, d.y_test, cfg.target, test_trigger, cfg.train.eval_batch_size)
         return models.cpu_state(m), {"metrics": ev, "history": hist, "n_poisoned": int(p.poison_idx.sum())}
 
-    e = store().get_or_compute("poisoned_model", spec, compute)
+    e = _stored(cfg, "poisoned_model", spec, compute)
     return PoisonRun(
         e.key, _load_model(cfg, e.tensors), e.meta["metrics"], e.meta["seconds"], e.meta, p, trig, test_trigger
     )
@@ -384,7 +420,7 @@ def defend(cfg: Config, defense: str) -> DefenseRun:
             tensors.update({f"tensor.{role}": t for role, t in arrays.items()})
             return tensors, {"meta": meta, "roles": sorted(nets), "tensor_roles": sorted(arrays)}
 
-        e = store().get_or_compute("defense_stage", full, compute_stage)
+        e = _stored(cfg, "defense_stage", full, compute_stage)
         loaded = {role: _load_model(cfg, tensors_under(e.tensors, role)) for role in e.meta["roles"]}
         loaded.update({role: e.tensors[f"tensor.{role}"] for role in e.meta.get("tensor_roles", [])})
         return loaded, e.meta["meta"]
@@ -438,7 +474,7 @@ def defend(cfg: Config, defense: str) -> DefenseRun:
         tensors.update({f"record.{k}": v for k, v in record_tensors.items()})
         return tensors, meta
 
-    e = store().get_or_compute("defended_model", spec, compute)
+    e = _stored(cfg, "defended_model", spec, compute)
     if e.meta.get("diverged"):
         if e.key not in _REPORTED:  # loaded from the store: the runner lists it all the same
             progress.diverged(e.meta["diverged"]["message"])
@@ -502,7 +538,7 @@ def feature_embedding(
         points = TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=cfg.seed).fit_transform(feats)
         return {"points": torch.from_numpy(points)}, {}
 
-    points = store().get_or_compute("tsne", spec, compute).tensors["points"].numpy()
+    points = _stored(cfg, "tsne", spec, compute).tensors["points"].numpy()
     labels = run_data(cfg).y_train[idx].numpy()  # true classes, so poisoned points show where they came from
     poisoned = p.poison_idx[idx].numpy()
     return {"points": points, "labels": labels, "poisoned": poisoned}

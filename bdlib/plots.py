@@ -507,7 +507,7 @@ def tradeoff(
     """ASR against BA cost across each defense's tuning grid, one panel per attack.
 
     ``rows`` are ``bdlib.study.tune.sweep`` rows (mean over the seeds each setting ran on is plotted: a
-    setting far from the bar on the first tuning seed runs on that seed only); each defense is one line
+    setting far from being chosen on the first tuning seed runs on that seed only); each defense is one line
     through its grid in declared order; ``chosen`` (``tune.select``) rings the chosen setting;
     ``reference`` (defense -> setting label, ``tune.reference``) marks the reference recipe with a
     square; ``max_cost`` shades the BA-cost bar. A defense that dominates lies left of and below
@@ -516,7 +516,7 @@ def tradeoff(
     import pandas as pd
 
     failed = {(r["attack"], r["defense"], r["setting"]) for r in rows if diverged(r)}
-    # Settings far from the bar on the first tuning seed run on that seed only (tune.far_settings).
+    # Settings far from being chosen on the first tuning seed run on that seed only (tune.far_settings).
     by_setting = pd.DataFrame(rows).groupby(["attack", "defense", "setting"], sort=False)
     seeds = by_setting["seed"].nunique()
     pruned = bool(len(seeds)) and seeds.min() < seeds.max()

@@ -13,13 +13,12 @@ an inversion across learning rates, an ANP mask across thresholds) run one after
 same worker and compute it once. A job that fails in a worker is left to the loop, which
 computes it in the notebook's own process and raises the real error there.
 
-``$BDLIB_WORKERS`` sets the number of processes: unset or 1, none (everything in this process,
-as before); ``auto``, one per CPU core on the CPU (at most :data:`MAX_AUTO`) and none on a GPU.
-Opt-in, because a CPU result depends on the number of threads that computed it: one thread and
-two sum in different orders, and the last bits can move a defense on a knife-edge far
-(``benchmarks/pool.py``: the same 14 cells on this 2-core VM, 1.16x faster on two single-thread
-workers, moved BA by up to 1.3 and ASR by up to 38 points, ANP on BadNets 67 % vs 30 %). The
-store's keys do not record the thread count, so a store filled one way answers the other way too.
+``$BDLIB_WORKERS`` sets the number of processes: unset or ``auto``, one per CPU core this
+process may use (at most :data:`MAX_AUTO`) on the CPU, and none on a GPU (its kernels are the
+limit, not the cores); ``1``, none (everything in the notebook's own process). The numbers are
+the same either way: every stored result on a CPU is computed by one thread
+(:data:`bdlib.experiment.CPU_THREADS`), in a worker or not, so the worker count only changes the
+time (``benchmarks/pool.py``).
 """
 
 from __future__ import annotations
@@ -41,7 +40,7 @@ from typing import Any
 import torch
 
 from bdlib import experiment, progress
-from bdlib.store import NotStored, probing
+from bdlib.store import NotStored, is_probing, probing
 from bdlib.train import RUNTIME, configure
 
 ENV = "BDLIB_WORKERS"
@@ -55,12 +54,10 @@ _pool: dict[str, Any] = {"executor": None, "size": 0, "runtime": None}
 
 
 def workers(device: str = "cpu") -> int:
-    """How many worker processes :func:`prefetch` uses: ``$BDLIB_WORKERS`` (unset: 1, no workers);
-    ``auto``: the CPU cores this process may use (at most :data:`MAX_AUTO`) on the CPU, 1 on any
-    other device."""
-    value = os.environ.get(ENV, "").strip()
-    if not value:
-        return 1
+    """How many worker processes :func:`prefetch` uses: ``$BDLIB_WORKERS`` as a whole number, or
+    (unset or ``auto``) the CPU cores this process may use, at most :data:`MAX_AUTO`, on the CPU
+    and 1 (no workers) on any other device."""
+    value = os.environ.get(ENV, "").strip() or "auto"
     if value == "auto":
         return max(1, min(MAX_AUTO, len(os.sched_getaffinity(0)))) if str(device).startswith("cpu") else 1
     try:
@@ -186,11 +183,11 @@ def prefetch(jobs: Sequence[Job]) -> int:
     if not jobs:
         return 0
     n = workers(getattr(jobs[0][1][0], "device", "cpu"))
-    if n < 2:
+    if n < 2 or is_probing():  # probing: the caller only asks what is stored, nothing is computed
         return 0
     phases = plan(jobs)
-    if not phases:
-        return 0
+    if sum(len(g) for phase in phases for g in phase) < 2:
+        return 0  # nothing missing, or one job: this process computes it (under the same one-thread rule)
     ex = _executor(n, (RUNTIME.deterministic, RUNTIME.compile))
     handed = 0
     for phase in phases:

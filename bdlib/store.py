@@ -69,6 +69,7 @@ __all__ = [
     "check_root",
     "NotStored",
     "probing",
+    "is_probing",
 ]
 
 
@@ -94,6 +95,12 @@ def probing() -> Iterator[None]:
         yield
     finally:
         _PROBING[0] = before
+
+
+def is_probing() -> bool:
+    """Whether this thread of work is inside :func:`probing`: nothing may be computed, not even
+    on :mod:`bdlib.pool`'s workers."""
+    return _PROBING[0]
 
 
 class StoreAccessError(PermissionError):

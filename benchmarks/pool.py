@@ -1,12 +1,13 @@
-"""Independent cells on one process of two threads against worker processes of one thread each.
+"""Independent cells in the notebook's process against worker processes, one per core.
 
 The same cells (the victims of ``--attacks`` on ``--seed``, then every defense of ``--defenses``
 on each, at the profile's settings) are computed twice from an empty store, back to back: once in
-one process with torch's default threads and ``$BDLIB_WORKERS=1`` (how ``make figures`` ran before
-:mod:`bdlib.pool`), once through :func:`bdlib.pool.prefetch` on ``--workers`` single-thread
+one process (``$BDLIB_WORKERS=1``), once through :func:`bdlib.pool.prefetch` on ``--workers``
 processes. Each mode runs in its own interpreter (``python benchmarks/pool.py --mode ...``) so
 neither inherits the other's threads or loaded modules. Prints both wall times, their ratio and
-how far the two modes' numbers differ (one thread and two sum in different orders).
+how far the two modes' numbers differ. Under the one-thread rule (``bdlib.experiment.CPU_THREADS``)
+both compute every result with one thread, so the numbers agree; before it (the 2026-12-07
+measurement in benchmarks/README.md) the one process used two threads and they did not.
 
     python benchmarks/pool.py [--profile quick] [--attacks badnets blended] [--seed 100]
         [--defenses ft nad anp ibau none ntml mcldef] [--workers 2] [--json out.json]

@@ -1,6 +1,7 @@
 """bdlib.pool: the store's missing results found without computing, then computed on worker processes."""
 
 import logging
+import os
 
 import pytest
 import torch
@@ -34,14 +35,19 @@ def test_a_bad_worker_count_is_refused_naming_the_variable(monkeypatch, value):
         pool.workers()
 
 
-def test_worker_count_from_the_environment_none_unset_and_cores_on_the_cpu_for_auto(monkeypatch):
+def test_worker_count_from_the_environment_and_cores_on_the_cpu_by_default(monkeypatch):
     monkeypatch.setenv(pool.ENV, "3")
     assert pool.workers("cuda") == 3
-    monkeypatch.delenv(pool.ENV)
-    assert pool.workers("cpu") == 1  # opt-in: results depend on the thread count that computed them
-    monkeypatch.setenv(pool.ENV, "auto")
-    assert pool.workers("cuda") == 1
-    assert 1 <= pool.workers("cpu") <= pool.MAX_AUTO
+    monkeypatch.setenv(pool.ENV, "1")
+    assert pool.workers("cpu") == 1  # none: everything in this process
+    cores = min(pool.MAX_AUTO, len(os.sched_getaffinity(0)))
+    for value in ("auto", None):  # on by default: the one-thread rule makes the numbers the same
+        if value is None:
+            monkeypatch.delenv(pool.ENV)
+        else:
+            monkeypatch.setenv(pool.ENV, value)
+        assert pool.workers("cuda") == 1
+        assert pool.workers("cpu") == cores
 
 
 def test_missing_computes_nothing_and_records_nothing(fresh_store):
@@ -74,7 +80,9 @@ def test_workers_compute_what_this_process_would(fresh_store, monkeypatch):
         fresh_store(mode)
         monkeypatch.setenv(pool.ENV, "1" if mode == "serial" else "2")
         threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # the workers' thread count: the same sums in the same order
+        # This process at two threads, the workers at one: the one-thread rule (experiment.CPU_THREADS)
+        # computes every stored result with one thread wherever it runs, so the numbers agree.
+        torch.set_num_threads(2)
         try:
             handed = pool.prefetch(jobs)
             if mode == "pool":
@@ -104,3 +112,38 @@ def test_a_job_failing_in_a_worker_is_left_to_the_caller(fresh_store, monkeypatc
         assert pool.prefetch([(experiment.defend, (cfg, "ft"))]) == 1
     pool.shutdown()
     assert "_fails (badnets, seed 0): RuntimeError: boom" in caplog.text
+
+
+def test_a_stored_result_is_computed_by_one_thread_and_the_process_keeps_its_own(fresh_store, monkeypatch):
+    from threadpoolctl import threadpool_info
+
+    fresh_store("threads")
+    seen = []
+    real_fit = experiment.fit
+
+    def fit(*args, **kwargs):
+        seen.append((torch.get_num_threads(), {p["num_threads"] for p in threadpool_info()}))
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(experiment, "fit", fit)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        experiment.clean_model(_cfg())
+        assert seen == [(experiment.CPU_THREADS, {experiment.CPU_THREADS})]
+        assert torch.get_num_threads() == 2  # restored: what the notebook itself computes keeps its threads
+        experiment.clean_model(_cfg())  # stored: loaded, nothing trained
+        assert len(seen) == 1
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_nothing_is_handed_out_while_probing(fresh_store, monkeypatch):
+    root = fresh_store("probing")
+    monkeypatch.setenv(pool.ENV, "2")
+    jobs = [(experiment.defend, (experiment.with_run(_cfg(), seed=s), "ft")) for s in (0, 1)]
+    with store.probing():
+        assert pool.prefetch(jobs) == 0
+        with pytest.raises(store.NotStored):
+            jobs[0][0](*jobs[0][1])
+    assert not any(root.glob("*/*/meta.json"))

@@ -54,7 +54,7 @@ def test_the_protocols_scope_narrows_the_sweeps_and_names_bad_defenses(monkeypat
 
     def fake(cfg, cs):
         ran.extend(c.defense for c in cs)
-        return [{"defense": c.defense, "setting": c.label, "cost": 0.0} for c in cs]
+        return [{"defense": c.defense, "setting": c.label, "cost": 0.0, "ASR": 50.0} for c in cs]
 
     monkeypatch.setattr(cells, "run", fake)
     cfg = resolve("smoke", overrides={"tuning.defenses": ["ft", "nad"]})
@@ -228,6 +228,28 @@ def test_far_settings_are_those_over_factor_times_the_bar_or_diverged():
     ]
     assert tune.far_settings(rows, 3.0, 2.0) == {("ft", "lr=0.1"), ("nad", "lr=0.1")}
     assert tune.far_settings(rows, 3.0, None) == set()
+    assert tune.far_settings(rows, 3.0, 1.5) == {("ft", "lr=0.01"), ("ft", "lr=0.1"), ("nad", "lr=0.1")}
+
+
+def test_far_from_the_best_is_a_mean_asr_more_than_the_margin_above_the_best_within_the_bar():
+    def r(defense, setting, attack, asr, cost):
+        return {"defense": defense, "setting": setting, "attack": attack, "ASR": asr, "cost": cost}
+
+    rows = [
+        r("ft", "a", "badnets", 10.0, 1.0),
+        r("ft", "a", "blended", 30.0, 2.0),  # within the bar: best, mean 20
+        r("ft", "b", "badnets", 40.0, 0.0),
+        r("ft", "b", "blended", 40.0, 0.0),  # 40: exactly 20 above, kept
+        r("ft", "c", "badnets", 41.0, 0.0),
+        r("ft", "c", "blended", 41.0, 0.0),  # 41: far from the best
+        r("ft", "d", "badnets", 0.0, 9.0),
+        r("ft", "d", "blended", 0.0, 0.0),  # over the bar: not the best
+        r("nad", "x", "badnets", 90.0, 5.0),
+        r("nad", "y", "badnets", 99.0, 7.0),  # none within the bar
+    ]
+    assert tune.far_settings(rows, 3.0, None, 20.0) == {("ft", "c")}  # per defense; nad: nothing to beat
+    assert tune.far_settings(rows, 3.0, None, None) == set()
+    assert tune.far_settings(rows, 3.0, 2.0, 20.0) == {("ft", "c"), ("ft", "d"), ("nad", "y")}
 
 
 def test_a_setting_far_from_the_bar_on_the_first_tuning_seed_is_not_run_on_the_next(monkeypatch):
@@ -243,7 +265,15 @@ def test_a_setting_far_from_the_bar_on_the_first_tuning_seed_is_not_run_on_the_n
 
     monkeypatch.setattr(cells, "run", fake)
     monkeypatch.setattr(tune, "settings", lambda d, points=None: [{"lr": v} for v in (0.001, 0.01, 0.1)])
-    cfg = resolve("smoke", overrides={"tuning.defenses": ["ft"], "tuning.seeds": [100, 101]})
+    cfg = resolve(
+        "smoke",
+        overrides={
+            "tuning.defenses": ["ft"],
+            "tuning.seeds": [100, 101],
+            "tuning.prune_factor": 2.0,
+            "tuning.prune_margin": None,
+        },
+    )
     rows = tune.sweep(cfg, ["ft"])
     later = {(s, a) for s, a, seed in ran if seed == 101}
     assert later == {(s, a) for s in ("lr=0.001", "lr=0.01") for a in cfg.tuning.attacks}

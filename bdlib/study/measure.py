@@ -67,10 +67,10 @@ def trigger_examples(cfg: Config, names: Sequence[str], index: int | None = None
     """
     d = experiment.run_data(cfg)
     i = index if index is not None else int(torch.nonzero(d.y_test != cfg.target)[0])
+    runs = [experiment.with_run(cfg, attack=name) for name in names]
+    triggers = _results([(experiment.trigger, (c,)) for c in runs])  # an optimised one on the pool
     rows = []
-    for name in names:
-        c = experiment.with_run(cfg, attack=name)
-        _, trig = experiment.trigger(c)
+    for name, c, (_, trig) in zip(names, runs, triggers):
         transform = attacks.get(name).test_transform(trig, c.attack_params)
         clean = d.x_test[i : i + 1]
         rows.append({"attack": name, "clean": clean[0], "poisoned": transform(clean)[0]})
@@ -130,7 +130,8 @@ def narcissus_control(cfg: Config, seeds: Sequence[int], paper_rate: float = PAP
 def attack_embeddings(cfg: Config, names: Sequence[str]) -> list[dict]:
     """t-SNE panels (:func:`bdlib.plots.embeddings`) of the poisoned models of ``names``, each
     titled with its attack."""
-    return [{"title": n, **experiment.feature_embedding(experiment.with_run(cfg, attack=n))} for n in names]
+    got = _results([(experiment.feature_embedding, (experiment.with_run(cfg, attack=n),)) for n in names])
+    return [{"title": n, **e} for n, e in zip(names, got)]
 
 
 # --- a defense on every attack and seed (notebooks 02 to 05)

@@ -79,23 +79,48 @@ def sweep(cfg: Config, names: Sequence[str]) -> list[dict]:
     return spend(cfg, cells)
 
 
-def far_settings(rows: Iterable[Mapping], max_cost: float, factor: float | None) -> set[tuple[str, str]]:
-    """The (defense, setting) pairs of ``rows`` (one tuning seed's) far from the bar: BA cost above
-    ``factor`` x ``max_cost`` on some attack, or diverged. Such a setting's mean cost can only come
-    within ``max_cost`` if a later seed costs less than ``(2 - factor) x max_cost`` (nothing, at the
-    default factor 2); none when ``factor`` is None."""
-    if factor is None:
-        return set()
-    return {(r["defense"], r["setting"]) for r in rows if r.get("diverged") or r["cost"] > factor * max_cost}
+def far_settings(
+    rows: Iterable[Mapping], max_cost: float, factor: float | None, margin: float | None = None
+) -> set[tuple[str, str]]:
+    """The (defense, setting) pairs of ``rows`` (one tuning seed's) far from being chosen:
+
+    - far from the bar: BA cost above ``factor`` x ``max_cost`` on some attack, or diverged. Such
+      a setting's mean cost can only come within ``max_cost`` if a later seed costs less than
+      ``(2 - factor) x max_cost``;
+    - far from the best: mean ASR more than ``margin`` points above the lowest mean ASR among
+      the defense's settings within the bar on this seed. Such a setting can only be chosen if
+      the later seeds turn the order round by more than ``margin`` points.
+
+    The same rule for every defense (and for NT-ML's readings); None switches a part off.
+    """
+    rows = list(rows)
+    far = (
+        set()
+        if factor is None
+        else {(r["defense"], r["setting"]) for r in rows if r.get("diverged") or r["cost"] > factor * max_cost}
+    )
+    if margin is not None:
+        for d in dict.fromkeys(r["defense"] for r in rows):
+            mine = [r for r in rows if r["defense"] == d and not r.get("diverged")]
+            asr, cost = {}, {}  # per setting: mean ASR over the attacks, worst attack's cost
+            for s in dict.fromkeys(r["setting"] for r in mine):
+                by_attack = [r for r in mine if r["setting"] == s]
+                asr[s] = sum(r["ASR"] for r in by_attack) / len(by_attack)
+                cost[s] = max(r["cost"] for r in by_attack)
+            within = [asr[s] for s in asr if cost[s] <= max_cost]
+            if within:
+                far |= {(d, s) for s in asr if asr[s] > min(within) + margin}
+    return far
 
 
 def spend(cfg: Config, cells: Sequence[Cell]) -> list[dict]:
     """The rows of the tuning ``cells``: every cell on the first tuning seed, then the later
-    seeds' cells of the settings not far from the bar there (:func:`far_settings`, the same rule
-    for every defense), in the order of ``cells``."""
+    seeds' cells of the settings not far from being chosen there (:func:`far_settings`, the same
+    rule for every defense), in the order of ``cells``."""
     first = [i for i, c in enumerate(cells) if c.seed == cfg.tuning.seeds[0]]
     rows = dict(zip(first, C.run(cfg, [cells[i] for i in first])))
-    far = far_settings(rows.values(), cfg.tuning.max_cost, cfg.tuning.prune_factor)
+    t = cfg.tuning
+    far = far_settings(rows.values(), t.max_cost, t.prune_factor, t.prune_margin)
     later = [i for i, c in enumerate(cells) if i not in rows and (c.defense, c.label) not in far]
     rows.update(zip(later, C.run(cfg, [cells[i] for i in later])))
     return [rows[i] for i in sorted(rows)]
