@@ -555,7 +555,7 @@ def tradeoff(
     fig.legend(handles, labels, ncols=min(7, len(labels)), loc="upper center", bbox_to_anchor=(0.5, 0.02))
     fig.suptitle(
         "Every defense across its tuning grid\n(mean over the tuning seeds"
-        + ("; over the first only where it cost more than twice the bar there)\n(" if pruned else " · ")
+        + ("; over the first only where it was far from being chosen there)\n(" if pruned else " · ")
         + "ring: the protocol's choice · "
         + ("square: the reference recipe · " if reference else "")
         + "grey: within the BA-cost bar"

@@ -260,12 +260,8 @@ PROFILES = {
         "anp": {
             # The masks are computed once per victim (cached), whatever the threshold.
             "steps": (300, "budget", "300 mask steps (reference: 2,000)"),
-            "threshold": (
-                0.3,
-                "rule",
-                "bdlib.study.tune's rule on the tuning seeds 100-101 (BadNets, Blended): python -m bdlib tune ft nad anp ibau "
-                "mcldef_detect --profile quick, 2026-12-07 (docs/methods.md, The comparison protocol)",
-            ),
+            # threshold: the rule chose the reference recipe's 0.2 (one thread per result, the cold
+            # make figures of 2026-12-07 at commit 036acc5; docs/methods.md, The comparison protocol).
         },
     },
 }

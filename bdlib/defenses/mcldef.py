@@ -591,10 +591,11 @@ PROFILES = {
             ),
             "inv_batch_size": (16, "budget", "see inv_steps"),
             "lr": (
-                0.003,
+                0.001,
                 "rule",
-                "bdlib.study.tune's rule on the tuning seeds 100-101 (BadNets, Blended): python -m bdlib tune ft nad anp ibau "
-                "mcldef_detect --profile quick, 2026-12-07 (docs/methods.md, The comparison protocol)",
+                "bdlib.study.tune's rule on the tuning seeds 100-101 (BadNets, Blended), one thread per result: "
+                "the cold make figures of 2026-12-07 at commit 036acc5; no setting within the BA bar, the smallest "
+                "cost (docs/methods.md, The comparison protocol)",
             ),
         },
     },

@@ -230,17 +230,12 @@ PROFILES = {
         # protocol's choice (docs/methods.md, "The comparison protocol").
         "nad": {
             "batch_size": (32, "budget", "the reference's 400 + 800 steps in batches of 32 (reference: 64)"),
+            # betas and teacher_lr: the rule chose the reference recipe's (500, 1000, 1000) and 0.1.
             "lr": (
                 0.01,
                 "rule",
-                "bdlib.study.tune's rule on the tuning seeds 100-101 (BadNets, Blended): python -m bdlib tune ft nad anp ibau "
-                "mcldef_detect --profile quick, 2026-12-07 (docs/methods.md, The comparison protocol)",
-            ),
-            "betas": (
-                (100.0, 200.0, 200.0),
-                "rule",
-                "bdlib.study.tune's rule on the tuning seeds 100-101 (BadNets, Blended): python -m bdlib tune ft nad anp ibau "
-                "mcldef_detect --profile quick, 2026-12-07 (docs/methods.md, The comparison protocol)",
+                "bdlib.study.tune's rule on the tuning seeds 100-101 (BadNets, Blended), one thread per result: "
+                "the cold make figures of 2026-12-07 at commit 036acc5 (docs/methods.md, The comparison protocol)",
             ),
         },
     },
