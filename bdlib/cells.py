@@ -125,8 +125,7 @@ def runs(cfg: Config, cells: Sequence[Cell]) -> dict[Cell, Any]:
     """The stored run of every cell (a :class:`bdlib.experiment.DefenseRun` for a defense), for
     the notebooks that draw a defense's record; what the store lacks computed as :func:`run` says."""
     jobs = {cell: job(cfg, cell) for cell in cells}
-    pool.prefetch(list(jobs.values()))
-    return {cell: fn(*args) for cell, (fn, args) in jobs.items()}
+    return dict(zip(jobs, pool.results(list(jobs.values()))))
 
 
 def defended(

@@ -6,6 +6,8 @@ train more images per second than one process of two threads (``benchmarks/pool.
 such a loop runs, :func:`prefetch` finds which of its results the store lacks (without computing
 any: :func:`bdlib.store.probing`) and computes them on ``workers()`` processes. The loop then
 runs as it always did and reads every result from the store; the numbers are the same code's.
+:func:`results` does both for a list of jobs and keeps what the probe already read, so a warm
+run reads each result once.
 
 Order: the victims (poisoned models, with their triggers) first, one group per attack and seed
 (clean models one per seed); then the rest, grouped so that cells sharing an upstream stage (an NT stage across ML variants,
@@ -93,7 +95,11 @@ def _group(fn: Callable, args: tuple) -> tuple:
 def plan(jobs: Sequence[Job]) -> list[list[list[Job]]]:
     """Phases of groups of the missing jobs: the victims (one group per attack and seed), then the
     rest grouped by :func:`_group`, the largest groups first. Empty when the store holds all."""
-    todo = missing(jobs)
+    return _phases(missing(jobs))
+
+
+def _phases(todo: Sequence[tuple[Job, str]]) -> list[list[list[Job]]]:
+    """:func:`plan`'s phases of ``todo``: (job, kind of its first missing result) pairs."""
     victims: dict[tuple, list[Job]] = {}
     groups: dict[tuple, list[Job]] = {}
     for (fn, args), kind in todo:
@@ -185,7 +191,11 @@ def prefetch(jobs: Sequence[Job]) -> int:
     n = workers(getattr(jobs[0][1][0], "device", "cpu"))
     if n < 2 or is_probing():  # probing: the caller only asks what is stored, nothing is computed
         return 0
-    phases = plan(jobs)
+    return _hand_out(plan(jobs), n)
+
+
+def _hand_out(phases: list[list[list[Job]]], n: int) -> int:
+    """Run ``phases`` on ``n`` worker processes; how many jobs were handed out."""
     if sum(len(g) for phase in phases for g in phase) < 2:
         return 0  # nothing missing, or one job: this process computes it (under the same one-thread rule)
     ex = _executor(n, (RUNTIME.deterministic, RUNTIME.compile))
@@ -203,4 +213,27 @@ def prefetch(jobs: Sequence[Job]) -> int:
     return handed
 
 
-__all__ = ["ENV", "MAX_AUTO", "Job", "workers", "missing", "plan", "prefetch", "shutdown"]
+def results(jobs: Sequence[Job]) -> list[Any]:
+    """Each job's result, in order. With workers (:func:`workers`), each job is first read from
+    the store if all of it is there (kept, counted as used: a warm run reads each result once);
+    the rest are computed on the workers (:func:`prefetch`'s phases), then read. With one process,
+    each job is simply called in order."""
+    jobs = list(jobs)
+    if not jobs:
+        return []
+    n = workers(getattr(jobs[0][1][0], "device", "cpu"))
+    if n < 2 or is_probing():
+        return [fn(*args) for fn, args in jobs]
+    found: dict[int, Any] = {}
+    todo = []
+    for i, (fn, args) in enumerate(jobs):
+        try:
+            with probing(record=True):
+                found[i] = fn(*args)
+        except NotStored as err:
+            todo.append(((fn, args), err.kind))
+    _hand_out(_phases(todo), n)
+    return [found[i] if i in found else fn(*args) for i, (fn, args) in enumerate(jobs)]
+
+
+__all__ = ["ENV", "MAX_AUTO", "Job", "workers", "missing", "plan", "prefetch", "results", "shutdown"]

@@ -81,20 +81,21 @@ class NotStored(LookupError):
         self.kind, self.key = kind, key
 
 
-_PROBING = [False]
+_PROBING = [False, False]  # inside probing(); and whether it records what it finds as used
 
 
 @contextlib.contextmanager
-def probing() -> Iterator[None]:
+def probing(record: bool = False) -> Iterator[None]:
     """Within this block a lookup of a missing result raises :class:`NotStored` instead of
-    computing it, and nothing is recorded as used: how :mod:`bdlib.pool` finds the work to hand
-    to its workers without doing any of it."""
-    before = _PROBING[0]
-    _PROBING[0] = True
+    computing it: how :mod:`bdlib.pool` finds the work to hand to its workers without doing any
+    of it. Nothing is recorded as used, unless ``record``: then a stored result it reads counts
+    as used and loaded (the caller keeps what the probe returned instead of reading it again)."""
+    before = list(_PROBING)
+    _PROBING[:] = [True, record]
     try:
         yield
     finally:
-        _PROBING[0] = before
+        _PROBING[:] = before
 
 
 def is_probing() -> bool:
@@ -634,6 +635,9 @@ class Store:
         if _PROBING[0]:
             if entry is None:
                 raise NotStored(kind, key)
+            if _PROBING[1]:
+                USED[key] = (kind, dependencies(spec))
+                progress.store_event(kind, "loaded")
             return entry
         USED[key] = (kind, dependencies(spec))
         if entry is not None:

@@ -147,3 +147,29 @@ def test_nothing_is_handed_out_while_probing(fresh_store, monkeypatch):
         with pytest.raises(store.NotStored):
             jobs[0][0](*jobs[0][1])
     assert not any(root.glob("*/*/meta.json"))
+
+
+def test_results_reads_each_stored_result_once_and_records_it_as_used(fresh_store, monkeypatch):
+    fresh_store("results")
+    monkeypatch.setenv(pool.ENV, "2")
+    cfg = _cfg()
+    jobs = [(experiment.defend, (experiment.with_run(cfg, seed=s), "ft")) for s in (0, 1)]
+    first = [r.metrics for r in pool.results(jobs)]  # computed on the workers, then read
+    pool.shutdown()
+    reads = []
+    real_get = store.Store.get
+
+    def get(self, key):
+        reads.append(key)
+        return real_get(self, key)
+
+    monkeypatch.setattr(store.Store, "get", get)
+    store.USED.clear()
+    again = pool.results(jobs)
+    assert [r.metrics for r in again] == first
+    assert len(reads) == len(set(reads))  # warm: the probe's reads are the loop's, none twice
+    assert {r.key for r in again} <= set(store.USED)  # and what it read counts as used (provenance)
+    monkeypatch.setenv(pool.ENV, "1")
+    reads.clear()
+    assert [r.metrics for r in pool.results(jobs)] == first  # one process: called in order
+    assert len(reads) == len(set(reads))

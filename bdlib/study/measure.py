@@ -33,8 +33,7 @@ PAPER_RATE = 0.0005  # Narcissus' poisoning rate in its paper (0.05 %), beside t
 
 def _results(jobs: Sequence[pool.Job]) -> list[Any]:
     """Each job's stored result, in order: the missing ones computed on the pool first."""
-    pool.prefetch(jobs)
-    return [fn(*args) for fn, args in jobs]
+    return pool.results(jobs)
 
 
 def _setting(setting: Mapping[str, Any] | None) -> tuple[tuple[str, Any], ...] | None:
