@@ -78,7 +78,7 @@ def config(cfg: Config, cell: Cell) -> Config:
 
 
 def job(cfg: Config, cell: Cell) -> pool.Job:
-    """The stored computation behind one cell (for :func:`bdlib.pool.prefetch`)."""
+    """The stored computation behind one cell (for :func:`bdlib.pool.results`)."""
     c = config(cfg, cell)
     if cell.defense == UNDEFENDED:
         return (experiment.poisoned_model, (c,))
@@ -116,7 +116,7 @@ def run_cell(cfg: Config, cell: Cell) -> dict[str, Any]:
 
 def run(cfg: Config, cells: Sequence[Cell]) -> list[dict[str, Any]]:
     """Every cell's row, in order: what the store lacks is computed on this machine's worker
-    processes first (:mod:`bdlib.pool`; one process unless ``BDLIB_WORKERS`` says otherwise)."""
+    processes first (:func:`bdlib.pool.results`; one per core, unless ``BDLIB_WORKERS`` says otherwise)."""
     got = runs(cfg, cells)
     return [row(cell, got[cell]) for cell in cells]
 

@@ -73,17 +73,25 @@ def workers(device: str = "cpu") -> int:
     return n
 
 
+def _probe(jobs: Sequence[Job], record: bool = False) -> tuple[dict[int, Any], list[tuple[Job, str]]]:
+    """Each job tried inside :func:`bdlib.store.probing` (nothing computed): the results of those
+    the store holds whole, by position, and the others, each with the kind of its first missing
+    result. ``record``: what is read counts as used (:func:`bdlib.store.probing`)."""
+    found: dict[int, Any] = {}
+    todo = []
+    for i, (fn, args) in enumerate(jobs):
+        try:
+            with probing(record):
+                found[i] = fn(*args)
+        except NotStored as err:
+            todo.append(((fn, args), err.kind))
+    return found, todo
+
+
 def missing(jobs: Sequence[Job]) -> list[tuple[Job, str]]:
     """The jobs whose results the store lacks, each with the kind of the first missing result
     (a victim's when the victim is missing); nothing is computed and nothing recorded as used."""
-    out = []
-    for fn, args in jobs:
-        try:
-            with probing():
-                fn(*args)
-        except NotStored as err:
-            out.append(((fn, args), err.kind))
-    return out
+    return _probe(jobs)[1]
 
 
 def _group(fn: Callable, args: tuple) -> tuple:
@@ -224,14 +232,7 @@ def results(jobs: Sequence[Job]) -> list[Any]:
     n = workers(getattr(jobs[0][1][0], "device", "cpu"))
     if n < 2 or is_probing():
         return [fn(*args) for fn, args in jobs]
-    found: dict[int, Any] = {}
-    todo = []
-    for i, (fn, args) in enumerate(jobs):
-        try:
-            with probing(record=True):
-                found[i] = fn(*args)
-        except NotStored as err:
-            todo.append(((fn, args), err.kind))
+    found, todo = _probe(jobs, record=True)
     _hand_out(_phases(todo), n)
     return [found[i] if i in found else fn(*args) for i, (fn, args) in enumerate(jobs)]
 

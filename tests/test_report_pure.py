@@ -296,7 +296,8 @@ def nothing_computes(monkeypatch):
             monkeypatch.setattr(experiment, name, refuse(f"bdlib.experiment.{name}"))
     for name in ("run", "runs", "run_cell", "defended"):
         monkeypatch.setattr(cells, name, refuse(f"bdlib.cells.{name}"))
-    monkeypatch.setattr(pool, "prefetch", refuse("bdlib.pool.prefetch"))
+    for name in ("prefetch", "results"):
+        monkeypatch.setattr(pool, name, refuse(f"bdlib.pool.{name}"))
 
 
 def test_every_public_function_has_sample_arguments():

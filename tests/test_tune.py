@@ -54,7 +54,10 @@ def test_the_protocols_scope_narrows_the_sweeps_and_names_bad_defenses(monkeypat
 
     def fake(cfg, cs):
         ran.extend(c.defense for c in cs)
-        return [{"defense": c.defense, "setting": c.label, "cost": 0.0, "ASR": 50.0} for c in cs]
+        return [
+            {"defense": c.defense, "setting": c.label, "attack": c.attack, "cost": 0.0, "ASR": 50.0, "DER": 0.5}
+            for c in cs
+        ]
 
     monkeypatch.setattr(cells, "run", fake)
     cfg = resolve("smoke", overrides={"tuning.defenses": ["ft", "nad"]})
@@ -233,7 +236,7 @@ def test_far_settings_are_those_over_factor_times_the_bar_or_diverged():
 
 def test_far_from_the_best_is_a_mean_asr_more_than_the_margin_above_the_best_within_the_bar():
     def r(defense, setting, attack, asr, cost):
-        return {"defense": defense, "setting": setting, "attack": attack, "ASR": asr, "cost": cost}
+        return {"defense": defense, "setting": setting, "attack": attack, "ASR": asr, "DER": 0.5, "cost": cost}
 
     rows = [
         r("ft", "a", "badnets", 10.0, 1.0),

@@ -31,11 +31,6 @@ from bdlib.train import amp_dtype, logits
 PAPER_RATE = 0.0005  # Narcissus' poisoning rate in its paper (0.05 %), beside the profile's
 
 
-def _results(jobs: Sequence[pool.Job]) -> list[Any]:
-    """Each job's stored result, in order: the missing ones computed on the pool first."""
-    return pool.results(jobs)
-
-
 def _setting(setting: Mapping[str, Any] | None) -> tuple[tuple[str, Any], ...] | None:
     return None if setting is None else tuple(setting.items())
 
@@ -67,7 +62,7 @@ def trigger_examples(cfg: Config, names: Sequence[str], index: int | None = None
     d = experiment.run_data(cfg)
     i = index if index is not None else int(torch.nonzero(d.y_test != cfg.target)[0])
     runs = [experiment.with_run(cfg, attack=name) for name in names]
-    triggers = _results([(experiment.trigger, (c,)) for c in runs])  # an optimised one on the pool
+    triggers = pool.results([(experiment.trigger, (c,)) for c in runs])  # an optimised one on the pool
     rows = []
     for name, c, (_, trig) in zip(names, runs, triggers):
         transform = attacks.get(name).test_transform(trig, c.attack_params)
@@ -81,7 +76,7 @@ def poisoning_rows(cfg: Config, names: Sequence[str], seeds: Sequence[int]) -> l
     cell), per seed, with the seconds each trained and the poisoned samples' count."""
     clean = [(experiment.clean_model, (experiment.with_run(cfg, seed=s),)) for s in seeds]
     victims = [cells.job(cfg, Cell(a, UNDEFENDED, s)) for s in seeds for a in names]
-    got = iter(_results(clean + victims))
+    got = iter(pool.results(clean + victims))
     clean_runs = {s: next(got) for s in seeds}
     rows = []
     for seed in seeds:
@@ -113,7 +108,7 @@ def narcissus_control(cfg: Config, seeds: Sequence[int], paper_rate: float = PAP
     paper = {s: override(cells.config(cfg, profile[s]), {"attacks.narcissus.poison_rate": paper_rate}) for s in seeds}
     jobs = [j for s in seeds for j in (cells.job(cfg, profile[s]), (experiment.poisoned_model, (paper[s],)))]
     jobs += [cells.job(cfg, Cell("narcissus", CLEAN, s)) for s in seeds]
-    got = _results(jobs)
+    got = pool.results(jobs)
     rate, n = cfg.attacks["narcissus"].poison_rate, len(seeds)
     rows = []
     for i, seed in enumerate(seeds):
@@ -129,7 +124,7 @@ def narcissus_control(cfg: Config, seeds: Sequence[int], paper_rate: float = PAP
 def attack_embeddings(cfg: Config, names: Sequence[str]) -> list[dict]:
     """t-SNE panels (:func:`bdlib.plots.embeddings`) of the poisoned models of ``names``, each
     titled with its attack."""
-    got = _results([(experiment.feature_embedding, (experiment.with_run(cfg, attack=n),)) for n in names])
+    got = pool.results([(experiment.feature_embedding, (experiment.with_run(cfg, attack=n),)) for n in names])
     return [{"title": n, **e} for n, e in zip(names, got)]
 
 

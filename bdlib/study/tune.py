@@ -101,15 +101,10 @@ def far_settings(
     )
     if margin is not None:
         for d in dict.fromkeys(r["defense"] for r in rows):
-            mine = [r for r in rows if r["defense"] == d and not r.get("diverged")]
-            asr, cost = {}, {}  # per setting: mean ASR over the attacks, worst attack's cost
-            for s in dict.fromkeys(r["setting"] for r in mine):
-                by_attack = [r for r in mine if r["setting"] == s]
-                asr[s] = sum(r["ASR"] for r in by_attack) / len(by_attack)
-                cost[s] = max(r["cost"] for r in by_attack)
-            within = [asr[s] for s in asr if cost[s] <= max_cost]
+            agg = aggregate(r for r in rows if r["defense"] == d)
+            within = [v["ASR"] for v in agg.values() if v["cost"] <= max_cost]
             if within:
-                far |= {(d, s) for s in asr if asr[s] > min(within) + margin}
+                far |= {(d, s) for s, v in agg.items() if v["ASR"] > min(within) + margin}
     return far
 
 
