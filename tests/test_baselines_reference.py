@@ -47,7 +47,7 @@ def test_anp_perturbed_bn_forward_equals_noisy_batchnorm():
     bn = net[1]
     x = torch.randn(6, 3, 4, 4)
     m, d, xi = torch.tensor([1.0, 0.5, 0.0]), torch.tensor([0.3, -0.2, 0.1]), torch.tensor([-0.4, 0.2, 0.3])
-    masking = anp.Masking([bn])
+    masking = anp.Masking(bn)
     with torch.no_grad():
         masking.masks[0].copy_(m)
         masking.d_weight[0].copy_(d)
@@ -56,11 +56,10 @@ def test_anp_perturbed_bn_forward_equals_noisy_batchnorm():
     w, b = bn.weight.detach(), bn.bias.detach()
     perturbed = F.batch_norm(x, None, None, w * (m + d), b * (1 + xi), True, 0.0, bn.eps)
     plain = F.batch_norm(x, None, None, w * m, b, True, 0.0, bn.eps)  # the bias is never masked
-    with masking.attached():
-        masking.perturb = True
-        got_perturbed = bn(x)
-        masking.perturb = False
-        got_plain = bn(x)
+    masking.perturb = True
+    got_perturbed = masking(x)
+    masking.perturb = False
+    got_plain = masking(x)
     assert torch.allclose(got_perturbed, perturbed, atol=1e-5)
     assert torch.allclose(got_plain, plain, atol=1e-5)
 
@@ -92,10 +91,9 @@ def test_anp_step_equals_the_official_perturbation_and_mask_update():
     (gm,) = torch.autograd.grad(loss, m)
     m1 = (1 - p.mask_lr * gm).clamp(0, 1)
 
-    masking = anp.Masking([bn])
+    masking = anp.Masking(net)
     opt = torch.optim.SGD(masking.masks, lr=p.mask_lr, momentum=p.mask_momentum)
-    with masking.attached():
-        anp.anp_step(net, masking, opt, x, y, p, torch.Generator().manual_seed(7))
+    anp.anp_step(masking, opt, x, y, p, torch.Generator().manual_seed(7))
     assert (d1.abs() > p.eps).any()  # the official step leaves [−ε, ε]: no clamp
     assert torch.allclose(masking.d_weight[0], d1, atol=1e-6)
     assert torch.allclose(masking.d_bias[0], xi1, atol=1e-6)

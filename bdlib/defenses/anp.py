@@ -10,8 +10,9 @@ bias is never masked). Each step on a clean batch (BN in train mode, batch stati
 δ, ξ ~ U[−ε, ε], take ``ascent_steps`` signed-gradient ascent steps of ε / ascent_steps on the
 loss (no clamp), then one SGD step on the masks of α·L(m) + (1 − α)·L(m, δ, ξ) and clip them to
 [0, 1]. Pruning zeroes the BN **weight** of every channel whose mask is at most ``threshold``
-(or of the ``n_pruned`` lowest masks). The masks and perturbations act through forward hooks on
-the ``nn.BatchNorm2d`` modules, so any model with BatchNorm works unchanged.
+(or of the ``n_pruned`` lowest masks). The masks and perturbations enter as the BN layers' affine
+parameters for each forward pass (``torch.func.functional_call``), so any model with BatchNorm
+works unchanged.
 
 The masks depend on the victim and the optimisation's settings only, not on how the model is
 pruned: they are computed once per victim and cached (``ctx.memo``), so a sweep over the
@@ -21,9 +22,8 @@ threshold or the number pruned trains nothing.
 from __future__ import annotations
 
 import copy
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -74,15 +74,22 @@ def batchnorms(model: nn.Module) -> list[tuple[str, nn.modules.batchnorm._BatchN
 
 
 class Masking:
-    """Per-channel masks and weight / bias perturbations on a list of BN modules.
+    """Per-channel masks and weight / bias perturbations on a model's BatchNorm layers.
 
-    The hook rewrites a BN output y = γ·x̂ + β as (y − β)·(m + δ) + β·(1 + ξ) when ``perturb``
-    is on (ANP's NoisyBatchNorm2d with noise included), else as (y − β)·m + β.
+    Calling it runs the model with each BN's affine parameters replaced for that call
+    (``torch.func.functional_call``): weight γ·(m + δ) and bias β·(1 + ξ) when ``perturb`` is on
+    (ANP's NoisyBatchNorm2d with noise included), else weight γ·m and bias β. The BN's own forward
+    (batch statistics in train mode, its running statistics) runs unchanged; one fused BN kernel
+    per layer instead of the BN and a rewrite of its output (``benchmarks/anp_masks.py``). The
+    model's own parameters are never changed.
     """
 
-    def __init__(self, bns: list[nn.Module]):
-        self.bns = bns
-        ref = [bn.weight for bn in bns]
+    def __init__(self, model: nn.Module):
+        self.model = model
+        named = batchnorms(model)
+        self.names = [n for n, _ in named]
+        self.bns = [bn for _, bn in named]
+        ref = [bn.weight for bn in self.bns]
         self.masks = [torch.ones_like(w, requires_grad=True) for w in ref]
         self.d_weight = [torch.zeros_like(w, requires_grad=True) for w in ref]
         self.d_bias = [torch.zeros_like(w, requires_grad=True) for w in ref]
@@ -92,28 +99,24 @@ class Masking:
     def noise(self) -> list[torch.Tensor]:
         return self.d_weight + self.d_bias
 
-    def _hook(self, i: int):
-        def rewrite(bn: nn.Module, inputs, y: torch.Tensor) -> torch.Tensor:
-            shape = (1, -1) + (1,) * (y.dim() - 2)
-            m, b = self.masks[i].view(shape), bn.bias.view(shape)
-            if not self.perturb:
-                return (y - b) * m + b
-            return (y - b) * (m + self.d_weight[i].view(shape)) + b * (1 + self.d_bias[i].view(shape))
+    def affine(self) -> dict[str, torch.Tensor]:
+        """Each BN's weight (and, perturbed, bias) for this call, by parameter name."""
+        out = {}
+        for i, (name, bn) in enumerate(zip(self.names, self.bns)):
+            pre = f"{name}." if name else ""
+            weight, bias = bn.weight.detach(), bn.bias.detach()
+            if self.perturb:
+                out[pre + "weight"] = weight * (self.masks[i] + self.d_weight[i])
+                out[pre + "bias"] = bias * (1 + self.d_bias[i])
+            else:
+                out[pre + "weight"] = weight * self.masks[i]  # the bias is never masked
+        return out
 
-        return rewrite
-
-    @contextmanager
-    def attached(self) -> Iterator[Masking]:
-        handles = [bn.register_forward_hook(self._hook(i)) for i, bn in enumerate(self.bns)]
-        try:
-            yield self
-        finally:
-            for h in handles:
-                h.remove()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.func.functional_call(self.model, self.affine(), (x,))
 
 
 def anp_step(
-    model: nn.Module,
     masking: Masking,
     mask_opt: torch.optim.Optimizer,
     x: torch.Tensor,
@@ -121,7 +124,7 @@ def anp_step(
     p: Params,
     gen: torch.Generator,
 ) -> torch.Tensor:
-    """One ANP step (hooks attached): δ, ξ ~ U[−ε, ε], signed ascent on them, descent on the masks.
+    """One ANP step: δ, ξ ~ U[−ε, ε], signed ascent on them, descent on the masks.
 
     δ is drawn on ``gen``'s device (give one on the model's); returns the loss, detached, on the
     device, so a loop of steps never waits for the host.
@@ -132,15 +135,15 @@ def anp_step(
                 d.copy_((torch.rand(d.shape, generator=gen, device=gen.device) * 2 - 1) * p.eps)
         masking.perturb = True
         for _ in range(p.ascent_steps):
-            grads = torch.autograd.grad(F.cross_entropy(model(x), y), masking.noise)
+            grads = torch.autograd.grad(F.cross_entropy(masking(x), y), masking.noise)
             with torch.no_grad():
                 for d, g in zip(masking.noise, grads):
                     d.add_(g.sign(), alpha=p.eps / p.ascent_steps)
-        robust = F.cross_entropy(model(x), y)
+        robust = F.cross_entropy(masking(x), y)
     else:
         robust = torch.zeros((), device=x.device)
     masking.perturb = False
-    loss = p.alpha * F.cross_entropy(model(x), y) + (1 - p.alpha) * robust
+    loss = p.alpha * F.cross_entropy(masking(x), y) + (1 - p.alpha) * robust
     mask_opt.zero_grad(set_to_none=True)
     loss.backward(inputs=masking.masks)
     mask_opt.step()
@@ -160,26 +163,24 @@ def optimize_masks(
     loss of every step.
     """
     model = copy.deepcopy(model).train()
-    named = batchnorms(model)
     device = next(model.parameters()).device
     x, y = x.to(device), y.to(device)
-    masking = Masking([bn for _, bn in named])
+    masking = Masking(model)
     mask_opt = torch.optim.SGD(masking.masks, lr=p.mask_lr, momentum=p.mask_momentum)
     gen = generator(device, seed)
     losses: list[torch.Tensor] = []
     order, start = torch.randperm(len(x), generator=gen, device=device), 0
-    with masking.attached():
-        for _ in range(p.steps):
-            if start >= len(x):
-                order, start = torch.randperm(len(x), generator=gen, device=device), 0
-            idx = order[start : start + p.batch_size]
-            start += p.batch_size
-            xb = to_float(x[idx])
-            if p.augment:
-                xb = augment(xb, crop_pad, flip, gen)
-            losses.append(anp_step(model, masking, mask_opt, xb, y[idx], p, gen))
+    for _ in range(p.steps):
+        if start >= len(x):
+            order, start = torch.randperm(len(x), generator=gen, device=device), 0
+        idx = order[start : start + p.batch_size]
+        start += p.batch_size
+        xb = to_float(x[idx])
+        if p.augment:
+            xb = augment(xb, crop_pad, flip, gen)
+        losses.append(anp_step(masking, mask_opt, xb, y[idx], p, gen))
     # One copy to the host for all steps' losses.
-    return [n for n, _ in named], [m.detach() for m in masking.masks], torch.stack(losses).tolist()
+    return masking.names, [m.detach() for m in masking.masks], torch.stack(losses).tolist()
 
 
 def pruned_channels(masks: dict[str, torch.Tensor], p: Params) -> dict[str, torch.Tensor]:
