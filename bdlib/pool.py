@@ -190,16 +190,19 @@ def _mapping_proxy(m: types.MappingProxyType) -> tuple:
 ForkingPickler.register(types.MappingProxyType, _mapping_proxy)
 
 
+def _size(jobs: Sequence[Job]) -> int:
+    """How many worker processes ``jobs`` (not empty) go to: 0 with one process, or while
+    probing (the caller only asks what is stored, nothing is computed). Each job's first argument
+    is its Config (its device decides ``auto``)."""
+    n = workers(getattr(jobs[0][1][0], "device", "cpu"))
+    return 0 if n < 2 or is_probing() else n
+
+
 def prefetch(jobs: Sequence[Job]) -> int:
     """Compute into the store, on :func:`workers` processes, the results of ``jobs`` it lacks;
-    return how many jobs were handed out (0: all stored, or one process: the caller computes).
-    Each job's first argument is its Config (its device decides ``auto``)."""
-    if not jobs:
-        return 0
-    n = workers(getattr(jobs[0][1][0], "device", "cpu"))
-    if n < 2 or is_probing():  # probing: the caller only asks what is stored, nothing is computed
-        return 0
-    return _hand_out(plan(jobs), n)
+    return how many jobs were handed out (0: all stored, or one process: the caller computes)."""
+    n = _size(jobs) if jobs else 0
+    return _hand_out(plan(jobs), n) if n else 0
 
 
 def _hand_out(phases: list[list[list[Job]]], n: int) -> int:
@@ -227,10 +230,8 @@ def results(jobs: Sequence[Job]) -> list[Any]:
     the rest are computed on the workers (:func:`prefetch`'s phases), then read. With one process,
     each job is simply called in order."""
     jobs = list(jobs)
-    if not jobs:
-        return []
-    n = workers(getattr(jobs[0][1][0], "device", "cpu"))
-    if n < 2 or is_probing():
+    n = _size(jobs) if jobs else 0
+    if not n:
         return [fn(*args) for fn, args in jobs]
     found, todo = _probe(jobs, record=True)
     _hand_out(_phases(todo), n)
